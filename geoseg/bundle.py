@@ -1,0 +1,177 @@
+"""Model bundles: a directory with ``weights.pt`` (a state_dict) and ``bundle.json`` (everything else).
+
+A bundle is all that ``geoseg predict`` needs: the architecture and its arguments, which bands to read and
+how to normalise them, which class id and colour each output channel means, and how nodata is handled.
+Weights load with ``torch.load(weights_only=True)``, so a bundle cannot run code on the machine loading it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+
+from geoseg import __version__
+from geoseg.errors import GeoSegError
+from geoseg.models import build_model
+
+SPEC_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.pt"
+FORMAT_VERSION = 1
+
+# Distinct, colour-blind-friendly-ish defaults for untrained bundles (Tableau 10).
+PALETTE: list[tuple[int, int, int]] = [
+    (78, 121, 167),
+    (242, 142, 43),
+    (225, 87, 89),
+    (118, 183, 178),
+    (89, 161, 79),
+    (237, 201, 72),
+    (176, 122, 161),
+    (255, 157, 167),
+    (156, 117, 95),
+    (186, 176, 172),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BandSpec(_Strict):
+    name: str = Field(description="Band name, e.g. 'red' or 'B4'.")
+    index: int = Field(ge=1, description="1-based band index to read from the input raster.")
+    mean: float = Field(description="Mean of the raw band values over the training scenes.")
+    std: float = Field(gt=0, description="Standard deviation of the raw band values.")
+
+
+class ClassSpec(_Strict):
+    id: int = Field(ge=0, le=254, description="Value written to the class raster (255 is nodata).")
+    name: str
+    color: tuple[int, int, int] = Field(description="RGB colour for the colour table and quicklooks.")
+
+
+class ArchitectureSpec(_Strict):
+    name: str = Field(description="Registered architecture name (see geoseg.models.MODELS).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor arguments besides in_channels and num_classes."
+    )
+
+
+class BundleSpec(_Strict):
+    format_version: int = FORMAT_VERSION
+    geoseg_version: str = __version__
+    architecture: ArchitectureSpec
+    bands: list[BandSpec]
+    input_band_count: int = Field(
+        ge=1,
+        description="Band count of the scenes the model was trained on; "
+        "scenes with another count are rejected rather than misread.",
+    )
+    classes: list[ClassSpec]
+    input_nodata: float | None = Field(
+        None,
+        description="Nodata value to assume when an input file declares none; a file's own nodata/mask always applies.",
+    )
+    ignore_index: int = Field(255, description="Label value ignored by the loss and the metrics.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Training/validation metrics.")
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT_VERSION:
+            raise ValueError(
+                f"bundle format {value} is not supported by geoseg {__version__} (expects {FORMAT_VERSION})"
+            )
+        return value
+
+    def build(self) -> nn.Module:
+        """An (untrained) model of this bundle's architecture."""
+        return build_model(
+            self.architecture.name,
+            in_channels=len(self.bands),
+            num_classes=len(self.classes),
+            **self.architecture.kwargs,
+        )
+
+
+def save_bundle(directory: str | Path, spec: BundleSpec, model: nn.Module) -> Path:
+    """Write a bundle atomically: a half-written bundle never appears under ``directory``."""
+    directory = Path(directory)
+    staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir(parents=True)
+    try:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(state, staging / WEIGHTS_FILE)
+        (staging / SPEC_FILE).write_text(spec.model_dump_json(indent=2))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def load_spec(directory: str | Path) -> BundleSpec:
+    """Read and validate ``bundle.json``."""
+    path = Path(directory) / SPEC_FILE
+    try:
+        return BundleSpec.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise GeoSegError(f"not a model bundle (no {SPEC_FILE})", directory) from None
+    except json.JSONDecodeError as exc:
+        raise GeoSegError(f"corrupt bundle spec: {exc}", path) from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise GeoSegError(f"invalid bundle spec: {where}: {first['msg']}", path) from exc
+
+
+def load_bundle(directory: str | Path) -> tuple[BundleSpec, nn.Module]:
+    """Load spec and weights into a model in eval mode."""
+    spec = load_spec(directory)
+    model = spec.build()
+    path = Path(directory) / WEIGHTS_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GeoSegError(f"bundle has no {WEIGHTS_FILE}", directory) from None
+    except pickle.UnpicklingError as exc:
+        raise GeoSegError(
+            "refused to load weights: the file holds objects other than tensors (possible pickle payload)", path
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise GeoSegError(f"corrupt weights: {str(exc).splitlines()[0]}", path) from exc
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise GeoSegError(
+            f"weights do not match the architecture in {SPEC_FILE}: {str(exc).splitlines()[0]}", path
+        ) from exc
+    return spec, model.eval()
+
+
+def default_classes(num_classes: int) -> list[ClassSpec]:
+    return [ClassSpec(id=i, name=f"class_{i}", color=PALETTE[i % len(PALETTE)]) for i in range(num_classes)]
+
+
+def init_bundle(out: str | Path, arch: str, in_channels: int, num_classes: int, seed: int = 0, **kwargs: Any) -> Path:
+    """Write an untrained bundle (random weights, identity normalisation) for tests and benchmarks."""
+    spec = BundleSpec(
+        architecture=ArchitectureSpec(name=arch, kwargs=kwargs),
+        bands=[BandSpec(name=f"band_{i}", index=i, mean=0.0, std=1.0) for i in range(1, in_channels + 1)],
+        input_band_count=in_channels,
+        classes=default_classes(num_classes),
+    )
+    torch.manual_seed(seed)
+    return save_bundle(out, spec, spec.build())

@@ -1,0 +1,234 @@
+"""The ``geoseg`` command line. Errors a user can cause print one line and exit 1 (``--debug`` for tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from geoseg import __version__
+from geoseg.errors import GeoSegError
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geoseg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Land-cover segmentation of GeoTIFF archives with U-Nets on Ray."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.group()
+def bundle() -> None:
+    """Create and inspect model bundles."""
+
+
+@bundle.command("init")
+@click.option("--arch", type=click.Choice(["unet", "resnet_unet"]), required=True)
+@click.option("--in-channels", type=click.IntRange(min=1), required=True)
+@click.option("--num-classes", type=click.IntRange(min=1, max=255), required=True)
+@click.option("--base-channels", type=click.IntRange(min=1), help="U-Net width (unet only).")
+@click.option("--depth", type=click.IntRange(min=1), help="U-Net depth (unet only).")
+@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50"]), help="resnet_unet only.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def bundle_init(
+    arch: str,
+    in_channels: int,
+    num_classes: int,
+    base_channels: int | None,
+    depth: int | None,
+    encoder: str | None,
+    seed: int,
+    out: Path,
+) -> None:
+    """Write an untrained bundle (random weights) for tests and benchmarks."""
+    from geoseg.bundle import init_bundle
+
+    kwargs = {
+        k: v for k, v in {"base_channels": base_channels, "depth": depth, "encoder": encoder}.items() if v is not None
+    }
+    path = init_bundle(out, arch, in_channels, num_classes, seed=seed, **kwargs)
+    click.echo(str(path))
+
+
+@bundle.command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+def bundle_info(directory: Path) -> None:
+    """Print a bundle's spec (architecture, bands, classes, metrics) and parameter count."""
+    from geoseg.bundle import load_bundle
+
+    spec, model = load_bundle(directory)
+    info = spec.model_dump(mode="json") | {"parameters": sum(p.numel() for p in model.parameters())}
+    click.echo(json.dumps(info, indent=2))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--output", type=click.Path(path_type=Path), required=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
+def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_address: str | None) -> None:
+    """Train a model with Ray Train; writes OUTPUT/bundle, metrics.json and curves.png."""
+    from geoseg.config import load_config
+    from geoseg.train import train as run_train
+
+    cfg = load_config(config_path, list(overrides))
+    run_train(cfg, output, ray_address=ray_address, console=console)
+
+
+@cli.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Model bundle.")
+@click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
+@click.argument("more_inputs", nargs=-1)
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Job folder.")
+@click.option("--tile", type=click.IntRange(min=32), default=256, show_default=True)
+@click.option(
+    "--halo",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Pixels cropped from each tile side that has a neighbour.",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Blend width between neighbouring tiles.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), help="Model actors (default: one per GPU, else CPUs/2).")
+@click.option(
+    "--pad", "pad_mode", type=click.Choice(["reflect", "constant", "nodata"]), default="reflect", show_default=True
+)
+@click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
+def predict(
+    model_dir: Path,
+    inputs: tuple[str, ...],
+    more_inputs: tuple[str, ...],
+    output: Path,
+    tile: int,
+    halo: int,
+    overlap: int,
+    batch_size: int,
+    workers: int | None,
+    pad_mode: str,
+    ray_address: str | None,
+) -> None:
+    """Predict class rasters (COG) for every input scene; exit 1 if any scene failed."""
+    from geoseg.inference.job import predict_archive
+    from geoseg.inference.scene import PredictOptions
+
+    all_inputs = [*inputs, *more_inputs]
+    if not all_inputs:
+        raise GeoSegError("no --input given")
+    if tile - 2 * halo < max(1, 2 * overlap):
+        raise GeoSegError(
+            f"--tile {tile} is too small: need tile - 2*halo >= 2*overlap (halo {halo}, overlap {overlap})"
+        )
+    options = PredictOptions(tile=tile, halo=halo, overlap=overlap, batch_size=batch_size, pad_mode=pad_mode)  # type: ignore[arg-type]
+    reports = predict_archive(model_dir, all_inputs, output, options, workers, ray_address, console)
+    failed = [r for r in reports if r.status != "ok"]
+    console.print(f"{len(reports) - len(failed)} scene(s) ok, {len(failed)} failed; report: {output / 'report.json'}")
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("mask", type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output file; the extension picks the format (.gpkg .shp .geojson .fgb .parquet).",
+)
+@click.option("--chunk", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--skip-class", "skip", type=int, multiple=True, help="Class id that yields no polygons.")
+@click.option("--to-crs", help="Reproject the polygons, e.g. EPSG:4326.")
+def vectorize(mask: Path, output: Path, chunk: int, skip: tuple[int, ...], to_crs: str | None) -> None:
+    """Polygonize a class raster chunk by chunk and export it."""
+    from geoseg.export import to_geodataframe, write_polygons
+    from geoseg.vectorize import polygonize
+
+    frame = to_geodataframe(polygonize(str(mask), chunk, set(skip)))
+    write_polygons(frame, output, to_crs)
+    console.print(f"{len(frame)} polygons -> {output}")
+
+
+@cli.command()
+@click.option("--pred", type=click.Path(path_type=Path), required=True)
+@click.option("--truth", type=click.Path(path_type=Path), required=True, help="Class raster or polygons.")
+@click.option("--class-field", default="class_id", show_default=True, help="Class attribute of truth polygons.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the metrics JSON here.")
+def evaluate(pred: Path, truth: Path, class_field: str, out: Path | None) -> None:
+    """Per-class IoU/F1/precision/recall, mIoU and pixel accuracy of a prediction."""
+    from geoseg.evaluate import evaluate as run_evaluate
+
+    metrics = run_evaluate(pred, truth, class_field)
+    click.echo(f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'support':>12}")
+    for name, row in metrics["per_class"].items():
+        click.echo(
+            f"{name:<16}{row['iou'] or 0:>8.3f}{row['f1'] or 0:>8.3f}{row['precision'] or 0:>8.3f}"
+            f"{row['recall'] or 0:>8.3f}{row['support']:>12}"
+        )
+    click.echo(f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    if out:
+        out.write_text(json.dumps(metrics, indent=2))
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--size", type=click.IntRange(min=64), default=1024, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out: Path, scenes: int, size: int, seed: int) -> None:
+    """Write synthetic georeferenced scenes with label rasters and label polygons."""
+    from geoseg.synth import make_archive
+
+    for scene in make_archive(out, scenes, size, seed):
+        click.echo(f"{scene.image}  EPSG:{scene.epsg}  labels: {scene.labels.name}, {scene.polygons.name}")
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a training config key.")
+def demo(workdir: Path, overrides: tuple[str, ...]) -> None:
+    """Synthesise, train (Ray Train), predict (Ray actors), vectorize and report, on local Ray."""
+    from geoseg.demo import run_demo
+
+    run_demo(workdir, overrides=list(overrides), console=Console(soft_wrap=True))
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except GeoSegError as exc:
+        if debug:
+            raise
+        console.print(f"geoseg: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:
+        if debug:
+            raise
+        cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        console.print(
+            f"geoseg: unexpected error: {type(exc).__name__}: {cause} (rerun with --debug for details)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)

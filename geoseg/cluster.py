@@ -1,0 +1,56 @@
+"""Connecting to Ray: an existing cluster (--ray-address / RAY_ADDRESS) or an embedded local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+# Safe defaults for an embedded Ray on a workstation: loopback only, no telemetry, short socket paths
+# (unix sockets are limited to 107 bytes, deep temp dirs break them).
+_LOCAL_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+
+def configure_ray_env() -> None:
+    """Set the environment defaults above unless the user already chose otherwise."""
+    for key, value in _LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), f"rt-{os.getpid()}"))
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Use the Ray already initialised in this process, else connect to ``address``, else start one locally.
+
+    Only a Ray started here is shut down on exit; a user's cluster is never stopped.
+    """
+    if ray.is_initialized():
+        yield
+        return
+    configure_ray_env()
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            _temp_dir=os.environ["RAY_TMPDIR"],
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()

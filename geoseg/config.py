@@ -1,0 +1,153 @@
+"""Training configuration: YAML validated by pydantic, with ``--set key=value`` overrides.
+
+Unknown keys and bad values are errors that name the key. YAML is read with ``safe_load`` and no value is
+ever imported or evaluated: architectures and losses are chosen by name from fixed registries.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geoseg.bundle import ClassSpec
+from geoseg.errors import GeoSegError
+from geoseg.io.raster import PadMode
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SceneSource(_Strict):
+    image: str = Field(description="Image GeoTIFF path or glob; relative to data.root.")
+    labels: str = Field(
+        description="Class raster or polygon file; '{stem}' is replaced by the image's file "
+        "stem, so one entry can describe a whole folder."
+    )
+    label_field: str = Field("class_id", description="Attribute holding the class id, for polygon labels.")
+
+
+class DataConfig(_Strict):
+    root: str = Field(".", description="Folder that relative paths are resolved against.")
+    scenes: list[SceneSource] = Field(min_length=1, description="Training and validation scenes.")
+    split: Literal["scene", "region"] = Field(
+        "scene",
+        description="Spatial split: 'scene' holds out whole scenes (the last ones, sorted by path), "
+        "'region' holds out the east part of every scene.",
+    )
+    val_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Share of scenes (or of each scene's width) held out for validation."
+    )
+    patch_size: int = Field(128, ge=32, description="Training patch side in pixels.")
+    patches_per_epoch: int = Field(512, ge=1, description="Random patches drawn per epoch (all workers).")
+    val_stride: int | None = Field(None, description="Grid stride of validation patches; default patch_size.")
+    nodata: float | None = Field(None, description="Image nodata value when the files declare none.")
+    augment: bool = Field(True, description="Flips, 90-degree rotations and per-band brightness/contrast.")
+
+
+class ModelConfig(_Strict):
+    arch: Literal["unet", "resnet_unet"] = "unet"
+    kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"base_channels": 16, "depth": 3},
+        description="Architecture arguments besides in_channels/num_classes.",
+    )
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1, description="Per-worker batch size.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (one-cycle schedule).")
+    weight_decay: float = Field(1e-4, ge=0)
+    loss: Literal["ce", "bce", "dice", "ce_dice"] = "ce_dice"
+    class_weights: list[float] | None = None
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better validation mIoU."
+    )
+    seed: int = 0
+
+
+class ScalingOptions(_Strict):
+    workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on a GPU cluster).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(2, ge=0, description="Worker crashes survived by restarting from the last checkpoint.")
+
+
+class TrainConfig(_Strict):
+    name: str = Field(
+        "geoseg",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Run name; rerunning with the same name and output folder resumes the run.",
+    )
+    data: DataConfig
+    classes: list[ClassSpec] = Field(min_length=2)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    scaling: ScalingOptions = Field(default_factory=ScalingOptions)
+    pad_mode: PadMode = "reflect"
+
+    @model_validator(mode="after")
+    def _dense_class_ids(self) -> TrainConfig:
+        ids = [c.id for c in self.classes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("class ids must be unique")
+        return self
+
+    def scene_pairs(self) -> list[tuple[Path, Path, str]]:
+        """(image, labels, label_field) for every scene, with globs expanded, sorted by image path."""
+        root = Path(self.data.root)
+        pairs = []
+        for source in self.data.scenes:
+            pattern = str(root / source.image)
+            images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+            if not images:
+                raise GeoSegError("data.scenes: no image matches", pattern)
+            for image in images:
+                labels = root / source.labels.format(stem=image.stem)
+                pairs.append((image, labels, source.label_field))
+        return sorted(pairs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise GeoSegError(f"--set {key}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read ``path``, apply ``key=value`` overrides (values parsed as YAML), validate."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise GeoSegError(f"cannot read config ({exc.strerror})", path) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise GeoSegError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from exc
+    if not isinstance(tree, dict):
+        raise GeoSegError("config must be a mapping of keys to values", path)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise GeoSegError(f"--set expects key=value, got {item!r}")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return validate_config(tree, path)
+
+
+def validate_config(tree: dict[str, Any], path: str | Path | None = None) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise GeoSegError(f"config key {where}: {first['msg']}{more}", path) from exc

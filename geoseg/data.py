@@ -1,0 +1,295 @@
+"""Training data: patches sampled from large scenes by windowed reads, labels from rasters or polygons.
+
+Nothing reads a whole scene: random training windows and a validation grid are read on demand, label
+polygons are rasterised per window, and label rasters on another grid are warped per window. Pixels that
+are nodata in the image, unlabelled, or of an unknown class become ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import torch
+from numpy.typing import ArrayLike
+from rasterio import features
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from geoseg.config import TrainConfig
+from geoseg.errors import GeoSegError
+from geoseg.io.raster import SceneInfo, open_scene, read_tile, same_projection
+
+VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"}
+
+
+@dataclass(frozen=True)
+class TrainScene:
+    """A scene and the part of it (``region``) that belongs to one side of the split."""
+
+    info: SceneInfo
+    labels: Path
+    label_field: str
+    region: Window
+
+
+def split_scenes(config: TrainConfig) -> tuple[list[TrainScene], list[TrainScene]]:
+    """Spatial train/validation split: whole scenes, or the east part of each scene."""
+    scenes = []
+    for image, labels, field in config.scene_pairs():
+        info = open_scene(image)
+        if not labels.exists():
+            raise GeoSegError("label file not found", labels)
+        scenes.append((info, labels, field))
+    full = [TrainScene(i, lab, f, Window(0, 0, i.width, i.height)) for i, lab, f in scenes]
+    fraction = config.data.val_fraction
+    if config.data.split == "scene":
+        if len(full) < 2:
+            raise GeoSegError("data.split=scene needs at least 2 scenes; use data.split=region")
+        n_val = min(len(full) - 1, max(1, round(len(full) * fraction)))
+        return full[:-n_val], full[-n_val:]
+    train, val = [], []
+    for s in full:
+        cut = round(s.info.width * (1 - fraction))
+        train.append(TrainScene(s.info, s.labels, s.label_field, Window(0, 0, cut, s.info.height)))
+        val.append(TrainScene(s.info, s.labels, s.label_field, Window(cut, 0, s.info.width - cut, s.info.height)))
+    return train, val
+
+
+def band_statistics(
+    scenes: list[TrainScene], bands: list[int], nodata: float | None = None, max_side: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and std over the training regions, from a decimated read (bounded memory)."""
+    total = np.zeros(len(bands))
+    total_sq = np.zeros(len(bands))
+    count = 0
+    for scene in scenes:
+        with rasterio.open(scene.info.path) as src:
+            w, h = int(scene.region.width), int(scene.region.height)
+            scale = max(1.0, max(w, h) / max_side)
+            shape = (len(bands), max(1, int(h / scale)), max(1, int(w / scale)))
+            data = src.read(
+                bands, window=scene.region, out_shape=shape, out_dtype="float64", resampling=Resampling.nearest
+            )
+            valid = np.all(
+                src.read_masks(bands, window=scene.region, out_shape=shape, resampling=Resampling.nearest) > 0, axis=0
+            )
+            valid &= np.all(np.isfinite(data), axis=0)
+            if src.nodata is None and nodata is not None:
+                valid &= ~np.any(data == nodata, axis=0)
+            pixels = data[:, valid]
+            total += pixels.sum(axis=1)
+            total_sq += (pixels**2).sum(axis=1)
+            count += pixels.shape[1]
+    if count == 0:
+        raise GeoSegError("training scenes hold no valid pixels")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0))
+    return mean, np.where(std > 0, std, 1.0)
+
+
+class LabelSource:
+    """Class indices (model output channels) for any window of a scene's image grid."""
+
+    def __init__(self, scene: TrainScene, class_ids: list[int], ignore_index: int) -> None:
+        self.scene, self.ignore_index = scene, ignore_index
+        self.lut = np.full(max(max(class_ids) + 1, 256), ignore_index, dtype=np.int64)
+        self.lut[class_ids] = np.arange(len(class_ids))
+        self._frame: gpd.GeoDataFrame | None = None
+        self._raster: Any = None
+
+    def _open(self) -> None:
+        path, crs = self.scene.labels, self.scene.info.crs
+        if path.suffix.lower() in VECTOR_SUFFIXES:
+            frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+            if self.scene.label_field not in frame.columns:
+                raise GeoSegError(f"label polygons have no {self.scene.label_field!r} attribute", path)
+            if frame.crs is None:
+                raise GeoSegError("label polygons have no CRS", path)
+            from rasterio.crs import CRS
+
+            if same_projection(CRS.from_user_input(frame.crs.to_wkt()), crs):
+                frame = frame.set_crs(crs.to_wkt(), allow_override=True)
+            else:
+                frame = frame.to_crs(crs.to_wkt())
+            self._frame = frame
+            return
+        src = rasterio.open(path)
+        info = self.scene.info
+        if src.crs is None:
+            raise GeoSegError("label raster has no CRS", path)
+        same_grid = src.transform == info.transform and (src.width, src.height) == (info.width, info.height)
+        if same_grid and same_projection(src.crs, crs):
+            self._raster = src
+        else:
+            self._raster = WarpedVRT(
+                src,
+                crs=crs,
+                transform=info.transform,
+                width=info.width,
+                height=info.height,
+                resampling=Resampling.nearest,
+            )
+
+    def read(self, window: Window) -> np.ndarray:
+        """Label indices for ``window`` (which may extend past the scene: outside is ignore_index)."""
+        if self._frame is None and self._raster is None:
+            self._open()
+        size = (int(window.height), int(window.width))
+        if self._frame is not None:
+            transform = window_transform(window, self.scene.info.transform)
+            bounds = rasterio.windows.bounds(window, self.scene.info.transform)
+            hits = self._frame.iloc[self._frame.sindex.query(_box(bounds))]
+            values = np.full(size, -1, dtype=np.int32)
+            if len(hits):
+                shapes = zip(hits.geometry, hits[self.scene.label_field].astype(int), strict=True)
+                values = features.rasterize(shapes, out_shape=size, transform=transform, fill=-1, dtype="int32")
+            labels = np.where(values >= 0, self.lut[np.clip(values, 0, len(self.lut) - 1)], self.ignore_index)
+        else:
+            raw, valid = read_tile(self._raster, window, [1], pad_mode="nodata")
+            raw = np.where(valid[None], raw, -1)[0]
+            ok = valid & (raw >= 0) & (raw < len(self.lut)) & (raw == np.round(raw))
+            labels = np.where(ok, self.lut[np.clip(raw, 0, len(self.lut) - 1).astype(np.int64)], self.ignore_index)
+        return labels.astype(np.int64)
+
+
+def _box(bounds: tuple[float, float, float, float]) -> Any:
+    from shapely.geometry import box
+
+    return box(*bounds)
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by a random multiple of 90 degrees: exact on pixel grids (no interpolation)."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"k": int(torch.randint(4, ()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(torch.rot90(inpt, params["k"], dims=(-2, -1)), like=inpt)
+
+
+class BandJitter(v2.Transform):
+    """Per-band brightness and contrast on normalised images (ColorJitter only knows RGB); masks untouched."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, brightness: float = 0.1, contrast: float = 0.1) -> None:
+        super().__init__()
+        self.brightness, self.contrast = brightness, contrast
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        bands = next(x for x in flat_inputs if isinstance(x, tv_tensors.Image)).shape[-3]
+        return {
+            "shift": torch.empty(bands, 1, 1).uniform_(-self.brightness, self.brightness),
+            "scale": torch.empty(bands, 1, 1).uniform_(1 - self.contrast, 1 + self.contrast),
+        }
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return tv_tensors.wrap(inpt * params["scale"] + params["shift"], like=inpt)
+
+
+def augmentation() -> v2.Transform:
+    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90(), BandJitter()])
+
+
+class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Patches of ``size`` pixels: random windows (training) or a regular grid (validation).
+
+    Random windows are drawn from a generator seeded by (seed, epoch, index), so every DDP rank and every
+    restart after a crash sees the same sequence; call :meth:`set_epoch` each epoch for fresh windows.
+    """
+
+    def __init__(
+        self,
+        scenes: list[TrainScene],
+        class_ids: list[int],
+        bands: list[int],
+        mean: ArrayLike,
+        std: ArrayLike,
+        size: int,
+        *,
+        count: int | None = None,
+        stride: int | None = None,
+        augment: bool = False,
+        ignore_index: int = 255,
+        nodata: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.scenes, self.size, self.bands = scenes, size, bands
+        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+        self.std = np.asarray(std, dtype=np.float32)[:, None, None]
+        self.ignore_index, self.nodata, self.seed = ignore_index, nodata, seed
+        self.labels = [LabelSource(s, class_ids, ignore_index) for s in scenes]
+        self.transform = augmentation() if augment else None
+        self.epoch = 0
+        self._sources: dict[int, Any] = {}
+        if count is None:  # validation grid
+            step = stride or size
+            self.grid = [
+                (i, Window(int(s.region.col_off) + c, int(s.region.row_off) + r, size, size))
+                for i, s in enumerate(scenes)
+                for r in _grid_positions(int(s.region.height), size, step)
+                for c in _grid_positions(int(s.region.width), size, step)
+            ]
+            self.count = len(self.grid)
+        else:
+            self.grid, self.count = [], count
+            areas = np.array([float(s.region.width * s.region.height) for s in scenes])
+            self.weights = areas / areas.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _window(self, index: int) -> tuple[int, Window]:
+        if self.grid:
+            return self.grid[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        i = int(rng.choice(len(self.scenes), p=self.weights))
+        region = self.scenes[i].region
+        col = int(region.col_off) + int(rng.integers(0, max(1, int(region.width) - self.size + 1)))
+        row = int(region.row_off) + int(rng.integers(0, max(1, int(region.height) - self.size + 1)))
+        return i, Window(col, row, self.size, self.size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i, window = self._window(index)
+        if i not in self._sources:
+            self._sources[i] = rasterio.open(self.scenes[i].info.path)
+        # The region may be narrower than a patch (region split): keep the patch inside the region's labels.
+        raw, valid = read_tile(self._sources[i], window, self.bands, pad_mode="reflect")
+        if self._sources[i].nodata is None and self.nodata is not None:
+            valid &= ~np.any(raw == self.nodata, axis=0)
+        labels = self.labels[i].read(window)
+        labels[~valid | ~_inside(window, self.scenes[i].region)] = self.ignore_index
+        image = np.where(valid, (raw - self.mean) / self.std, 0.0).astype(np.float32)
+        x, y = tv_tensors.Image(torch.from_numpy(image)), tv_tensors.Mask(torch.from_numpy(labels))
+        if self.transform is not None:
+            x, y = self.transform(x, y)
+        return x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)
+
+
+def _grid_positions(length: int, size: int, step: int) -> list[int]:
+    """Patch offsets every ``step`` pixels, the last one flush with the end so the whole length is covered."""
+    count = max(1, math.ceil(max(0, length - size) / step) + 1)
+    return sorted({min(k * step, max(0, length - size)) for k in range(count)})
+
+
+def _inside(window: Window, region: Window) -> np.ndarray:
+    rows = np.arange(int(window.row_off), int(window.row_off + window.height))
+    cols = np.arange(int(window.col_off), int(window.col_off + window.width))
+    in_rows = (rows >= region.row_off) & (rows < region.row_off + region.height)
+    in_cols = (cols >= region.col_off) & (cols < region.col_off + region.width)
+    return in_rows[:, None] & in_cols[None, :]

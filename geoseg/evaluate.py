@@ -1,0 +1,100 @@
+"""Compare a predicted class raster with truth (a class raster or polygons), window by window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from rasterio import features
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import transform as window_transform
+
+from geoseg.errors import GeoSegError
+from geoseg.io.writer import CLASS_NODATA
+from geoseg.metrics import confusion_matrix, summarize
+from geoseg.vectorize import class_names_from_tags
+
+VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"}
+MAX_CLASSES = CLASS_NODATA  # ids 0..254
+
+
+def _read_truth_vectors(path: Path, crs: Any, class_field: str) -> gpd.GeoDataFrame:
+    try:
+        frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path, engine="pyogrio")
+    except Exception as exc:
+        raise GeoSegError(f"cannot read truth polygons: {str(exc).splitlines()[0]}", path) from exc
+    if class_field not in frame.columns:
+        raise GeoSegError(f"truth polygons have no {class_field!r} attribute", path)
+    if frame.crs is None:
+        raise GeoSegError("truth polygons have no CRS", path)
+    return frame.to_crs(crs)
+
+
+def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "class_id") -> dict[str, Any]:
+    """Metrics of ``pred_path`` against ``truth_path``; truth is brought onto the prediction's grid.
+
+    Raster truth on another grid is warped (nearest) on the fly; vector truth is rasterised per window.
+    Pixels that are nodata in either raster are left out.
+    """
+    pred_path, truth_path = Path(pred_path), Path(truth_path)
+    cm = np.zeros((MAX_CLASSES, MAX_CLASSES), dtype=np.int64)
+    try:
+        pred = rasterio.open(pred_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise GeoSegError("cannot open prediction raster", pred_path) from exc
+    with pred:
+        names = class_names_from_tags(pred.tags())
+        if truth_path.suffix.lower() in VECTOR_SUFFIXES:
+            truth_frame = _read_truth_vectors(truth_path, pred.crs, class_field)
+            shapes = list(zip(truth_frame.geometry, truth_frame[class_field].astype(int), strict=True))
+            for _, window in pred.block_windows(1):
+                p = pred.read(1, window=window)
+                t = features.rasterize(
+                    shapes,
+                    out_shape=p.shape,
+                    transform=window_transform(window, pred.transform),
+                    fill=CLASS_NODATA,
+                    dtype="uint8",
+                )
+                cm += confusion_matrix(p, t, MAX_CLASSES)
+        else:
+            try:
+                truth_src = rasterio.open(truth_path)
+            except rasterio.errors.RasterioIOError as exc:
+                raise GeoSegError("cannot open truth raster", truth_path) from exc
+            with truth_src:
+                names = class_names_from_tags(truth_src.tags()) | names
+                same_grid = (
+                    truth_src.crs == pred.crs
+                    and truth_src.transform == pred.transform
+                    and truth_src.shape == pred.shape
+                )
+                truth = (
+                    truth_src
+                    if same_grid
+                    else WarpedVRT(
+                        truth_src,
+                        crs=pred.crs,
+                        transform=pred.transform,
+                        width=pred.width,
+                        height=pred.height,
+                        resampling=Resampling.nearest,
+                    )
+                )
+                for _, window in pred.block_windows(1):
+                    p = pred.read(1, window=window)
+                    t = truth.read(1, window=window)
+                    valid = truth.read_masks(1, window=window) > 0
+                    valid &= pred.read_masks(1, window=window) > 0
+                    if t.dtype.kind == "f":
+                        t = np.where(valid, t, CLASS_NODATA).astype(np.int64)
+                    cm += confusion_matrix(p, t, MAX_CLASSES, valid)
+    used = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
+    if not len(used):
+        raise GeoSegError("prediction and truth share no valid pixels", truth_path)
+    size = int(used.max()) + 1
+    return summarize(cm[:size, :size], names)

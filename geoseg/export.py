@@ -1,0 +1,76 @@
+"""Write class polygons to GIS formats, atomically, with area and perimeter attributes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import geopandas as gpd
+import shapely
+
+from geoseg.errors import GeoSegError
+from geoseg.vectorize import ClassPolygons
+
+# extension -> (OGR driver or "parquet", reprojected to WGS84 by the format's spec)
+FORMATS: dict[str, tuple[str, bool]] = {
+    ".gpkg": ("GPKG", False),
+    ".shp": ("ESRI Shapefile", False),
+    ".geojson": ("GeoJSON", True),  # RFC 7946: always WGS84
+    ".json": ("GeoJSON", True),
+    ".fgb": ("FlatGeobuf", False),
+    ".parquet": ("parquet", False),
+}
+_SHAPEFILE_LIMIT = 2**31  # 2 GB: .shp/.dbf offsets are 32-bit
+_SHAPEFILE_FIELDS = {"perimeter_m": "perimeter"}  # dBASE field names are at most 10 characters
+EQUAL_AREA_CRS = "EPSG:6933"  # for areas when the raster CRS is geographic
+
+
+def to_geodataframe(polygons: ClassPolygons) -> gpd.GeoDataFrame:
+    geoms = shapely.make_valid(polygons.geometries)
+    frame = gpd.GeoDataFrame(
+        {
+            "class_id": polygons.class_ids,
+            "class_name": [polygons.class_names.get(int(c), f"class_{c}") for c in polygons.class_ids],
+        },
+        geometry=geoms,
+        crs=polygons.crs,
+    )
+    measured = frame.to_crs(EQUAL_AREA_CRS) if frame.crs.is_geographic else frame
+    frame["area_m2"] = measured.geometry.area.to_numpy()
+    frame["perimeter_m"] = measured.geometry.length.to_numpy()
+    return frame
+
+
+def write_polygons(frame: gpd.GeoDataFrame, out: str | Path, to_crs: str | None = None) -> Path:
+    """Write ``frame`` to ``out`` in the format its extension names; never leaves a partial file."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        raise GeoSegError(f"unknown vector format {suffix!r}; use one of {', '.join(FORMATS)}", out)
+    driver, wgs84 = FORMATS[suffix]
+    if to_crs:
+        frame = frame.to_crs(to_crs)
+    if wgs84:
+        frame = frame.to_crs("EPSG:4326")
+    if driver == "ESRI Shapefile":
+        frame = frame.rename(columns=_SHAPEFILE_FIELDS)
+    if not out.parent.exists() or not os.access(out.parent, os.W_OK):
+        raise GeoSegError("output folder does not exist or is not writable", out.parent)
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir()
+    try:
+        target = staging / out.name
+        if driver == "parquet":
+            frame.to_parquet(target)
+        else:
+            frame.to_file(target, driver=driver, engine="pyogrio", encoding="UTF-8")
+        produced = sorted(staging.iterdir())
+        if driver == "ESRI Shapefile" and sum(p.stat().st_size for p in produced) > _SHAPEFILE_LIMIT:
+            raise GeoSegError("shapefile would exceed 2 GB; write .gpkg or .fgb instead", out)
+        for part in produced:
+            os.replace(part, out.parent / part.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

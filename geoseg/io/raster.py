@@ -1,0 +1,132 @@
+"""Open and validate scenes, read padded windows with their validity mask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from geoseg.errors import GeoSegError
+
+PadMode = Literal["reflect", "constant", "nodata"]
+_NUMERIC_KINDS = {"u", "i", "f"}
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the pipeline needs to know about an input scene, read once from its header."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS
+    transform: Affine
+    nodata: float | None
+    block_shape: tuple[int, int]
+
+    @property
+    def name(self) -> str:
+        """Scene name used for output files: the file stem."""
+        return self.path.stem
+
+    @property
+    def pixel_area_m2(self) -> float:
+        """Ground area of one pixel, in squared CRS units (metres for projected CRSs)."""
+        return abs(self.transform.a * self.transform.e - self.transform.b * self.transform.d)
+
+
+def same_projection(a: CRS, b: CRS) -> bool:
+    """True when two CRSs place pixels identically up to the datum realisation they are tagged with.
+
+    Archives often tag one grid with two EPSG codes that differ only by datum realisation (NAD83 vs
+    NAD83(HARN), say): the projection parameters are equal and the metre-level datum shift is below a
+    pixel, so treating them as different grids would only add a resampling step and its errors.
+    """
+    if a == b:
+        return True
+    from pyproj import CRS as ProjCRS
+
+    pa, pb = ProjCRS.from_user_input(a.to_wkt()), ProjCRS.from_user_input(b.to_wkt())
+    if not (pa.is_projected and pb.is_projected) or pa.coordinate_operation is None or pb.coordinate_operation is None:
+        return False
+    same_op = pa.coordinate_operation.to_proj4() == pb.coordinate_operation.to_proj4()
+    return bool(same_op and pa.ellipsoid == pb.ellipsoid)
+
+
+def open_scene(path: str | Path) -> SceneInfo:
+    """Read and check a scene's header; every problem is a one-line :class:`GeoSegError` naming the file."""
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            if src.transform == Affine.identity():
+                raise GeoSegError("no geotransform: pixel positions are unknown", path)
+            if src.crs is None:
+                raise GeoSegError("no CRS: the raster is not georeferenced", path)
+            dtype = np.dtype(src.dtypes[0])
+            if dtype.kind not in _NUMERIC_KINDS:
+                raise GeoSegError(f"unsupported pixel type {dtype.name}", path)
+            return SceneInfo(
+                path=path,
+                width=src.width,
+                height=src.height,
+                count=src.count,
+                dtype=dtype.name,
+                crs=src.crs,
+                transform=src.transform,
+                nodata=src.nodata,
+                block_shape=src.block_shapes[0],
+            )
+    except RasterioIOError as exc:
+        cause = str(exc).split(": ", 1)[-1] if str(exc) else "cannot be read"
+        raise GeoSegError(f"cannot open as a raster ({cause})", path) from exc
+
+
+def read_tile(
+    src: rasterio.DatasetReader,
+    window: Window,
+    bands: list[int] | None = None,
+    pad_mode: PadMode = "reflect",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``window`` (which may extend past the raster) as float32 ``[bands, h, w]`` plus a validity mask.
+
+    Only the part of the window inside the raster is read from disk. The rest is filled by ``pad_mode``:
+    ``reflect`` mirrors the image (good context for the model at scene borders), ``constant`` fills zeros,
+    ``nodata`` marks the padding invalid. The mask is False where the source says nodata (nodata value,
+    internal mask or alpha band, via GDAL's mask flags), where a value is NaN/inf, and in ``nodata`` padding.
+    """
+    bands = bands or list(range(1, src.count + 1))
+    row0, col0 = int(window.row_off), int(window.col_off)
+    height, width = int(window.height), int(window.width)
+    top, left = max(0, -row0), max(0, -col0)
+    bottom = max(0, row0 + height - src.height)
+    right = max(0, col0 + width - src.width)
+    inner = Window(col0 + left, row0 + top, width - left - right, height - top - bottom)
+    if inner.width <= 0 or inner.height <= 0:
+        raise ValueError(f"window {window} does not intersect the {src.width}x{src.height} raster")
+    data = src.read(bands, window=inner, out_dtype="float32")
+    valid = np.all(src.read_masks(bands, window=inner) > 0, axis=0)
+    valid &= np.all(np.isfinite(data), axis=0)
+    pads = ((top, bottom), (left, right))
+    if top or bottom or left or right:
+        data, valid = _pad(data, valid, pads, pad_mode)
+    return data, valid
+
+
+def _pad(
+    data: np.ndarray, valid: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: PadMode
+) -> tuple[np.ndarray, np.ndarray]:
+    if mode == "reflect":
+        # numpy's reflect needs at least 2 pixels along an axis; a 1-pixel axis can only be repeated.
+        np_mode: Literal["reflect", "edge"] = "reflect" if min(data.shape[1:]) > 1 else "edge"
+        return np.pad(data, ((0, 0), *pads), mode=np_mode), np.pad(valid, pads, mode=np_mode)
+    data = np.pad(data, ((0, 0), *pads), mode="constant")
+    return data, np.pad(valid, pads, mode="constant", constant_values=mode == "constant")

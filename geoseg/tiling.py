@@ -1,0 +1,155 @@
+"""Overlapping tiles over a scene, as a lazy sequence of small value objects.
+
+Geometry along one axis (the other is the same), with tile size ``T``, halo ``h`` and blend overlap ``o``:
+each tile *reads* ``T`` pixels, discards ``h`` on each side (the pixels whose receptive field reaches the
+tile edge) and *contributes* the central core of ``C = T - 2h`` pixels. Cores start every ``s = C - o``
+pixels from pixel 0, so neighbouring cores overlap by ``o`` pixels where their probabilities are blended.
+The first tile reads from ``-h``: at true image borders the halo lies outside the raster and is filled by
+padding, so border pixels are never cropped away for lack of a neighbour. A raster smaller than one tile
+still gets one (padded) tile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import overload
+
+import numpy as np
+from rasterio.windows import Window
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: where it reads (may extend past the raster) and which pixels it contributes."""
+
+    index: int
+    row: int
+    col: int
+    read: Window
+    core: Window  # clipped to the raster
+
+    @property
+    def core_in_tile(self) -> tuple[slice, slice]:
+        """Slices selecting the core inside the read array."""
+        r = int(self.core.row_off - self.read.row_off)
+        c = int(self.core.col_off - self.read.col_off)
+        return slice(r, r + int(self.core.height)), slice(c, c + int(self.core.width))
+
+
+@dataclass(frozen=True)
+class _Axis:
+    length: int
+    tile: int
+    halo: int
+    overlap: int
+
+    @property
+    def core(self) -> int:
+        return self.tile - 2 * self.halo
+
+    @property
+    def stride(self) -> int:
+        return self.core - self.overlap
+
+    @property
+    def count(self) -> int:
+        return max(1, math.ceil(max(0, self.length - self.core) / self.stride) + 1)
+
+    def core_span(self, i: int) -> tuple[int, int]:
+        start = i * self.stride
+        return start, min(start + self.core, self.length)
+
+
+class TileGrid(Sequence[Tile]):
+    """All tiles of a ``width`` x ``height`` raster in row-major order, computed on demand from the index.
+
+    Args:
+        width, height: raster size in pixels.
+        tile: pixels read per tile side (what the model sees).
+        halo: pixels discarded at each tile side that has a neighbour.
+        overlap: width of the band where neighbouring cores overlap and are blended.
+    """
+
+    def __init__(self, width: int, height: int, tile: int, halo: int = 0, overlap: int = 0) -> None:
+        if width < 1 or height < 1:
+            raise ValueError(f"raster must be at least 1x1, got {width}x{height}")
+        if halo < 0 or overlap < 0:
+            raise ValueError("halo and overlap must be >= 0")
+        if tile - 2 * halo < max(1, 2 * overlap):
+            # With a stride below the overlap, three tiles would share pixels and the weights would not
+            # sum to one.
+            raise ValueError(
+                f"tile {tile} is too small for halo {halo} and overlap {overlap}: need tile - 2*halo >= 2*overlap"
+            )
+        self.width, self.height = width, height
+        self.tile, self.halo, self.overlap = tile, halo, overlap
+        self._x = _Axis(width, tile, halo, overlap)
+        self._y = _Axis(height, tile, halo, overlap)
+
+    @property
+    def rows(self) -> int:
+        return self._y.count
+
+    @property
+    def cols(self) -> int:
+        return self._x.count
+
+    @property
+    def stride(self) -> int:
+        return self._y.stride
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    @overload
+    def __getitem__(self, index: int) -> Tile: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Tile]: ...
+
+    def __getitem__(self, index: int | slice) -> Tile | Sequence[Tile]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row, col = divmod(index, self.cols)
+        y0, y1 = self._y.core_span(row)
+        x0, x1 = self._x.core_span(col)
+        read = Window(x0 - self.halo, y0 - self.halo, self.tile, self.tile)
+        return Tile(index, row, col, read, Window(x0, y0, x1 - x0, y1 - y0))
+
+    def __iter__(self) -> Iterator[Tile]:
+        return (self[i] for i in range(len(self)))
+
+    def row_span(self, row: int) -> tuple[int, int]:
+        """Raster rows ``[start, stop)`` that tile row ``row`` contributes to."""
+        return self._y.core_span(row)
+
+    @cached_property
+    def _ramp(self) -> np.ndarray:
+        k = np.arange(self.overlap, dtype=np.float64)
+        return np.sin(0.5 * np.pi * (k + 0.5) / self.overlap) ** 2
+
+    def blend_weights(self, tile: Tile) -> np.ndarray:
+        """Weights over the tile's core: 1 inside, a raised-cosine ramp where a neighbour overlaps.
+
+        The ramp ``sin^2`` of one tile and the ``cos^2`` of its neighbour sum to 1 at every overlap pixel
+        (also at corners, where four products meet), and no weight is 0, so every core pixel counts.
+        """
+        h, w = int(tile.core.height), int(tile.core.width)
+        wy = self._axis_weights(h, tile.row > 0, tile.row < self.rows - 1)
+        wx = self._axis_weights(w, tile.col > 0, tile.col < self.cols - 1)
+        return (wy[:, None] * wx[None, :]).astype(np.float32)
+
+    def _axis_weights(self, length: int, has_before: bool, has_after: bool) -> np.ndarray:
+        weights = np.ones(length, dtype=np.float64)
+        o = min(self.overlap, length)
+        if o and has_before:
+            weights[:o] *= self._ramp[:o]
+        if o and has_after:
+            weights[length - o :] *= self._ramp[:o][::-1]
+        return weights

@@ -1,0 +1,349 @@
+"""Training with Ray Train: DDP across workers (gloo on CPU, NCCL on GPU), resumable checkpoints, a bundle out.
+
+The driver validates the config, splits scenes spatially, computes band statistics and starts a
+``TorchTrainer``. Each worker samples its own patches (windowed reads), trains, and after every epoch
+all-reduces the validation confusion matrix so every rank sees the same metrics (and stops early together).
+Rank 0 reports a checkpoint holding the current and the best weights, optimizer, schedule and history:
+rerunning the same command (same run name and output folder) resumes from it, and a crashed worker is
+replaced and restarted from it (``FailureConfig``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from geoseg.bundle import ArchitectureSpec, BandSpec, BundleSpec, save_bundle
+from geoseg.cluster import ray_session
+from geoseg.config import TrainConfig
+from geoseg.data import PatchDataset, band_statistics, split_scenes
+from geoseg.errors import GeoSegError
+from geoseg.losses import build_loss
+from geoseg.metrics import summarize
+
+IGNORE_INDEX = 255
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside a DDP wrapper (checkpoints must load without DDP)."""
+    inner = getattr(model, "module", model)
+    assert isinstance(inner, torch.nn.Module)
+    return inner
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _replicas_identical(model: torch.nn.Module, device: torch.device) -> bool:
+    """DDP keeps every rank's weights equal; check it instead of trusting it (cheap: one float per rank)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).to(device)
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    return bool(all(torch.equal(g, gathered[0]) for g in gathered))
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to 1 % of ``peak``.
+
+    A pure function of the step, so a resumed run (even one given more epochs) continues the schedule
+    instead of replaying a scheduler object whose length was fixed at the start.
+    """
+    warmup_steps = max(1, int(warmup * total_steps))
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _load_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"epoch": 0, "history": [], "best_miou": -1.0, "best_state": None, "stale": 0}
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
+        best = torch.load(Path(folder) / "best.pt", map_location="cpu", weights_only=True)
+        history = json.loads((Path(folder) / "history.json").read_text())
+    _unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return {
+        "epoch": int(state["epoch"]),
+        "history": history,
+        "best_miou": float(state["best_miou"]),
+        "best_state": best,
+        "stale": int(state["stale"]),
+    }
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    cfg = TrainConfig.model_validate(loop_config["config"])
+    spec = BundleSpec.model_validate(loop_config["spec"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if not cfg.scaling.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.optim.seed + rank)  # augmentation draws differ per rank; weights are synced by DDP
+    train_scenes, val_scenes = split_scenes(cfg)
+    class_ids = [c.id for c in spec.classes]
+    bands = [b.index for b in spec.bands]
+    mean, std = [b.mean for b in spec.bands], [b.std for b in spec.bands]
+    train_set = PatchDataset(
+        train_scenes,
+        class_ids,
+        bands,
+        mean,
+        std,
+        cfg.data.patch_size,
+        count=cfg.data.patches_per_epoch,
+        augment=cfg.data.augment,
+        seed=cfg.optim.seed,
+        ignore_index=IGNORE_INDEX,
+        nodata=cfg.data.nodata,
+    )
+    val_set = PatchDataset(
+        val_scenes,
+        class_ids,
+        bands,
+        mean,
+        std,
+        cfg.data.patch_size,
+        stride=cfg.data.val_stride,
+        ignore_index=IGNORE_INDEX,
+        nodata=cfg.data.nodata,
+    )
+    train_loader = ray.train.torch.prepare_data_loader(
+        DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True)
+    )
+    val_loader = ray.train.torch.prepare_data_loader(DataLoader(val_set, batch_size=cfg.optim.batch_size))
+
+    torch.manual_seed(cfg.optim.seed)  # identical initial weights on every rank
+    model = ray.train.torch.prepare_model(spec.build())
+    device = ray.train.torch.get_device()
+    loss_fn = build_loss(cfg.optim.loss, IGNORE_INDEX, cfg.optim.class_weights).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    state = _load_checkpoint(model, optimizer)
+    step = state["epoch"] * steps_per_epoch
+    use_amp = device.type == "cuda"
+    num_classes = len(class_ids)
+    for epoch in range(state["epoch"], cfg.optim.epochs):
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        for x, y in train_loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x.to(device))
+            loss = loss_fn(logits.float(), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, cfg.optim.lr)
+            optimizer.step()
+            step += 1
+            loss_sum += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64, device=device)
+        model.eval()
+        cm = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+        with torch.inference_mode():
+            for x, y in val_loader:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    pred = model(x.to(device)).argmax(dim=1)
+                y = y.to(device)
+                keep = y != IGNORE_INDEX
+                cm += torch.bincount(y[keep] * num_classes + pred[keep], minlength=num_classes**2)
+        _all_reduce(cm)
+        _all_reduce(loss_sum)
+        in_sync = _replicas_identical(model, device)
+        names = {i: c.name for i, c in enumerate(spec.classes)}
+        summary = summarize(cm.view(num_classes, num_classes).cpu().numpy(), names)
+        miou = summary["miou"] or 0.0
+        improved = miou > state["best_miou"]
+        if improved:
+            state["best_miou"], state["stale"] = miou, 0
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+        else:
+            state["stale"] += 1
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum[0]) / max(float(loss_sum[1]), 1.0),
+            "val_miou": miou,
+            "val_pixel_accuracy": summary["pixel_accuracy"] or 0.0,
+            "val_per_class_iou": {k: v["iou"] for k, v in summary["per_class"].items()},
+            "seconds": round(time.perf_counter() - started, 2),
+            "workers": world,
+            "replicas_identical": in_sync,
+        }
+        state["history"].append(record)
+        stop = bool(cfg.optim.early_stopping_patience and state["stale"] >= cfg.optim.early_stopping_patience)
+        metrics = {k: v for k, v in record.items() if k != "val_per_class_iou"} | {"best_val_miou": state["best_miou"]}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(
+                    {
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "best_miou": state["best_miou"],
+                        "stale": state["stale"],
+                    },
+                    Path(folder) / "state.pt",
+                )
+                torch.save(state["best_state"], Path(folder) / "best.pt")
+                (Path(folder) / "history.json").write_text(json.dumps(state["history"]))
+                (Path(folder) / "summary.json").write_text(json.dumps(summary if improved else {}))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+        _crash_for_test(loop_config.get("fault"), epoch, rank)
+        if stop:
+            break
+
+
+def _crash_for_test(fault: dict[str, Any] | None, epoch: int, rank: int) -> None:
+    """Fault injection for the recovery test: the last rank dies once, after the given epoch.
+
+    Enabled only when the driver has GEOSEG_CRASH_MARKER set (a file path that records the crash, so
+    the restarted worker does not crash again).
+    """
+    if not fault or rank != fault["rank"] or epoch + 1 != fault["after_epoch"]:
+        return
+    marker = Path(fault["marker"])
+    if not marker.exists():
+        marker.write_text("crashed")
+        os._exit(1)
+
+
+def _fault_injection(cfg: TrainConfig) -> dict[str, Any] | None:
+    marker = os.environ.get("GEOSEG_CRASH_MARKER")
+    if not marker:
+        return None
+    return {
+        "marker": marker,
+        "rank": cfg.scaling.workers - 1,
+        "after_epoch": int(os.environ.get("GEOSEG_CRASH_AFTER_EPOCH", "1")),
+    }
+
+
+def bundle_spec(
+    cfg: TrainConfig, mean: np.ndarray, std: np.ndarray, band_names: list[str], band_count: int
+) -> BundleSpec:
+    return BundleSpec(
+        architecture=ArchitectureSpec(name=cfg.model.arch, kwargs=cfg.model.kwargs),
+        bands=[
+            BandSpec(name=n, index=i + 1, mean=float(m), std=float(s))
+            for i, (n, m, s) in enumerate(zip(band_names, mean, std, strict=True))
+        ],
+        input_band_count=band_count,
+        classes=cfg.classes,
+        input_nodata=cfg.data.nodata,
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, console: Console | None = None) -> Path:
+    """Train per ``cfg``; writes ``output/bundle``, ``output/metrics.json`` and ``output/curves.png``."""
+    console = console or Console(stderr=True)
+    # Workers run in their own working directories: hand them absolute paths.
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve())})})
+    output = Path(output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    train_scenes, val_scenes = split_scenes(cfg)
+    first = train_scenes[0].info
+    for scene in train_scenes + val_scenes:
+        if scene.info.count != first.count:
+            raise GeoSegError(f"has {scene.info.count} bands, other scenes have {first.count}", scene.info.path)
+    bands = list(range(1, first.count + 1))
+    mean, std = band_statistics(train_scenes, bands, cfg.data.nodata)
+    with rasterio.open(first.path) as src:
+        names = [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
+    spec = bundle_spec(cfg, mean, std, names, first.count)
+    console.print(
+        f"training {cfg.model.arch} on {len(train_scenes)} scene(s), validating on "
+        f"{len(val_scenes)} ({cfg.data.split} split), {cfg.scaling.workers} Ray Train worker(s)"
+    )
+    with ray_session(ray_address):
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={
+                "config": cfg.model_dump(mode="json"),
+                "spec": spec.model_dump(mode="json"),
+                "fault": _fault_injection(cfg),
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.scaling.workers,
+                use_gpu=cfg.scaling.use_gpu,
+                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=cfg.name,
+                storage_path=str(output / "ray_results"),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            ),
+        )
+        result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as folder:
+        best = torch.load(Path(folder) / "best.pt", map_location="cpu", weights_only=True)
+        history = json.loads((Path(folder) / "history.json").read_text())
+    best_epoch = max(history, key=lambda r: r["val_miou"])
+    spec.metrics = {
+        "best_epoch": best_epoch["epoch"],
+        "val_miou": best_epoch["val_miou"],
+        "val_pixel_accuracy": best_epoch["val_pixel_accuracy"],
+        "val_per_class_iou": best_epoch["val_per_class_iou"],
+        "epochs": len(history),
+    }
+    model = spec.build()
+    model.load_state_dict(best)
+    bundle = save_bundle(output / "bundle", spec, model)
+    (output / "metrics.json").write_text(json.dumps({"best": spec.metrics, "history": history}, indent=2))
+    plot_curves(history, output / "curves.png")
+    console.print(
+        f"best epoch {best_epoch['epoch']}: val mIoU {best_epoch['val_miou']:.3f}, "
+        f"pixel accuracy {best_epoch['val_pixel_accuracy']:.3f} -> {bundle}"
+    )
+    return bundle
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    ax_iou.plot(epochs, [r["val_miou"] for r in history], marker="o", label="mIoU")
+    ax_iou.plot(epochs, [r["val_pixel_accuracy"] for r in history], marker="s", label="pixel accuracy")
+    ax_iou.set(xlabel="epoch", ylim=(0, 1), title="Validation")
+    ax_iou.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

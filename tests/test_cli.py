@@ -1,0 +1,129 @@
+"""The command line as a user meets it: exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GEOSEG = [sys.executable, "-m", "geoseg"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GEOSEG, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("geoseg: error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bundle_init_and_info(tmp_path) -> None:
+    out = tmp_path / "bundle"
+    assert (
+        run(
+            "bundle",
+            "init",
+            "--arch",
+            "unet",
+            "--in-channels",
+            "4",
+            "--num-classes",
+            "3",
+            "--base-channels",
+            "8",
+            "--out",
+            str(out),
+        ).returncode
+        == 0
+    )
+    info = json.loads(run("bundle", "info", str(out)).stdout)
+    assert info["architecture"] == {"name": "unet", "kwargs": {"base_channels": 8}}
+    assert len(info["bands"]) == 4 and info["parameters"] > 10_000
+
+
+def test_broken_bundle_is_one_line(tmp_path) -> None:
+    (tmp_path / "bundle.json").write_text("{not json")
+    _one_line_error(run("bundle", "info", str(tmp_path)), str(tmp_path / "bundle.json"), "corrupt bundle spec")
+
+
+def test_synth_vectorize_evaluate(tmp_path) -> None:
+    assert run("synth", "--out", str(tmp_path / "s"), "--scenes", "1", "--size", "128").returncode == 0
+    labels = tmp_path / "s" / "scene_000_labels.tif"
+    result = run("vectorize", str(labels), "--output", str(tmp_path / "v.shp"), "--chunk", "50")
+    assert result.returncode == 0 and (tmp_path / "v.prj").exists()
+    result = run(
+        "evaluate", "--pred", str(labels), "--truth", str(tmp_path / "v.shp"), "--out", str(tmp_path / "m.json")
+    )
+    assert result.returncode == 0 and "mIoU 1.0000" in result.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["pixel_accuracy"] == 1.0
+
+
+def test_vectorize_bad_input(make_geotiff, tmp_path) -> None:
+    path = make_geotiff(np.full((3, 3), 0.25, np.float32))
+    _one_line_error(run("vectorize", str(path), "--output", str(tmp_path / "o.gpkg")), str(path), "fractional")
+
+
+def test_train_with_unknown_config_key(tmp_path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    result = run(
+        "train",
+        "--config",
+        str(repo / "configs" / "synthetic.yaml"),
+        "--output",
+        str(tmp_path),
+        "--set",
+        "optim.learning_rate=1",
+    )
+    _one_line_error(result, "optim.learning_rate", "Extra inputs are not permitted")
+
+
+@pytest.mark.ray
+def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> None:
+    bundle = tmp_path / "bundle"
+    run(
+        "bundle",
+        "init",
+        "--arch",
+        "unet",
+        "--in-channels",
+        "2",
+        "--num-classes",
+        "2",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--out",
+        str(bundle),
+    )
+    good = make_geotiff(np.random.default_rng(0).random((2, 70, 90)).astype(np.float32), name="good.tif")
+    missing = tmp_path / "missing.tif"
+    result = run(
+        "predict",
+        "--model",
+        str(bundle),
+        "--output",
+        str(tmp_path / "job"),
+        "--tile",
+        "64",
+        "--input",
+        str(good),
+        str(missing),
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"failed {missing}: cannot open as a raster" in result.stderr.replace("\n", " ")
+    assert (tmp_path / "job" / "good.tif").exists()
+    ok = run(
+        "predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", "--input", str(good)
+    )
+    assert ok.returncode == 0, ok.stderr

@@ -1,0 +1,55 @@
+"""Config validation: unknown keys and bad values name the key; --set overrides; YAML only, safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geoseg.config import load_config
+from geoseg.errors import GeoSegError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_validate() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.classes and cfg.data.scenes, path
+
+
+def test_set_overrides_nested_keys_with_yaml_values() -> None:
+    cfg = load_config(
+        REPO / "configs" / "synthetic.yaml",
+        ["optim.epochs=3", "model.kwargs={base_channels: 8, depth: 2}", "scaling.use_gpu=true"],
+    )
+    assert cfg.optim.epochs == 3 and cfg.model.kwargs == {"base_channels": 8, "depth": 2}
+    assert cfg.scaling.use_gpu is True
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.epochz=3", "config key optim.epochz: Extra inputs are not permitted"),
+        ("optim.lr=-1", "config key optim.lr: Input should be greater than 0"),
+        ("model.arch=evil.module", "config key model.arch"),
+        ("name=../../escape", "config key name"),
+        ("optim=3", "config key optim"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, message) -> None:
+    with pytest.raises(GeoSegError, match=message.replace(".", r"\.")):
+        load_config(REPO / "configs" / "synthetic.yaml", [override])
+
+
+def test_bad_yaml_and_python_tags(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(GeoSegError, match=r"bad.yaml: invalid YAML at line"):
+        load_config(bad)
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(GeoSegError, match="invalid YAML"):
+        load_config(tagged)
+    with pytest.raises(GeoSegError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")

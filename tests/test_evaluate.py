@@ -1,0 +1,68 @@
+"""Metrics by hand, and evaluate() against raster or vector truth, window by window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from geoseg.errors import GeoSegError
+from geoseg.evaluate import evaluate
+from geoseg.export import to_geodataframe, write_polygons
+from geoseg.metrics import confusion_matrix, summarize
+from geoseg.vectorize import polygonize
+
+
+def test_confusion_and_summary_by_hand() -> None:
+    truth = np.array([0, 0, 1, 1, 1, 2, 255])
+    pred = np.array([0, 1, 1, 1, 0, 2, 0])
+    cm = confusion_matrix(pred, truth, 3)
+    assert cm.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 1]]
+    s = summarize(cm, {0: "a", 1: "b", 2: "c"})
+    assert s["per_class"]["a"]["iou"] == pytest.approx(1 / 3)
+    assert s["per_class"]["b"]["iou"] == pytest.approx(2 / 4)
+    assert s["per_class"]["c"]["iou"] == 1.0
+    assert s["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert s["per_class"]["b"]["recall"] == pytest.approx(2 / 3)
+    assert s["per_class"]["a"]["f1"] == pytest.approx(2 * 1 / (2 + 2))
+    assert s["miou"] == pytest.approx((1 / 3 + 1 / 2 + 1) / 3)
+    assert s["pixel_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_absent_classes_do_not_enter_the_mean() -> None:
+    s = summarize(confusion_matrix(np.array([0, 0]), np.array([0, 0]), 5))
+    assert s["miou"] == 1.0 and list(s["per_class"]) == ["0"]
+
+
+def test_evaluate_raster_and_vector_truth_agree(make_geotiff, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    truth = np.kron(rng.integers(0, 3, (10, 12)), np.ones((7, 7), int)).astype(np.uint8)
+    pred = truth.copy()
+    pred[rng.random(truth.shape) < 0.1] = 2
+    pred[:3] = 255
+    truth_path = make_geotiff(truth, name="truth.tif")
+    pred_path = make_geotiff(pred, name="pred.tif", nodata=255)
+    vectors = write_polygons(to_geodataframe(polygonize(str(truth_path))), tmp_path / "truth.gpkg")
+    by_raster, by_vector = evaluate(pred_path, truth_path), evaluate(pred_path, vectors)
+    valid = pred != 255
+    expected = summarize(confusion_matrix(pred[valid], truth[valid], 3))
+    assert by_raster["miou"] == pytest.approx(expected["miou"])
+    assert by_vector["miou"] == pytest.approx(expected["miou"])
+    assert by_raster["confusion_matrix"] == expected["confusion_matrix"]
+
+
+def test_truth_on_another_grid_is_warped(make_geotiff) -> None:
+    truth = np.zeros((40, 40), np.uint8)
+    truth[:, 20:] = 1
+    pred = np.repeat(np.repeat(truth, 2, axis=0), 2, axis=1)  # same area, 5 m pixels instead of 10 m
+    truth_path = make_geotiff(truth, name="t.tif")
+    pred_path = make_geotiff(pred, name="p.tif", transform=Affine(5, 0, 500_000, 0, -5, 5_800_000))
+    assert evaluate(pred_path, truth_path)["miou"] == 1.0
+
+
+def test_missing_truth_attribute(make_geotiff, tmp_path) -> None:
+    path = make_geotiff(np.zeros((4, 4), np.uint8))
+    frame = to_geodataframe(polygonize(str(path))).rename(columns={"class_id": "cls"})
+    vectors = write_polygons(frame, tmp_path / "t.gpkg")
+    with pytest.raises(GeoSegError, match="no 'class_id' attribute"):
+        evaluate(path, vectors)

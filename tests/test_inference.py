@@ -1,0 +1,137 @@
+"""Prediction: georeferencing on real imagery, nodata, determinism across workers/batches, bad scenes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoseg.bundle import init_bundle, load_bundle
+from geoseg.inference.job import predict_archive
+from geoseg.inference.predictor import Predictor
+from geoseg.inference.reader import Normalisation
+from geoseg.inference.scene import LocalExecutor, PredictOptions, predict_scene
+from geoseg.io import open_scene
+from geoseg.io.writer import CLASS_NODATA
+
+OPTIONS = PredictOptions(tile=96, halo=8, overlap=8, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def bundle3(tmp_path_factory):
+    return init_bundle(tmp_path_factory.mktemp("b") / "bundle", "unet", 3, 4, base_channels=4, depth=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def bundle5(tmp_path_factory):
+    return init_bundle(tmp_path_factory.mktemp("b") / "bundle", "unet", 5, 3, base_channels=4, depth=2, seed=2)
+
+
+def _local(bundle, scene_path, out, options=OPTIONS):
+    spec, model = load_bundle(bundle)
+    predictor = Predictor(spec, model.state_dict())
+    executor = LocalExecutor(predictor, Normalisation.from_spec(spec), options)
+    return predict_scene(open_scene(scene_path), spec, executor, out, options)
+
+
+@pytest.mark.realdata
+def test_output_is_georeferenced_like_the_real_input(real_data, bundle3, tmp_path) -> None:
+    source = real_data / "rgb_byte" / "RGB.byte.tif"
+    report = _local(bundle3, source, tmp_path / "rgb.tif")
+    with rasterio.open(source) as src, rasterio.open(report.output) as out:
+        assert out.crs == src.crs and out.transform == src.transform and out.shape == src.shape
+        input_nodata = ~np.all(src.read_masks() > 0, axis=0)
+        classes = out.read(1)
+    assert input_nodata.any() and (classes[input_nodata] == CLASS_NODATA).all()
+    assert (classes[~input_nodata] < 4).all()
+    assert report.tiles_skipped_nodata > 0 and report.tiles_run > 0
+    assert report.pixels == 791 * 718
+
+
+@pytest.mark.realdata
+@pytest.mark.ray
+def test_ray_output_is_byte_identical_to_local_for_any_workers_and_batch(
+    ray_local, real_data, bundle5, tmp_path
+) -> None:
+    source = real_data / "nc_landsat" / "landsat_multiband.tif"
+    local = _local(bundle5, source, tmp_path / "local.tif")
+    reference = (tmp_path / "local.tif").read_bytes()
+    for workers, batch in [(1, 1), (2, 5)]:
+        options = PredictOptions(tile=96, halo=8, overlap=8, batch_size=batch)
+        out = tmp_path / f"w{workers}b{batch}"
+        [report] = predict_archive(bundle5, [str(source)], out, options, workers=workers)
+        assert report.status == "ok" and report.tiles == local.tiles
+        assert (out / "landsat_multiband.tif").read_bytes() == reference, (workers, batch)
+
+
+@pytest.mark.ray
+def test_bad_scenes_are_reported_and_the_others_finish(ray_local, make_geotiff, bundle3, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    good = make_geotiff(rng.integers(1, 200, (3, 150, 170)).astype(np.uint8), name="good.tif")
+    two_bands = make_geotiff(np.ones((2, 30, 30), np.uint8), name="two_bands.tif")
+    not_tiff = tmp_path / "junk.tif"
+    not_tiff.write_bytes(b"II*\x00garbage")
+    out = tmp_path / "job"
+    reports = predict_archive(bundle3, [str(not_tiff), str(two_bands), str(good)], out, OPTIONS)
+    status = {r.scene: (r.status, r.error) for r in reports}
+    assert status["good"] == ("ok", None)
+    assert status["two_bands"][0] == "failed" and "has 2 bands, the model expects 3" in status["two_bands"][1]
+    assert status["junk"][0] == "failed" and str(not_tiff) in status["junk"][1]
+    assert sorted(p.name for p in out.iterdir()) == ["good.tif", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["scenes_ok"] == 1 and report["summary"]["scenes_failed"] == 2
+    assert report["summary"]["megapixels"] == pytest.approx(150 * 170 / 1e6, abs=1e-3)
+
+
+def test_inputs_expand_from_folders_globs_and_lists(make_geotiff, tmp_path) -> None:
+    from geoseg.inference.job import expand_inputs, output_name
+
+    a = make_geotiff(np.ones((1, 4, 4), np.uint8), name="a.tif")
+    b = make_geotiff(np.ones((1, 4, 4), np.uint8), name="b.tif")
+    listing = tmp_path / "scenes.csv"
+    listing.write_text(f"path,note\n{b},x\n")
+    assert expand_inputs([str(tmp_path)]) == [a, b]
+    assert expand_inputs([str(tmp_path / "*.tif"), str(listing)]) == [a, b]
+    taken: set[str] = set()
+    assert [output_name(p, taken) for p in [a, a, tmp_path / "..evil name.tif"]] == ["a", "a_2", "evil_name"]
+
+
+def test_nothing_to_predict_is_an_error(bundle3, tmp_path) -> None:
+    from geoseg.errors import GeoSegError
+
+    shutil.rmtree(tmp_path / "none", ignore_errors=True)
+    with pytest.raises(GeoSegError, match="no input scenes found"):
+        predict_archive(bundle3, [str(tmp_path / "none" / "*.tif")], tmp_path / "out", OPTIONS)
+
+
+@pytest.mark.ray
+def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bundle3, tmp_path) -> None:
+    import ray
+
+    from geoseg.inference.distributed import RayExecutor
+
+    scene_path = make_geotiff(np.random.default_rng(3).integers(1, 255, (3, 300, 260)).astype(np.uint8))
+    clean = _local(bundle3, scene_path, tmp_path / "clean.tif")
+    spec, model = load_bundle(bundle3)
+    executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=2)
+
+    class KillingExecutor:
+        def run(self, scene, batches):
+            def batches_with_a_kill():
+                for i, tiles in enumerate(batches):
+                    if i == 3:
+                        ray.kill(executor.actors[0], no_restart=True)
+                    yield tiles
+
+            return executor.run(scene, batches_with_a_kill())
+
+    try:
+        report = predict_scene(open_scene(scene_path), spec, KillingExecutor(), tmp_path / "killed.tif", OPTIONS)
+    finally:
+        executor.shutdown()
+    assert executor.restarts >= 1
+    assert report.tiles_run == clean.tiles_run
+    assert (tmp_path / "killed.tif").read_bytes() == (tmp_path / "clean.tif").read_bytes()

@@ -1,0 +1,113 @@
+"""Scene validation, padded windowed reads with masks, and the atomic COG writer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from geoseg.errors import GeoSegError
+from geoseg.io import ClassRasterWriter, open_scene, read_tile
+from geoseg.io.raster import same_projection
+from geoseg.io.writer import CLASS_NODATA
+
+
+def test_open_scene_reads_the_header(make_geotiff) -> None:
+    path = make_geotiff(np.ones((3, 20, 30), dtype=np.uint16), nodata=0)
+    scene = open_scene(path)
+    assert (scene.width, scene.height, scene.count, scene.dtype) == (30, 20, 3, "uint16")
+    assert scene.crs.to_epsg() == 32633 and scene.nodata == 0 and scene.pixel_area_m2 == 100
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("no_crs", "no CRS"),
+        ("no_transform", "no geotransform"),
+        ("not_tiff", "cannot open as a raster"),
+        ("missing", "cannot open as a raster"),
+        ("complex", "unsupported pixel type"),
+    ],
+)
+def test_bad_scenes_are_one_line_errors(make_geotiff, tmp_path, kind, message) -> None:
+    if kind == "no_crs":
+        path = make_geotiff(np.ones((1, 4, 4), np.uint8), crs=None)
+    elif kind == "no_transform":
+        with pytest.warns(rasterio.errors.NotGeoreferencedWarning):
+            path = make_geotiff(np.ones((1, 4, 4), np.uint8), transform=Affine.identity())
+    elif kind == "not_tiff":
+        path = tmp_path / "fake.tif"
+        path.write_text("this is not a GeoTIFF")
+    elif kind == "complex":
+        path = make_geotiff(np.ones((1, 4, 4), np.complex64))
+    else:
+        path = tmp_path / "missing.tif"
+    with pytest.raises(GeoSegError) as info:
+        open_scene(path)
+    assert message in str(info.value) and str(info.value).startswith(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_read_tile_reflects_beyond_the_border(make_geotiff) -> None:
+    data = np.arange(5 * 6, dtype=np.float32).reshape(1, 5, 6)
+    with rasterio.open(make_geotiff(data)) as src:
+        tile, valid = read_tile(src, Window(-2, -2, 8, 8), pad_mode="reflect")
+    expected = np.pad(data[0], ((2, 1), (2, 0)), mode="reflect")
+    np.testing.assert_array_equal(tile[0], expected)
+    assert valid.all()
+
+
+def test_read_tile_nodata_padding_and_masks(make_geotiff) -> None:
+    data = np.full((2, 4, 4), 5, dtype=np.float32)
+    data[0, 1, 1] = -9999
+    data[1, 2, 2] = np.nan
+    with rasterio.open(make_geotiff(data, nodata=-9999)) as src:
+        tile, valid = read_tile(src, Window(0, 0, 6, 6), pad_mode="nodata")
+    assert tile.shape == (2, 6, 6)
+    assert not valid[1, 1] and not valid[2, 2]
+    assert not valid[4:, :].any() and not valid[:, 4:].any()
+    assert valid[0, 0] and valid.sum() == 16 - 2
+
+
+def test_read_tile_single_pixel_raster(make_geotiff) -> None:
+    with rasterio.open(make_geotiff(np.array([[[7]]], dtype=np.uint8))) as src:
+        tile, valid = read_tile(src, Window(-3, -3, 8, 8))
+    assert (tile == 7).all() and valid.all()
+
+
+def test_writer_produces_a_georeferenced_cog_with_colours(make_geotiff, tmp_path) -> None:
+    scene = open_scene(make_geotiff(np.ones((1, 700, 600), np.uint8)))
+    out = tmp_path / "out" / "classes.tif"
+    classes = (np.arange(700 * 600).reshape(700, 600) % 3).astype(np.uint8)
+    classes[:10] = CLASS_NODATA
+    with ClassRasterWriter(out, scene, [0, 1, 2], ["a", "b", "c"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)]) as w:
+        for row in range(0, 700, 300):
+            w.write_rows(row, classes[row : row + 300])
+    with rasterio.open(out) as dst:
+        assert dst.crs == scene.crs and dst.transform == scene.transform
+        assert dst.nodata == CLASS_NODATA and dst.dtypes == ("uint8",)
+        np.testing.assert_array_equal(dst.read(1), classes)
+        assert dst.colormap(1)[1] == (0, 255, 0, 255)
+        assert dst.tags()["class_2"] == "c"
+        assert dst.overviews(1), "a COG carries overviews"
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    assert [p.name for p in out.parent.iterdir()] == ["classes.tif"]
+
+
+def test_writer_leaves_nothing_when_aborted(make_geotiff, tmp_path) -> None:
+    scene = open_scene(make_geotiff(np.ones((1, 50, 50), np.uint8)))
+    out = tmp_path / "classes.tif"
+    with pytest.raises(RuntimeError), ClassRasterWriter(out, scene, [0], ["a"], [(0, 0, 0)]) as writer:
+        writer.write_rows(0, np.zeros((10, 50), np.uint8))
+        raise RuntimeError("crash mid-scene")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_same_projection_tolerates_datum_realisation_tags() -> None:
+    from rasterio.crs import CRS
+
+    assert same_projection(CRS.from_epsg(3358), CRS.from_epsg(32119))
+    assert not same_projection(CRS.from_epsg(32633), CRS.from_epsg(32634))
+    assert not same_projection(CRS.from_epsg(4326), CRS.from_epsg(4269))

@@ -1,0 +1,100 @@
+"""One tester over every architecture (smp-style): shapes, gradients, odd sizes, determinism, round trips."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from geoseg.errors import GeoSegError
+from geoseg.models import MODELS, ResNetUNet, build_model
+from geoseg.models.resnet_unet import adapt_first_conv
+
+ARCHITECTURES = [
+    ("unet", {"base_channels": 8, "depth": 3}),
+    ("unet", {"base_channels": 8, "depth": 2, "norm": "none", "upsample": "bilinear"}),
+    ("resnet_unet", {"encoder": "resnet18"}),
+    ("resnet_unet", {"encoder": "resnet50"}),
+]
+IDS = [f"{name}-{'-'.join(map(str, kw.values()))}" for name, kw in ARCHITECTURES]
+
+
+def test_registry_lists_both_architectures() -> None:
+    assert set(MODELS) == {"unet", "resnet_unet"}
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ARCHITECTURES, ids=IDS)
+@pytest.mark.parametrize(("in_channels", "num_classes"), [(1, 2), (4, 6), (7, 3)])
+def test_forward_shape_on_odd_sizes(name: str, kwargs: dict, in_channels: int, num_classes: int) -> None:
+    model = build_model(name, in_channels=in_channels, num_classes=num_classes, **kwargs).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, in_channels, 97, 131))
+    assert out.shape == (2, num_classes, 97, 131)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ARCHITECTURES, ids=IDS)
+def test_backward_reaches_every_parameter(name: str, kwargs: dict) -> None:
+    model = build_model(name, in_channels=4, num_classes=3, **kwargs).train()
+    out = model(torch.randn(2, 4, 64, 64))
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 3, (2, 64, 64))).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ARCHITECTURES, ids=IDS)
+def test_eval_is_deterministic_and_state_dict_round_trips(name: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=4, **kwargs).eval()
+    x = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert torch.equal(first, second)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    clone = build_model(name, in_channels=3, num_classes=4, **kwargs).eval()
+    clone.load_state_dict(torch.load(buffer, weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(clone(x), first)
+
+
+def test_unet_handles_one_pixel_input() -> None:
+    model = build_model("unet", in_channels=2, num_classes=3, base_channels=4, depth=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 2, 1, 1)).shape == (1, 3, 1, 1)
+
+
+def test_unet_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="norm"):
+        build_model("unet", in_channels=1, num_classes=2, norm="group")
+    with pytest.raises(GeoSegError, match="unknown architecture"):
+        build_model("segformer", in_channels=1, num_classes=2)
+
+
+def test_first_conv_adaptation_copies_rgb_cyclically_and_rescales() -> None:
+    weight = torch.randn(64, 3, 7, 7)
+    adapted = adapt_first_conv(weight, 5)
+    assert adapted.shape == (64, 5, 7, 7)
+    for band, rgb in enumerate([0, 1, 2, 0, 1]):
+        torch.testing.assert_close(adapted[:, band], weight[:, rgb] * 3 / 5)
+    assert adapt_first_conv(weight, 3) is weight
+
+
+def test_resnet_unet_loads_local_pretrained_weights(tmp_path) -> None:
+    torch.manual_seed(1)
+    reference = resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = ResNetUNet(in_channels=6, num_classes=2, encoder="resnet18", weights=path)
+    torch.testing.assert_close(model.stem[0].weight, adapt_first_conv(reference.conv1.weight, 6))
+    torch.testing.assert_close(model.layers[3][1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_resnet_unet_bad_weights_file_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(GeoSegError, match=r"broken\.pth: cannot load encoder weights"):
+        ResNetUNet(in_channels=3, num_classes=2, encoder="resnet18", weights=path)
