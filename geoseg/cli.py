@@ -135,8 +135,8 @@ def predict(
         )
     options = PredictOptions(tile=tile, halo=halo, overlap=overlap, batch_size=batch_size, pad_mode=pad_mode)  # type: ignore[arg-type]
     reports = predict_archive(model_dir, all_inputs, output, options, workers, ray_address, console)
-    failed = [r for r in reports if r.status != "ok"]
-    console.print(f"{len(reports) - len(failed)} scene(s) ok, {len(failed)} failed; report: {output / 'report.json'}")
+    failed = [r for r in reports if r.status == "failed"]
+    console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {output / 'report.json'}")
     if failed:
         sys.exit(1)
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from geoseg.io.writer import CLASS_NODATA
+from geoseg.io.writer import CLASS_NODATA, PROBABILITY_NODATA, PROBABILITY_SCALE
 from geoseg.tiling import TileGrid
 
 
 class RowSink(Protocol):
-    """Where finished rows go (a :class:`~geoseg.io.writer.ClassRasterWriter`, or a test's array)."""
+    """Where finished rows go (a :class:`~geoseg.io.writer.CogWriter`, or a test's array)."""
 
-    def write_rows(self, row_off: int, classes: np.ndarray) -> None: ...
+    def write_rows(self, row_off: int, rows: np.ndarray) -> None: ...
 
 
 @dataclass
@@ -28,9 +29,19 @@ class TileResult:
 
 @dataclass
 class StitchStats:
+    """Counts for the report. Seam QA: overlap pixels where a tile's class differs from the blend so far."""
+
     tiles_run: int = 0
     tiles_skipped: int = 0
     class_pixels: dict[int, int] = field(default_factory=dict)
+    seam_pixels: int = 0
+    seam_disagreements: int = 0
+    stitch_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    @property
+    def seam_disagreement(self) -> float | None:
+        return self.seam_disagreements / self.seam_pixels if self.seam_pixels else None
 
 
 class Stitcher:
@@ -39,10 +50,18 @@ class Stitcher:
     Tiles may arrive in any order (Ray returns them as they finish); they are *applied* strictly in index
     order, so floating-point sums, and therefore the output bytes, do not depend on worker count or timing.
     Memory is one band of ``core`` rows x raster width x classes, whatever the raster height.
+
+    Args:
+        grid: the scene's tiles.
+        class_ids: class value written for each model output channel.
+        sink: receives class rows (uint8, nodata 255).
+        probability_sink: optional; receives ``[classes + 1, rows, width]`` uint8 bands: each class
+            probability and the top probability (confidence), scaled by 254, nodata 255.
     """
 
-    def __init__(self, grid: TileGrid, class_ids: np.ndarray, sink: RowSink) -> None:
-        self.grid, self.sink = grid, sink
+    def __init__(self, grid: TileGrid, class_ids: np.ndarray, sink: RowSink,
+                 probability_sink: RowSink | None = None) -> None:
+        self.grid, self.sink, self.probability_sink = grid, sink, probability_sink
         self.width, self.height = grid.width, grid.height
         num_classes = len(class_ids)
         self.class_ids = np.asarray(class_ids, dtype=np.uint8)
@@ -69,10 +88,10 @@ class Stitcher:
             self._next += 1
 
     def _apply(self, result: TileResult) -> None:
+        started = time.perf_counter()
         tile = self.grid[result.index]
         rows, cols = tile.core_in_tile
-        r0 = int(tile.core.row_off) - self._band_start
-        c0 = int(tile.core.col_off)
+        r0, c0 = int(tile.core.row_off) - self._band_start, int(tile.core.col_off)
         region = (slice(r0, r0 + int(tile.core.height)), slice(c0, c0 + int(tile.core.width)))
         valid = result.valid[rows, cols]
         self._valid[region] |= valid
@@ -80,21 +99,45 @@ class Stitcher:
             self.stats.tiles_skipped += 1
         else:
             self.stats.tiles_run += 1
+            probs = result.probabilities[:, rows, cols]
+            self._seam_check(probs, region, valid)
             weights = self.grid.blend_weights(tile) * valid
-            self._acc[(slice(None), *region)] += result.probabilities[:, rows, cols] * weights
+            self._acc[(slice(None), *region)] += probs * weights
             self._weight[region] += weights
+        self.stats.stitch_seconds += time.perf_counter() - started
         if tile.col == self.grid.cols - 1:
             last_row = tile.row == self.grid.rows - 1
             self._flush(self.height if last_row else self.grid.row_span(tile.row + 1)[0])
 
+    def _seam_check(self, probs: np.ndarray, region: tuple[slice, slice], valid: np.ndarray) -> None:
+        overlap = (self._weight[region] > 0) & valid
+        count = int(overlap.sum())
+        if count:
+            before = self._acc[(slice(None), *region)][:, overlap].argmax(axis=0)
+            self.stats.seam_disagreements += int((probs[:, overlap].argmax(axis=0) != before).sum())
+            self.stats.seam_pixels += count
+
     def _flush(self, stop: int) -> None:
+        started = time.perf_counter()
         n = stop - self._band_start
-        classes = self.class_ids[np.argmax(self._acc[:, :n], axis=0)]
-        classes[(self._weight[:n] <= 0) | ~self._valid[:n]] = CLASS_NODATA
-        self.sink.write_rows(self._band_start, classes)
-        found, counts = np.unique(classes[classes != CLASS_NODATA], return_counts=True)
+        acc, weight = self._acc[:, :n], self._weight[:n]
+        nodata = (weight <= 0) | ~self._valid[:n]
+        classes = self.class_ids[np.argmax(acc, axis=0)]
+        classes[nodata] = CLASS_NODATA
+        found, counts = np.unique(classes[~nodata], return_counts=True)
         for cid, count in zip(found.tolist(), counts.tolist(), strict=True):
             self.stats.class_pixels[cid] = self.stats.class_pixels.get(cid, 0) + count
+        probabilities = None
+        if self.probability_sink is not None:
+            normalised = acc / np.where(nodata, 1.0, weight)
+            scaled = np.rint(np.concatenate([normalised, normalised.max(axis=0, keepdims=True)]) * PROBABILITY_SCALE)
+            probabilities = np.where(nodata, PROBABILITY_NODATA, scaled).astype(np.uint8)
+        self.stats.stitch_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        self.sink.write_rows(self._band_start, classes)
+        if self.probability_sink is not None and probabilities is not None:
+            self.probability_sink.write_rows(self._band_start, probabilities)
+        self.stats.write_seconds += time.perf_counter() - started
         for array in (self._acc, self._weight, self._valid):
             keep = array.shape[-2] - n
             array[..., :keep, :] = array[..., n:, :]

@@ -127,3 +127,45 @@ def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> Non
         "predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", "--input", str(good)
     )
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> None:
+    import os
+    import signal
+    import time
+
+    bundle = tmp_path / "bundle"
+    run("bundle", "init", "--arch", "unet", "--in-channels", "3", "--num-classes", "3", "--base-channels", "8",
+        "--out", str(bundle))
+    rng = np.random.default_rng(11)
+    scenes = [str(make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"s{i}.tif"))
+              for i in range(5)]
+    args = ["predict", "--model", str(bundle), "--tile", "64", "--halo", "8", "--overlap", "8", "--input", *scenes]
+    job = tmp_path / "job"
+    proc = subprocess.Popen([*GEOSEG, *args, "--output", str(job)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    manifest = job / "manifest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if manifest.exists() and '"status": "ok"' in manifest.read_text():
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(manifest.read_text())["scenes"]
+    assert 1 <= len(done_before) < 5, "the job must be killed part-way"
+    finished = {p.name for p in job.glob("*.tif")}
+    assert finished == {f"{name}.tif" for name in done_before}  # nothing half-written under a final name
+
+    resumed = run(*args, "--output", str(job))
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((job / "report.json").read_text())
+    statuses = {s["scene"]: s["status"] for s in report["scenes"]}
+    assert {n for n, st in statuses.items() if st == "skipped"} == set(done_before)
+    assert not list(job.glob(".*.partial"))
+    clean = run(*args, "--output", str(tmp_path / "clean"))
+    assert clean.returncode == 0
+    for i in range(5):
+        assert (job / f"s{i}.tif").read_bytes() == (tmp_path / "clean" / f"s{i}.tif").read_bytes()

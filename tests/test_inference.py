@@ -80,7 +80,7 @@ def test_bad_scenes_are_reported_and_the_others_finish(ray_local, make_geotiff, 
     assert status["good"] == ("ok", None)
     assert status["two_bands"][0] == "failed" and "has 2 bands, the model expects 3" in status["two_bands"][1]
     assert status["junk"][0] == "failed" and str(not_tiff) in status["junk"][1]
-    assert sorted(p.name for p in out.iterdir()) == ["good.tif", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.tif", "manifest.json", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["scenes_ok"] == 1 and report["summary"]["scenes_failed"] == 2
     assert report["summary"]["megapixels"] == pytest.approx(150 * 170 / 1e6, abs=1e-3)
@@ -135,3 +135,69 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
     assert executor.restarts >= 1
     assert report.tiles_run == clean.tiles_run
     assert (tmp_path / "killed.tif").read_bytes() == (tmp_path / "clean.tif").read_bytes()
+
+
+@pytest.mark.realdata
+def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path) -> None:
+    """With a halo covering the receptive field, tiling + blending reproduces whole-image inference."""
+    import torch
+
+    bundle = init_bundle(tmp_path / "b", "unet", 5, 4, base_channels=4, depth=3, seed=4)
+    source = real_data / "nc_landsat" / "landsat_multiband.tif"
+    options = PredictOptions(tile=160, halo=48, overlap=16, batch_size=3)
+    report = _local(bundle, source, tmp_path / "tiled.tif", options)
+    spec, model = load_bundle(bundle)
+    norm = Normalisation.from_spec(spec)
+    halo = options.halo
+    with rasterio.open(source) as src:
+        from geoseg.io.raster import read_tile
+        from rasterio.windows import Window
+
+        raw, valid = read_tile(src, Window(-halo, -halo, src.width + 2 * halo, src.height + 2 * halo))
+    data = np.where(valid, (raw - norm.mean) / norm.std, 0).astype(np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data)[None])[0, :, halo:-halo, halo:-halo]
+    whole = logits.argmax(0).numpy().astype(np.uint8)
+    whole[~valid[halo:-halo, halo:-halo]] = CLASS_NODATA
+    with rasterio.open(report.output) as out:
+        tiled = out.read(1)
+    agreement = (tiled == whole).mean()
+    assert agreement >= 0.9999, agreement
+    assert report.seam_pixels > 0 and report.seam_disagreement is not None and report.seam_disagreement < 1e-3
+
+
+def test_stride_is_aligned_to_the_model_downsampling() -> None:
+    assert PredictOptions(tile=256, halo=16, overlap=16).effective_overlap() == 32  # stride 192 = 6 x 32
+    assert PredictOptions(tile=160, halo=48, overlap=16).effective_overlap() == 32  # stride 32
+    assert PredictOptions(tile=64, halo=8, overlap=8).effective_overlap() == 16  # core 48: stride 32
+
+
+def test_probability_raster(make_geotiff, bundle3, tmp_path) -> None:
+    scene = make_geotiff(np.random.default_rng(5).integers(1, 255, (3, 120, 100)).astype(np.uint8), nodata=0)
+    options = PredictOptions(tile=64, halo=8, overlap=8, batch_size=2, probabilities=True)
+    report = _local(bundle3, scene, tmp_path / "p.tif", options)
+    with rasterio.open(report.probabilities) as src, rasterio.open(report.output) as cls:
+        probs, classes = src.read(), cls.read(1)
+        assert src.count == 5 and src.descriptions[-1] == "confidence" and src.nodata == 255
+        assert src.transform == cls.transform
+    valid = classes != CLASS_NODATA
+    total = probs[:4].astype(int).sum(axis=0)[valid]
+    assert np.abs(total - 254).max() <= 3  # quantised probabilities sum to one
+    np.testing.assert_array_equal(probs[4][valid], probs[:4].max(axis=0)[valid])
+    assert (np.argmax(probs[:4], axis=0)[valid] == classes[valid]).mean() > 0.99
+
+
+@pytest.mark.ray
+def test_rerun_resumes_and_changed_options_redo(ray_local, make_geotiff, bundle3, tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    inputs = [str(make_geotiff(rng.integers(1, 255, (3, 90, 110)).astype(np.uint8), name=f"s{i}.tif"))
+              for i in range(3)]
+    out = tmp_path / "job"
+    first = predict_archive(bundle3, inputs, out, OPTIONS)
+    digests = {r.scene: r.sha256 for r in first}
+    (out / "s1.tif").unlink()  # lost output: must be redone
+    second = predict_archive(bundle3, inputs, out, OPTIONS)
+    assert [r.status for r in second] == ["skipped", "ok", "skipped"]
+    assert {r.scene: r.sha256 for r in second} == digests
+    third = predict_archive(bundle3, inputs, out, PredictOptions(tile=64, halo=8, overlap=8, batch_size=4))
+    assert [r.status for r in third] == ["ok", "ok", "ok"]

@@ -17,9 +17,8 @@ import ray
 from geoseg.bundle import BundleSpec
 from geoseg.inference.predictor import Predictor
 from geoseg.inference.reader import Normalisation, read_tiles
-from geoseg.inference.scene import PredictOptions, predict_batch
+from geoseg.inference.scene import BatchOutput, PredictOptions, predict_batch
 from geoseg.io.raster import SceneInfo
-from geoseg.stitch import TileResult
 from geoseg.tiling import Tile
 
 READER_CPUS = 0.25  # readers mostly wait on I/O; small so they always fit beside CPU actors
@@ -36,7 +35,7 @@ class _PredictActor:
     def __init__(self, spec_json: str, state_dict: dict[str, Any], threads: int) -> None:
         self.predictor = Predictor(BundleSpec.model_validate_json(spec_json), state_dict, threads=threads)
 
-    def predict(self, batch: Any) -> list[TileResult]:
+    def predict(self, batch: Any) -> BatchOutput:
         return predict_batch(self.predictor, batch)
 
 
@@ -50,7 +49,7 @@ class RayExecutor:
 
     Args:
         spec, state_dict: the bundle, shipped through the object store (workers need no access to its path).
-        workers: number of actors; default one per GPU, else one per two CPUs.
+        workers: number of actors; default one per GPU, else one per CPU (one torch thread each).
         max_in_flight: batches submitted but not yet stitched, per actor (bounds driver memory).
     """
 
@@ -65,15 +64,16 @@ class RayExecutor:
     ) -> None:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-        self.workers = workers or (gpus if gpus else max(1, int(cpus) // 2))
+        self.workers = workers or (gpus if gpus else max(1, int(cpus)))
         if gpus:
             self._actor_cls = ray.remote(num_gpus=1, num_cpus=1)(_PredictActor)
             self._threads = 1
         else:
-            # Leave CPU for the reader tasks: actors holding every CPU starve them (deadlock).
+            # Leave CPU for the reader tasks: actors holding every CPU starve them (deadlock). Threads are
+            # whole CPUs; the small reader reserve does not cost an actor a thread.
             share = max(0.25, (cpus - 2 * READER_CPUS) / self.workers)
             self._actor_cls = ray.remote(num_cpus=share)(_PredictActor)
-            self._threads = max(1, round(share))
+            self._threads = max(1, int(share + 2 * READER_CPUS / self.workers))
         self._spec_json = spec.model_dump_json()
         self._state_ref = ray.put({k: v.cpu() for k, v in state_dict.items()})
         self.actors = [self._start_actor() for _ in range(self.workers)]
@@ -95,7 +95,7 @@ class RayExecutor:
         ray.kill(self.actors[slot], no_restart=True)
         self.actors[slot] = self._start_actor()
 
-    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[list[TileResult]]:
+    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
         pending: dict[ray.ObjectRef, tuple[int, ray.ObjectRef]] = {}  # predict ref -> (actor slot, read ref)
         batch_iter = iter(batches)
         exhausted = False

@@ -1,19 +1,31 @@
-"""An archive prediction job: many scenes, one Ray actor pool, a report, and no lost work on bad scenes."""
+"""An archive prediction job: many scenes, one Ray actor pool, a manifest that makes reruns resume.
+
+The job folder holds ``<scene>.tif`` per scene, ``manifest.json`` (one entry per scene: status, outputs,
+checksum, timings, and the fingerprint of the model + options that produced it) and ``report.json``.
+Rerunning the same command skips scenes whose entry is ``ok`` with the same fingerprint and whose output
+is still the file that was written (size and checksum); everything else is redone. Every file is written
+under a temporary name and renamed, so a killed job never leaves a file that looks finished.
+"""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from geoseg import __version__
-from geoseg.bundle import load_bundle
+from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, load_bundle
 from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.distributed import RayExecutor
@@ -22,6 +34,7 @@ from geoseg.io.raster import open_scene
 from geoseg.io.writer import temp_sibling
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
+MANIFEST = "manifest.json"
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -58,76 +71,182 @@ def write_json_atomic(path: Path, payload: object) -> None:
     os.replace(staging, path)
 
 
-def predict_archive(
-    bundle_dir: Path,
-    inputs: Iterable[str],
-    out_dir: Path,
-    options: PredictOptions,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    console: Console | None = None,
-) -> list[SceneReport]:
-    """Predict every input scene into ``out_dir/<scene>.tif`` and write ``out_dir/report.json``.
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
+    """Identifies what produces the outputs: weights, bundle spec and tiling options."""
+    digest = hashlib.sha256()
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        digest.update(file_sha256(bundle_dir / name).encode())
+    digest.update(json.dumps(asdict(options), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+class Manifest:
+    """Per-scene state of a job folder, saved atomically after every scene."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / MANIFEST
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text()).get("scenes", {})
+            except (json.JSONDecodeError, AttributeError):
+                self.entries = {}  # unreadable manifest: redo everything rather than trust it
+
+    def finished(self, name: str, source: Path, fingerprint: str) -> dict[str, Any] | None:
+        """The entry of a scene that needs no rerun, else None."""
+        entry = self.entries.get(name)
+        if not entry or entry.get("status") != "ok" or entry.get("fingerprint") != fingerprint:
+            return None
+        if entry.get("source") != str(source):
+            return None
+        outputs = [entry.get("output"), entry.get("probabilities")]
+        for output, size in zip(outputs, [entry.get("output_bytes"), entry.get("probabilities_bytes")], strict=True):
+            if output and (not Path(output).exists() or Path(output).stat().st_size != size):
+                return None
+        return entry
+
+    def record(self, report: SceneReport, fingerprint: str) -> None:
+        entry = report.to_dict() | {"fingerprint": fingerprint}
+        for key in ("output", "probabilities"):
+            if report.status == "ok" and entry.get(key):
+                entry[f"{key}_bytes"] = Path(entry[key]).stat().st_size
+        self.entries[report.scene] = entry
+        write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
+
+
+def predict_archive(bundle_dir: Path, inputs: Iterable[str], out_dir: Path, options: PredictOptions,
+                    workers: int | None = None, ray_address: str | None = None,
+                    console: Console | None = None) -> list[SceneReport]:
+    """Predict every input scene into ``out_dir/<scene>.tif``; write ``manifest.json`` and ``report.json``.
 
     A scene that fails (unreadable, no CRS, wrong band count, ...) is reported with a one-line reason and
-    the job moves on to the next one.
+    the job moves on. Scenes already finished by an earlier run of the same job are skipped.
     """
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
+    bundle_dir = Path(bundle_dir)
     spec, model = load_bundle(bundle_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.partial"):  # left by a killed run of this job; never a finished output
+        stale.unlink(missing_ok=True)
     paths = expand_inputs(inputs)
     if not paths:
         raise GeoSegError("no input scenes found", ", ".join(inputs))
-    reports: list[SceneReport] = []
+    fingerprint = job_fingerprint(bundle_dir, options)
+    manifest = Manifest(out_dir)
     taken: set[str] = set()
+    plan = [(path, output_name(path, taken)) for path in paths]
+    reports: dict[str, SceneReport] = {}
+    todo = []
+    for path, name in plan:
+        entry = manifest.finished(name, path, fingerprint)
+        if entry:
+            known = {k: v for k, v in entry.items() if k in SceneReport.__dataclass_fields__}
+            reports[name] = SceneReport(**known | {"status": "skipped"})
+        else:
+            todo.append((path, name))
     started = time.perf_counter()
-    with ray_session(ray_address):
-        executor = RayExecutor(spec, model.state_dict(), options, workers)
+    if todo:
+        with ray_session(ray_address):
+            executor = RayExecutor(spec, model.state_dict(), options, workers)
+            try:
+                _run_scenes(todo, spec, executor, out_dir, options, manifest, fingerprint, reports, console)
+            finally:
+                executor.shutdown()
+    ordered = [reports[name] for _, name in plan]
+    summary = job_report(ordered, bundle_dir, options, workers, time.perf_counter() - started)
+    write_json_atomic(out_dir / "report.json", summary)
+    print_summary(console, summary)
+    return ordered
+
+
+def _run_scenes(todo: list[tuple[Path, str]], spec: Any, executor: RayExecutor, out_dir: Path,
+                options: PredictOptions, manifest: Manifest, fingerprint: str, reports: dict[str, SceneReport],
+                console: Console) -> None:
+    scenes = {}
+    for path, name in todo:
         try:
-            for path in paths:
-                name = output_name(path, taken)
-                report = SceneReport(scene=name, source=str(path))
-                try:
-                    scene = open_scene(path)
-                    report = predict_scene(scene, spec, executor, out_dir / f"{name}.tif", options)
-                    report.scene = name
-                    console.print(
-                        f"[green]ok[/] {path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)"
-                    )
-                except GeoSegError as exc:
-                    report.status, report.error = "failed", str(exc)
-                    console.print(f"[red]failed[/] {exc}")
-                except Exception as exc:  # one bad scene must not lose the others' work
-                    cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                    report.status, report.error = "failed", f"{path}: {cause}"
-                    console.print(f"[red]failed[/] {report.error}")
-                reports.append(report)
-        finally:
-            executor.shutdown()
-    write_json_atomic(
-        out_dir / "report.json", job_report(reports, bundle_dir, options, workers, time.perf_counter() - started)
-    )
-    return reports
+            scenes[name] = open_scene(path)
+        except GeoSegError as exc:
+            reports[name] = SceneReport(scene=name, source=str(path), status="failed", error=str(exc))
+            manifest.record(reports[name], fingerprint)
+            console.print(f"[red]failed[/] {exc}")
+    total = sum(len(options.grid(scene)) for scene in scenes.values())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("predict", total=total)
+        for path, name in todo:
+            if name not in scenes:
+                continue
+            progress.update(task, description=name)
+            report = SceneReport(scene=name, source=str(path))
+            try:
+                report = predict_scene(scenes[name], spec, executor, out_dir / f"{name}.tif", options,
+                                       progress=lambda n: progress.advance(task, n))
+                report.scene = name
+                report.sha256 = file_sha256(out_dir / f"{name}.tif")
+                console.print(f"[green]ok[/] {path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)")
+            except GeoSegError as exc:
+                report.status, report.error = "failed", str(exc)
+                console.print(f"[red]failed[/] {exc}")
+            except Exception as exc:  # one bad scene must not lose the others' work
+                cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                report.status, report.error = "failed", f"{path}: {cause}"
+                console.print(f"[red]failed[/] {report.error}")
+            reports[name] = report
+            manifest.record(report, fingerprint)
 
 
-def job_report(
-    reports: list[SceneReport], bundle_dir: Path, options: PredictOptions, workers: int | None, seconds: float
-) -> dict[str, object]:
-    ok = [r for r in reports if r.status == "ok"]
-    megapixels = sum(r.pixels for r in ok) / 1e6
+def job_report(reports: list[SceneReport], bundle_dir: Path, options: PredictOptions, workers: int | None,
+               seconds: float) -> dict[str, Any]:
+    """report.json: the job summary (scenes run in this invocation) and every scene's entry."""
+    ran = [r for r in reports if r.status == "ok"]
+    megapixels = sum(r.pixels for r in ran) / 1e6
+    area = sum(r.area_km2 for r in ran)
+    stages = {k: round(sum(r.stage_seconds.get(k, 0.0) for r in ran), 3) for k in ("read", "model", "stitch", "write")}
+    seam_pixels = sum(r.seam_pixels for r in ran)
+    seam_bad = sum(round((r.seam_disagreement or 0) * r.seam_pixels) for r in ran)
     return {
         "geoseg_version": __version__,
         "bundle": str(bundle_dir),
-        "options": vars(options) | {"workers": workers},
+        "options": asdict(options) | {"workers": workers, "effective_overlap": options.effective_overlap()},
         "summary": {
-            "scenes_ok": len(ok),
-            "scenes_failed": len(reports) - len(ok),
-            "tiles_run": sum(r.tiles_run for r in ok),
-            "tiles_skipped_nodata": sum(r.tiles_skipped_nodata for r in ok),
+            "scenes_ok": len(ran),
+            "scenes_failed": sum(r.status == "failed" for r in reports),
+            "scenes_skipped": sum(r.status == "skipped" for r in reports),
+            "tiles_run": sum(r.tiles_run for r in ran),
+            "tiles_skipped_nodata": sum(r.tiles_skipped_nodata for r in ran),
             "megapixels": round(megapixels, 3),
-            "area_km2": round(sum(r.area_km2 for r in ok), 3),
+            "area_km2": round(area, 3),
             "seconds": round(seconds, 2),
-            "megapixels_per_second": round(megapixels / seconds, 4) if seconds else None,
+            "megapixels_per_second": round(megapixels / seconds, 4) if seconds and ran else None,
+            "km2_per_hour": round(area / seconds * 3600, 1) if seconds and ran else None,
+            "stage_seconds": stages,
+            "seam_disagreement": round(seam_bad / seam_pixels, 6) if seam_pixels else None,
         },
         "scenes": [r.to_dict() for r in reports],
     }
+
+
+def print_summary(console: Console, report: dict[str, Any]) -> None:
+    s = report["summary"]
+    table = Table(title="geoseg predict", show_header=False)
+    rows = [
+        ("scenes", f"{s['scenes_ok']} ok, {s['scenes_failed']} failed, {s['scenes_skipped']} skipped (done before)"),
+        ("tiles", f"{s['tiles_run']} run, {s['tiles_skipped_nodata']} skipped (all nodata)"),
+        ("area", f"{s['megapixels']:.2f} Mpx, {s['area_km2']:.2f} km2 in {s['seconds']:.1f} s"),
+        ("throughput", f"{s['megapixels_per_second'] or 0:.3f} Mpx/s, {s['km2_per_hour'] or 0:.1f} km2/h"),
+        ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())),
+        ("seam disagreement", "-" if s["seam_disagreement"] is None else f"{s['seam_disagreement']:.4%}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ class TileBatch:
     indices: list[int]
     data: np.ndarray  # [B, bands, T, T] float32
     valid: np.ndarray  # [B, T, T] bool
+    read_seconds: float = 0.0
 
     @property
     def runnable(self) -> np.ndarray:
@@ -60,6 +62,7 @@ def read_tiles(
     nodata: float | None = None,
 ) -> TileBatch:
     """Read and normalise ``tiles`` of ``scene`` in one open of the file."""
+    started = time.perf_counter()
     size = int(tiles[0].read.height)
     data = np.empty((len(tiles), len(norm.band_indexes), size, size), dtype=np.float32)
     valid = np.empty((len(tiles), size, size), dtype=bool)
@@ -70,4 +73,4 @@ def read_tiles(
                 mask &= ~np.any(raw == nodata, axis=0)
             data[i] = np.where(mask, (raw - norm.mean) / norm.std, 0.0)
             valid[i] = mask
-    return TileBatch([t.index for t in tiles], data, valid)
+    return TileBatch([t.index for t in tiles], data, valid, time.perf_counter() - started)

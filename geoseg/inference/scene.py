@@ -6,8 +6,9 @@ owns *what* happens to a scene, so both paths produce the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,9 +19,13 @@ from geoseg.bundle import BundleSpec
 from geoseg.inference.predictor import Predictor
 from geoseg.inference.reader import Normalisation, TileBatch, read_tiles
 from geoseg.io.raster import PadMode, SceneInfo
-from geoseg.io.writer import ClassRasterWriter
+from geoseg.io.writer import ClassRasterWriter, ProbabilityRasterWriter
 from geoseg.stitch import Stitcher, TileResult
 from geoseg.tiling import Tile, TileGrid
+
+# Strides that are multiples of the models' total down-sampling keep max-pool and transposed-conv grids of
+# every tile aligned with those of the whole image, so overlapping tiles compute the same features.
+MODEL_STRIDE = 32
 
 
 @dataclass(frozen=True)
@@ -32,25 +37,49 @@ class PredictOptions:
     overlap: int = 16
     batch_size: int = 8
     pad_mode: PadMode = "reflect"
+    probabilities: bool = False
+
+    def effective_overlap(self) -> int:
+        """The smallest overlap >= the requested one that makes the stride a multiple of MODEL_STRIDE.
+
+        Falls back to the requested overlap when no such overlap fits in the core.
+        """
+        core = self.tile - 2 * self.halo
+        aligned = self.overlap + (core - self.overlap) % MODEL_STRIDE
+        return aligned if core >= 2 * aligned and core - aligned > 0 else self.overlap
 
     def grid(self, scene: SceneInfo) -> TileGrid:
-        return TileGrid(scene.width, scene.height, self.tile, self.halo, self.overlap)
+        return TileGrid(scene.width, scene.height, self.tile, self.halo, self.effective_overlap())
+
+
+@dataclass
+class BatchOutput:
+    """What an executor hands back per batch: the tiles and how long reading and the model took."""
+
+    results: list[TileResult]
+    read_seconds: float = 0.0
+    model_seconds: float = 0.0
 
 
 @dataclass
 class SceneReport:
-    """What happened to one scene; serialised into report.json."""
+    """What happened to one scene; serialised into report.json and the job manifest."""
 
     scene: str
     source: str
     status: str = "pending"
     output: str | None = None
+    probabilities: str | None = None
+    sha256: str | None = None
     tiles: int = 0
     tiles_run: int = 0
     tiles_skipped_nodata: int = 0
     pixels: int = 0
     area_km2: float = 0.0
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    seam_pixels: int = 0
+    seam_disagreement: float | None = None
     classes_found: dict[str, int] = field(default_factory=dict)
     error: str | None = None
 
@@ -61,36 +90,30 @@ class SceneReport:
 class TileExecutor(Protocol):
     """Reads and predicts batches of tiles, yielding results in any order."""
 
-    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[list[TileResult]]: ...
+    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]: ...
 
 
-def predict_batch(predictor: Predictor, batch: TileBatch) -> list[TileResult]:
+def predict_batch(predictor: Predictor, batch: TileBatch) -> BatchOutput:
     """Run the model on the tiles that hold valid pixels; all-nodata tiles skip it."""
+    started = time.perf_counter()
     runnable = batch.runnable
-    probs = predictor.predict(batch.data[runnable]) if runnable.any() else None
-    results, k = [], 0
-    for i, index in enumerate(batch.indices):
-        if runnable[i]:
-            assert probs is not None
-            results.append(TileResult(index, probs[k], batch.valid[i]))
-            k += 1
-        else:
-            results.append(TileResult(index, None, batch.valid[i]))
-    return results
+    probs = iter(predictor.predict(batch.data[runnable])) if runnable.any() else iter(())
+    results = [
+        TileResult(index, next(probs) if runnable[i] else None, batch.valid[i]) for i, index in enumerate(batch.indices)
+    ]
+    return BatchOutput(results, batch.read_seconds, time.perf_counter() - started)
 
 
 class LocalExecutor:
     """Everything in this process: for tests, notebooks and single-machine debugging."""
 
-    def __init__(
-        self, predictor: Predictor, norm: Normalisation, options: PredictOptions, nodata: float | None = None
-    ) -> None:
+    def __init__(self, predictor: Predictor, norm: Normalisation, options: PredictOptions,
+                 nodata: float | None = None) -> None:
         self.predictor, self.norm, self.options, self.nodata = predictor, norm, options, nodata
 
-    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[list[TileResult]]:
+    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
         for tiles in batches:
-            batch = read_tiles(scene, tiles, self.norm, self.options.pad_mode, self.nodata)
-            yield predict_batch(self.predictor, batch)
+            yield predict_batch(self.predictor, read_tiles(scene, tiles, self.norm, self.options.pad_mode, self.nodata))
 
 
 def batched(grid: TileGrid, size: int) -> Iterator[Sequence[Tile]]:
@@ -98,34 +121,55 @@ def batched(grid: TileGrid, size: int) -> Iterator[Sequence[Tile]]:
         yield grid[start : start + size]
 
 
-def predict_scene(
-    scene: SceneInfo, spec: BundleSpec, executor: TileExecutor, out_path: Path, options: PredictOptions
-) -> SceneReport:
-    """Predict ``scene`` into a class COG at ``out_path``; raises GeoSegError for a scene that cannot work."""
+def predict_scene(scene: SceneInfo, spec: BundleSpec, executor: TileExecutor, out_path: Path,
+                  options: PredictOptions, progress: Callable[[int], None] | None = None) -> SceneReport:
+    """Predict ``scene`` into a class COG at ``out_path`` (and ``<stem>_probabilities.tif`` when asked).
+
+    Raises GeoSegError for a scene that cannot work; nothing is left under the output names then.
+    """
     Normalisation.from_spec(spec).check(scene)
     started = time.perf_counter()
     grid = options.grid(scene)
     class_ids = np.array([c.id for c in spec.classes])
-    with ClassRasterWriter(
-        out_path, scene, class_ids.tolist(), [c.name for c in spec.classes], [c.color for c in spec.classes]
-    ) as writer:
-        stitcher = Stitcher(grid, class_ids, writer)
-        for results in executor.run(scene, batched(grid, options.batch_size)):
-            for result in results:
+    names = [c.name for c in spec.classes]
+    prob_path = out_path.with_name(f"{out_path.stem}_probabilities.tif") if options.probabilities else None
+    read_s = model_s = 0.0
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(
+            ClassRasterWriter(out_path, scene, class_ids.tolist(), names, [c.color for c in spec.classes]))
+        prob_writer = stack.enter_context(ProbabilityRasterWriter(prob_path, scene, names)) if prob_path else None
+        stitcher = Stitcher(grid, class_ids, writer, prob_writer)
+        for output in executor.run(scene, batched(grid, options.batch_size)):
+            read_s += output.read_seconds
+            model_s += output.model_seconds
+            for result in output.results:
                 stitcher.add(result)
+            if progress:
+                progress(len(output.results))
         if not stitcher.done:
             raise RuntimeError(f"{scene.path}: executor returned {stitcher.stats.tiles_run} of {len(grid)} tiles")
-    names = {c.id: c.name for c in spec.classes}
+        close_started = time.perf_counter()
+    stats = stitcher.stats
+    by_id = {c.id: c.name for c in spec.classes}
     return SceneReport(
         scene=scene.name,
         source=str(scene.path),
         status="ok",
         output=str(out_path),
+        probabilities=str(prob_path) if prob_path else None,
         tiles=len(grid),
-        tiles_run=stitcher.stats.tiles_run,
-        tiles_skipped_nodata=stitcher.stats.tiles_skipped,
+        tiles_run=stats.tiles_run,
+        tiles_skipped_nodata=stats.tiles_skipped,
         pixels=scene.width * scene.height,
         area_km2=scene.width * scene.height * scene.pixel_area_m2 / 1e6,
         seconds=round(time.perf_counter() - started, 3),
-        classes_found={names[c]: n for c, n in sorted(stitcher.stats.class_pixels.items())},
+        stage_seconds={
+            "read": round(read_s, 3),
+            "model": round(model_s, 3),
+            "stitch": round(stats.stitch_seconds, 3),
+            "write": round(stats.write_seconds + time.perf_counter() - close_started, 3),
+        },
+        seam_pixels=stats.seam_pixels,
+        seam_disagreement=None if stats.seam_disagreement is None else round(stats.seam_disagreement, 6),
+        classes_found={by_id[c]: n for c, n in sorted(stats.class_pixels.items())},
     )
