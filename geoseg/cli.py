@@ -104,10 +104,12 @@ def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_addre
     help="Blend width between neighbouring tiles.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), help="Model actors (default: one per GPU, else CPUs/2).")
+@click.option("--workers", type=click.IntRange(min=1), help="Model actors (default: one per GPU, else one per CPU).")
 @click.option(
     "--pad", "pad_mode", type=click.Choice(["reflect", "constant", "nodata"]), default="reflect", show_default=True
 )
+@click.option("--probabilities", is_flag=True,
+              help="Also write <scene>_probabilities.tif: one uint8 band per class (p x 254) + confidence.")
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def predict(
     model_dir: Path,
@@ -120,6 +122,7 @@ def predict(
     batch_size: int,
     workers: int | None,
     pad_mode: str,
+    probabilities: bool,
     ray_address: str | None,
 ) -> None:
     """Predict class rasters (COG) for every input scene; exit 1 if any scene failed."""
@@ -133,7 +136,14 @@ def predict(
         raise GeoSegError(
             f"--tile {tile} is too small: need tile - 2*halo >= 2*overlap (halo {halo}, overlap {overlap})"
         )
-    options = PredictOptions(tile=tile, halo=halo, overlap=overlap, batch_size=batch_size, pad_mode=pad_mode)  # type: ignore[arg-type]
+    options = PredictOptions(
+        tile=tile,
+        halo=halo,
+        overlap=overlap,
+        batch_size=batch_size,
+        pad_mode=pad_mode,  # type: ignore[arg-type]
+        probabilities=probabilities,
+    )
     reports = predict_archive(model_dir, all_inputs, output, options, workers, ray_address, console)
     failed = [r for r in reports if r.status == "failed"]
     console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {output / 'report.json'}")

@@ -20,11 +20,11 @@ class RowSink(Protocol):
 
 @dataclass
 class TileResult:
-    """A tile after the model: softmax probabilities over the read window, or None when it was skipped."""
+    """A tile after the model: softmax probabilities over its core, or None when it was skipped."""
 
     index: int
-    probabilities: np.ndarray | None  # [classes, tile, tile] float32
-    valid: np.ndarray  # [tile, tile] bool
+    probabilities: np.ndarray | None  # [classes, core height, core width] float32
+    valid: np.ndarray  # [core height, core width] bool
 
 
 @dataclass
@@ -90,16 +90,15 @@ class Stitcher:
     def _apply(self, result: TileResult) -> None:
         started = time.perf_counter()
         tile = self.grid[result.index]
-        rows, cols = tile.core_in_tile
         r0, c0 = int(tile.core.row_off) - self._band_start, int(tile.core.col_off)
         region = (slice(r0, r0 + int(tile.core.height)), slice(c0, c0 + int(tile.core.width)))
-        valid = result.valid[rows, cols]
+        valid = result.valid
         self._valid[region] |= valid
         if result.probabilities is None:
             self.stats.tiles_skipped += 1
         else:
             self.stats.tiles_run += 1
-            probs = result.probabilities[:, rows, cols]
+            probs = result.probabilities
             self._seam_check(probs, region, valid)
             weights = self.grid.blend_weights(tile) * valid
             self._acc[(slice(None), *region)] += probs * weights

@@ -35,9 +35,10 @@ def _run(grid, truth, order, classes=3, valid=None, noise_seed=None):
     stitcher = Stitcher(grid, np.arange(classes) * 10, sink)
     for index in order:
         rng = None if noise_seed is None else np.random.default_rng([noise_seed, index])
+        rows, cols = grid[index].core_in_tile
         tile_valid = np.ones((grid.tile, grid.tile), bool) if valid is None else valid(grid[index])
-        probs = None if not tile_valid.any() else _tile_probs(grid, truth, index, classes, rng)
-        stitcher.add(TileResult(index, probs, tile_valid))
+        probs = None if not tile_valid.any() else _tile_probs(grid, truth, index, classes, rng)[:, rows, cols]
+        stitcher.add(TileResult(index, probs, tile_valid[rows, cols]))
     assert stitcher.done
     return sink, stitcher
 

@@ -51,6 +51,7 @@ class RayExecutor:
         spec, state_dict: the bundle, shipped through the object store (workers need no access to its path).
         workers: number of actors; default one per GPU, else one per CPU (one torch thread each).
         max_in_flight: batches submitted but not yet stitched, per actor (bounds driver memory).
+        threads_per_worker: torch threads per CPU actor; default the whole CPUs of its share.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class RayExecutor:
         workers: int | None = None,
         max_in_flight: int = 2,
         max_restarts: int = 8,
+        threads_per_worker: int | None = None,
     ) -> None:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
@@ -73,7 +75,7 @@ class RayExecutor:
             # whole CPUs; the small reader reserve does not cost an actor a thread.
             share = max(0.25, (cpus - 2 * READER_CPUS) / self.workers)
             self._actor_cls = ray.remote(num_cpus=share)(_PredictActor)
-            self._threads = max(1, int(share + 2 * READER_CPUS / self.workers))
+            self._threads = threads_per_worker or max(1, int(share + 2 * READER_CPUS / self.workers))
         self._spec_json = spec.model_dump_json()
         self._state_ref = ray.put({k: v.cpu() for k, v in state_dict.items()})
         self.actors = [self._start_actor() for _ in range(self.workers)]

@@ -114,10 +114,10 @@ class Manifest:
         return entry
 
     def record(self, report: SceneReport, fingerprint: str) -> None:
-        entry = report.to_dict() | {"fingerprint": fingerprint}
-        for key in ("output", "probabilities"):
-            if report.status == "ok" and entry.get(key):
-                entry[f"{key}_bytes"] = Path(entry[key]).stat().st_size
+        entry: dict[str, Any] = report.to_dict() | {"fingerprint": fingerprint}
+        for key, path in (("output", report.output), ("probabilities", report.probabilities)):
+            if report.status == "ok" and path:
+                entry[f"{key}_bytes"] = Path(path).stat().st_size
         self.entries[report.scene] = entry
         write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
 

@@ -98,8 +98,11 @@ def predict_batch(predictor: Predictor, batch: TileBatch) -> BatchOutput:
     started = time.perf_counter()
     runnable = batch.runnable
     probs = iter(predictor.predict(batch.data[runnable])) if runnable.any() else iter(())
+    # Only the core of a tile is ever stitched: crop here so the halo never travels back to the driver.
     results = [
-        TileResult(index, next(probs) if runnable[i] else None, batch.valid[i]) for i, index in enumerate(batch.indices)
+        TileResult(index, np.ascontiguousarray(next(probs)[:, rows, cols]) if runnable[i] else None,
+                   batch.valid[i][rows, cols])
+        for i, (index, (rows, cols)) in enumerate(zip(batch.indices, batch.cores, strict=True))
     ]
     return BatchOutput(results, batch.read_seconds, time.perf_counter() - started)
 

@@ -109,24 +109,35 @@ def read_tile(
     top, left = max(0, -row0), max(0, -col0)
     bottom = max(0, row0 + height - src.height)
     right = max(0, col0 + width - src.width)
-    inner = Window(col0 + left, row0 + top, width - left - right, height - top - bottom)
-    if inner.width <= 0 or inner.height <= 0:
+    if min(width - left - right, height - top - bottom) <= 0:
         raise ValueError(f"window {window} does not intersect the {src.width}x{src.height} raster")
-    data = src.read(bands, window=inner, out_dtype="float32")
-    valid = np.all(src.read_masks(bands, window=inner) > 0, axis=0)
-    valid &= np.all(np.isfinite(data), axis=0)
-    pads = ((top, bottom), (left, right))
+    if pad_mode == "reflect" and (top or bottom or left or right):
+        # Mirror the *image* about its edges (not the window's inner part), so a pixel's padding is the same
+        # whichever window it is read through: batching cannot change the output.
+        rows = reflect_index(np.arange(row0, row0 + height), src.height)
+        cols = reflect_index(np.arange(col0, col0 + width), src.width)
+        r0, c0 = int(rows.min()), int(cols.min())
+        data, valid = _read(src, bands, Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1))
+        return data[:, rows - r0][:, :, cols - c0], valid[rows - r0][:, cols - c0]
+    data, valid = _read(src, bands, Window(col0 + left, row0 + top, width - left - right, height - top - bottom))
     if top or bottom or left or right:
-        data, valid = _pad(data, valid, pads, pad_mode)
+        pads = ((top, bottom), (left, right))
+        data = np.pad(data, ((0, 0), *pads), mode="constant")
+        valid = np.pad(valid, pads, mode="constant", constant_values=pad_mode == "constant")
     return data, valid
 
 
-def _pad(
-    data: np.ndarray, valid: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], mode: PadMode
-) -> tuple[np.ndarray, np.ndarray]:
-    if mode == "reflect":
-        # numpy's reflect needs at least 2 pixels along an axis; a 1-pixel axis can only be repeated.
-        np_mode: Literal["reflect", "edge"] = "reflect" if min(data.shape[1:]) > 1 else "edge"
-        return np.pad(data, ((0, 0), *pads), mode=np_mode), np.pad(valid, pads, mode=np_mode)
-    data = np.pad(data, ((0, 0), *pads), mode="constant")
-    return data, np.pad(valid, pads, mode="constant", constant_values=mode == "constant")
+def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
+    """Map pixel indices outside ``[0, size)`` into it by mirroring about the edge pixels (numpy's 'reflect')."""
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    folded = np.mod(index, period)
+    return np.where(folded < size, folded, period - folded)
+
+
+def _read(src: rasterio.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    data = src.read(bands, window=window, out_dtype="float32")
+    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    valid &= np.all(np.isfinite(data), axis=0)
+    return data, valid

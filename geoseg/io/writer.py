@@ -51,7 +51,8 @@ class CogWriter:
         profile = {
             "driver": "GTiff", "width": scene.width, "height": scene.height, "count": len(descriptions),
             "dtype": "uint8", "crs": scene.crs, "transform": scene.transform, "nodata": nodata,
-            "compress": "deflate", "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
+            # The staging file lives for one scene: fastest compression; the COG gets deflate.
+            "compress": "zstd", "zstd_level": 1, "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
             "BIGTIFF": "IF_SAFER", "interleave": "band",
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)

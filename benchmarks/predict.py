@@ -1,0 +1,169 @@
+"""Prediction benchmark: overhead, memory scaling, worker scaling, and a tutorial-style naive loop.
+
+    .venv/bin/python benchmarks/predict.py [--size 2048] [--base 16]
+
+Prints one table of ratios measured in this run:
+  P1  bare-model time on the same tiles / end-to-end time (halo + blending + read + write on), target >= 0.90
+  P2  peak RSS for a 16x larger raster / peak RSS at the base size (tiny model, no Ray), target <= 1.15
+  P3  end-to-end throughput with 2 workers / with 1 worker, target >= 1.7 (on 2 cores)
+  and the naive loop (whole raster in RAM, no overlap, no blending) for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from geoseg.bundle import init_bundle, load_bundle  # noqa: E402
+from geoseg.inference.predictor import Predictor  # noqa: E402
+from geoseg.inference.reader import Normalisation, read_tiles  # noqa: E402
+from geoseg.inference.scene import LocalExecutor, PredictOptions, batched, predict_scene  # noqa: E402
+from geoseg.io import open_scene  # noqa: E402
+
+OPTIONS = PredictOptions(tile=256, halo=16, overlap=16, batch_size=4)
+
+
+def make_scene(path: Path, size: int, bands: int = 4) -> Path:
+    """A smooth random scene written block by block (the benchmark never holds it whole)."""
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16",
+               "crs": "EPSG:32633", "transform": Affine(10, 0, 500_000, 0, -10, 5_800_000), "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate", "nodata": 0}
+    rng = np.random.default_rng(0)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 512):
+            h = min(512, size - row)
+            dst.write(rng.integers(500, 3000, (bands, h, size), dtype=np.uint16), window=Window(0, row, size, h))
+    return path
+
+
+def bare_model_seconds(bundle: Path, scene_path: Path, threads: int) -> float:
+    """The model alone on exactly the tiles the pipeline runs (pre-read, in this process)."""
+    spec, model = load_bundle(bundle)
+    predictor = Predictor(spec, model.state_dict(), threads=threads)
+    scene = open_scene(scene_path)
+    batches = [read_tiles(scene, tiles, Normalisation.from_spec(spec)) for tiles in
+               batched(OPTIONS.grid(scene), OPTIONS.batch_size)]
+    predictor.predict(batches[0].data)  # warm-up (oneDNN primitive cache)
+    started = time.perf_counter()
+    for batch in batches:
+        predictor.predict(batch.data)
+    return time.perf_counter() - started
+
+
+def end_to_end_seconds(bundle: Path, scene_path: Path, workers: int, out: Path, threads: int | None = None) -> float:
+    """One scene through Ray: readers + actors + stitcher + COG writer, with warm actors."""
+    from geoseg.inference.distributed import RayExecutor
+
+    spec, model = load_bundle(bundle)
+    executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=workers, threads_per_worker=threads)
+    scene = open_scene(scene_path)
+    try:
+        predict_scene(scene, spec, executor, out / "warm.tif", PredictOptions(tile=256, batch_size=1))
+        started = time.perf_counter()
+        predict_scene(scene, spec, executor, out / f"w{workers}.tif", OPTIONS)
+        return time.perf_counter() - started
+    finally:
+        executor.shutdown()
+
+
+def naive_seconds(bundle: Path, scene_path: Path, out: Path) -> tuple[float, float]:
+    """Tutorial-style: read the whole raster, cut non-overlapping tiles, predict, write the whole array."""
+    import torch
+
+    torch.set_num_threads(2)
+    spec, model = load_bundle(bundle)
+    norm = Normalisation.from_spec(spec)
+    started = time.perf_counter()
+    with rasterio.open(scene_path) as src:
+        image = (src.read().astype(np.float32) - norm.mean) / norm.std
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 255}
+    classes = np.zeros(image.shape[1:], dtype=np.uint8)
+    t = OPTIONS.tile
+    with torch.inference_mode():
+        for r in range(0, image.shape[1], t):
+            for c in range(0, image.shape[2], t):
+                x = torch.from_numpy(np.ascontiguousarray(image[None, :, r : r + t, c : c + t]))
+                classes[r : r + t, c : c + t] = model(x)[0].argmax(0).numpy()
+    with rasterio.open(out / "naive.tif", "w", **profile) as dst:
+        dst.write(classes, 1)
+    return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_child(bundle: Path, scene_path: Path, out: Path) -> float:
+    """Peak RSS (MiB) of a fresh process predicting one scene in-process (no Ray, tiny model)."""
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[4]);"
+        "from pathlib import Path;"
+        "from benchmarks.predict import peak_rss_run; peak_rss_run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(bundle), str(scene_path), str(out), str(ROOT)],
+                            capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_run(bundle: Path, scene_path: Path, out: Path) -> None:
+    spec, model = load_bundle(bundle)
+    executor = LocalExecutor(Predictor(spec, model.state_dict(), threads=2), Normalisation.from_spec(spec), OPTIONS)
+    predict_scene(open_scene(scene_path), spec, executor, out, OPTIONS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=2048, help="side of the P1/P3 scene in pixels")
+    parser.add_argument("--base", type=int, default=16, help="U-Net width for P1/P3")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    from geoseg.cluster import ray_session
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        bundle = init_bundle(work / "bundle", "unet", 4, 6, base_channels=args.base, depth=4)
+        tiny = init_bundle(work / "tiny", "unet", 4, 6, base_channels=4, depth=2)
+        scene = make_scene(work / "scene.tif", args.size)
+        small, large = make_scene(work / "small.tif", 1024), make_scene(work / "large.tif", 4096)
+        rss_small = peak_rss_child(tiny, small, work / "small_out.tif")
+        rss_large = peak_rss_child(tiny, large, work / "large_out.tif")
+        bare = bare_model_seconds(bundle, scene, threads=2)
+        naive, naive_rss = naive_seconds(bundle, scene, work)
+        with ray_session(num_cpus=os.cpu_count()):
+            e2e_2 = end_to_end_seconds(bundle, scene, 2, work, threads=1)
+            e2e_1 = end_to_end_seconds(bundle, scene, 1, work, threads=1)
+            e2e_1x2 = end_to_end_seconds(bundle, scene, 1, work, threads=2)
+    mpx = args.size**2 / 1e6
+    rows = [
+        ("P1 bare model / end-to-end (2 workers)", bare / e2e_2, ">= 0.90", f"{bare:.1f} s / {e2e_2:.1f} s"),
+        ("P2 peak RSS 4096^2 / 1024^2 (16x pixels)", rss_large / rss_small, "<= 1.15",
+         f"{rss_large:.0f} MiB / {rss_small:.0f} MiB"),
+        ("P3 2 workers / 1 worker throughput (1 CPU each)", e2e_1 / e2e_2, ">= 1.7", f"{e2e_1:.1f} s / {e2e_2:.1f} s"),
+        ("   1 worker with 2 threads / 2 workers", e2e_2 / e2e_1x2, "(info)", f"{e2e_1x2:.1f} s"),
+        ("naive loop / geoseg end-to-end time", naive / e2e_2, "(info)",
+         f"{naive:.1f} s, peak RSS {naive_rss:.0f} MiB, no overlap/blend"),
+    ]
+    print(f"\nscene {args.size}x{args.size} x 4 bands ({mpx:.1f} Mpx), U-Net base {args.base} depth 4, "
+          f"tile {OPTIONS.tile} halo {OPTIONS.halo} overlap {OPTIONS.effective_overlap()}, {os.cpu_count()} CPUs")
+    print(f"geoseg end-to-end: {mpx / e2e_2:.3f} Mpx/s with 2 workers, {mpx / e2e_1:.3f} Mpx/s with 1\n")
+    print(f"{'metric':<50}{'ratio':>8}  {'target':<9}detail")
+    for name, ratio, target, detail in rows:
+        print(f"{name:<50}{ratio:>8.3f}  {target:<9}{detail}")
+    if args.json:
+        args.json.write_text(json.dumps({name: ratio for name, ratio, _, _ in rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
