@@ -40,9 +40,20 @@ OPTIONS = PredictOptions(tile=256, halo=16, overlap=16, batch_size=4)
 
 def make_scene(path: Path, size: int, bands: int = 4) -> Path:
     """A smooth random scene written block by block (the benchmark never holds it whole)."""
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16",
-               "crs": "EPSG:32633", "transform": Affine(10, 0, 500_000, 0, -10, 5_800_000), "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "deflate", "nodata": 0}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": bands,
+        "dtype": "uint16",
+        "crs": "EPSG:32633",
+        "transform": Affine(10, 0, 500_000, 0, -10, 5_800_000),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "nodata": 0,
+    }
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, 512):
@@ -56,8 +67,10 @@ def bare_model_seconds(bundle: Path, scene_path: Path, threads: int) -> float:
     spec, model = load_bundle(bundle)
     predictor = Predictor(spec, model.state_dict(), threads=threads)
     scene = open_scene(scene_path)
-    batches = [read_tiles(scene, tiles, Normalisation.from_spec(spec)) for tiles in
-               batched(OPTIONS.grid(scene), OPTIONS.batch_size)]
+    batches = [
+        read_tiles(scene, tiles, Normalisation.from_spec(spec))
+        for tiles in batched(OPTIONS.grid(scene), OPTIONS.batch_size)
+    ]
     predictor.predict(batches[0].data)  # warm-up (oneDNN primitive cache)
     started = time.perf_counter()
     for batch in batches:
@@ -109,11 +122,16 @@ def peak_rss_child(bundle: Path, scene_path: Path, out: Path) -> float:
     code = (
         "import resource, sys; sys.path.insert(0, sys.argv[4]);"
         "from pathlib import Path;"
-        "from benchmarks.predict import peak_rss_run; peak_rss_run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]));"
+        "from benchmarks.predict import peak_rss_run;"
+        "peak_rss_run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(bundle), str(scene_path), str(out), str(ROOT)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(bundle), str(scene_path), str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -148,15 +166,25 @@ def main() -> None:
     mpx = args.size**2 / 1e6
     rows = [
         ("P1 bare model / end-to-end (2 workers)", bare / e2e_2, ">= 0.90", f"{bare:.1f} s / {e2e_2:.1f} s"),
-        ("P2 peak RSS 4096^2 / 1024^2 (16x pixels)", rss_large / rss_small, "<= 1.15",
-         f"{rss_large:.0f} MiB / {rss_small:.0f} MiB"),
+        (
+            "P2 peak RSS 4096^2 / 1024^2 (16x pixels)",
+            rss_large / rss_small,
+            "<= 1.15",
+            f"{rss_large:.0f} MiB / {rss_small:.0f} MiB",
+        ),
         ("P3 2 workers / 1 worker throughput (1 CPU each)", e2e_1 / e2e_2, ">= 1.7", f"{e2e_1:.1f} s / {e2e_2:.1f} s"),
         ("   1 worker with 2 threads / 2 workers", e2e_2 / e2e_1x2, "(info)", f"{e2e_1x2:.1f} s"),
-        ("naive loop / geoseg end-to-end time", naive / e2e_2, "(info)",
-         f"{naive:.1f} s, peak RSS {naive_rss:.0f} MiB, no overlap/blend"),
+        (
+            "naive loop / geoseg end-to-end time",
+            naive / e2e_2,
+            "(info)",
+            f"{naive:.1f} s, peak RSS {naive_rss:.0f} MiB, no overlap/blend",
+        ),
     ]
-    print(f"\nscene {args.size}x{args.size} x 4 bands ({mpx:.1f} Mpx), U-Net base {args.base} depth 4, "
-          f"tile {OPTIONS.tile} halo {OPTIONS.halo} overlap {OPTIONS.effective_overlap()}, {os.cpu_count()} CPUs")
+    print(
+        f"\nscene {args.size}x{args.size} x 4 bands ({mpx:.1f} Mpx), U-Net base {args.base} depth 4, "
+        f"tile {OPTIONS.tile} halo {OPTIONS.halo} overlap {OPTIONS.effective_overlap()}, {os.cpu_count()} CPUs"
+    )
     print(f"geoseg end-to-end: {mpx / e2e_2:.3f} Mpx/s with 2 workers, {mpx / e2e_1:.3f} Mpx/s with 1\n")
     print(f"{'metric':<50}{'ratio':>8}  {'target':<9}detail")
     for name, ratio, target, detail in rows:

@@ -108,8 +108,11 @@ def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_addre
 @click.option(
     "--pad", "pad_mode", type=click.Choice(["reflect", "constant", "nodata"]), default="reflect", show_default=True
 )
-@click.option("--probabilities", is_flag=True,
-              help="Also write <scene>_probabilities.tif: one uint8 band per class (p x 254) + confidence.")
+@click.option(
+    "--probabilities",
+    is_flag=True,
+    help="Also write <scene>_probabilities.tif: one uint8 band per class (p x 254) + confidence.",
+)
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def predict(
     model_dir: Path,

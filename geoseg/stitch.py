@@ -59,8 +59,9 @@ class Stitcher:
             probability and the top probability (confidence), scaled by 254, nodata 255.
     """
 
-    def __init__(self, grid: TileGrid, class_ids: np.ndarray, sink: RowSink,
-                 probability_sink: RowSink | None = None) -> None:
+    def __init__(
+        self, grid: TileGrid, class_ids: np.ndarray, sink: RowSink, probability_sink: RowSink | None = None
+    ) -> None:
         self.grid, self.sink, self.probability_sink = grid, sink, probability_sink
         self.width, self.height = grid.width, grid.height
         num_classes = len(class_ids)

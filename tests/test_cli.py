@@ -137,15 +137,32 @@ def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> N
     import time
 
     bundle = tmp_path / "bundle"
-    run("bundle", "init", "--arch", "unet", "--in-channels", "3", "--num-classes", "3", "--base-channels", "8",
-        "--out", str(bundle))
+    run(
+        "bundle",
+        "init",
+        "--arch",
+        "unet",
+        "--in-channels",
+        "3",
+        "--num-classes",
+        "3",
+        "--base-channels",
+        "8",
+        "--out",
+        str(bundle),
+    )
     rng = np.random.default_rng(11)
-    scenes = [str(make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"s{i}.tif"))
-              for i in range(5)]
+    scenes = [
+        str(make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"s{i}.tif")) for i in range(5)
+    ]
     args = ["predict", "--model", str(bundle), "--tile", "64", "--halo", "8", "--overlap", "8", "--input", *scenes]
     job = tmp_path / "job"
-    proc = subprocess.Popen([*GEOSEG, *args, "--output", str(job)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*GEOSEG, *args, "--output", str(job)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     manifest = job / "manifest.json"
     deadline = time.time() + 300
     while time.time() < deadline:

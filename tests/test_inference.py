@@ -150,8 +150,9 @@ def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path)
     norm = Normalisation.from_spec(spec)
     halo = options.halo
     with rasterio.open(source) as src:
-        from geoseg.io.raster import read_tile
         from rasterio.windows import Window
+
+        from geoseg.io.raster import read_tile
 
         raw, valid = read_tile(src, Window(-halo, -halo, src.width + 2 * halo, src.height + 2 * halo))
     data = np.where(valid, (raw - norm.mean) / norm.std, 0).astype(np.float32)
@@ -190,8 +191,9 @@ def test_probability_raster(make_geotiff, bundle3, tmp_path) -> None:
 @pytest.mark.ray
 def test_rerun_resumes_and_changed_options_redo(ray_local, make_geotiff, bundle3, tmp_path) -> None:
     rng = np.random.default_rng(7)
-    inputs = [str(make_geotiff(rng.integers(1, 255, (3, 90, 110)).astype(np.uint8), name=f"s{i}.tif"))
-              for i in range(3)]
+    inputs = [
+        str(make_geotiff(rng.integers(1, 255, (3, 90, 110)).astype(np.uint8), name=f"s{i}.tif")) for i in range(3)
+    ]
     out = tmp_path / "job"
     first = predict_archive(bundle3, inputs, out, OPTIONS)
     digests = {r.scene: r.sha256 for r in first}
@@ -201,3 +203,31 @@ def test_rerun_resumes_and_changed_options_redo(ray_local, make_geotiff, bundle3
     assert {r.scene: r.sha256 for r in second} == digests
     third = predict_archive(bundle3, inputs, out, PredictOptions(tile=64, halo=8, overlap=8, batch_size=4))
     assert [r.status for r in third] == ["ok", "ok", "ok"]
+
+
+@pytest.mark.realdata
+@pytest.mark.ray
+def test_landsat_band_files_stack_into_one_scene(ray_local, real_data, tmp_path) -> None:
+    folder = real_data / "nc_landsat"
+    bands = [folder / f"lsat7_2000_{b}.tif" for b in (10, 20, 30, 40, 50, 70)]
+    bundle = init_bundle(tmp_path / "b", "unet", 6, 3, base_channels=4, depth=2)
+    [report] = predict_archive(bundle, ["+".join(map(str, bands))], tmp_path / "job", OPTIONS)
+    assert report.status == "ok" and report.scene == "lsat7_2000"
+    with rasterio.open(bands[0]) as src, rasterio.open(report.output) as out:
+        assert out.transform == src.transform and out.crs == src.crs and out.shape == src.shape
+        nodata = np.zeros(src.shape, bool)
+        for band in bands:  # each file keeps its own nodata value (-99999, band 7: -32768)
+            with rasterio.open(band) as b:
+                nodata |= b.read_masks(1) == 0
+        classes = out.read(1)
+    assert nodata.any() and (classes[nodata] == CLASS_NODATA).all() and (classes[~nodata] < 3).all()
+
+
+def test_band_files_on_different_grids_are_rejected(make_geotiff, tmp_path) -> None:
+    from geoseg.errors import GeoSegError
+    from geoseg.io.stack import build_stack_vrt
+
+    a = make_geotiff(np.ones((1, 10, 10), np.uint8), name="a.tif")
+    b = make_geotiff(np.ones((1, 10, 12), np.uint8), name="b.tif")
+    with pytest.raises(GeoSegError, match=r"b\.tif: is not on the grid of the first band file"):
+        build_stack_vrt([a, b], tmp_path / "s.vrt")

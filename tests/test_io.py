@@ -111,3 +111,13 @@ def test_same_projection_tolerates_datum_realisation_tags() -> None:
     assert same_projection(CRS.from_epsg(3358), CRS.from_epsg(32119))
     assert not same_projection(CRS.from_epsg(32633), CRS.from_epsg(32634))
     assert not same_projection(CRS.from_epsg(4326), CRS.from_epsg(4269))
+
+
+def test_alpha_band_marks_pixels_invalid(make_geotiff) -> None:
+    rgba = np.full((4, 6, 6), 100, dtype=np.uint8)
+    rgba[3] = 255
+    rgba[3, :2] = 0  # transparent top rows
+    path = make_geotiff(rgba, photometric="RGB", alpha="YES")
+    with rasterio.open(path) as src:
+        _, valid = read_tile(src, Window(0, 0, 6, 6), bands=[1, 2, 3])
+    assert not valid[:2].any() and valid[2:].all()

@@ -31,22 +31,30 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.distributed import RayExecutor
 from geoseg.inference.scene import PredictOptions, SceneReport, predict_scene
 from geoseg.io.raster import open_scene
+from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
 from geoseg.io.writer import temp_sibling
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 MANIFEST = "manifest.json"
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[Path]:
-    """Files, globs, directories (their rasters) and ``.txt``/``.csv`` lists (one path per line, first column)."""
+def expand_inputs(inputs: Iterable[str], stacks_dir: Path | None = None) -> list[Path]:
+    """Files, globs, directories (their rasters) and ``.txt``/``.csv`` lists (one path per line, first column).
+
+    ``a_b1.tif+a_b2.tif+...`` is one scene stacked from one file per band; it becomes a VRT in ``stacks_dir``.
+    """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if STACK_SEPARATOR in item and not path.exists() and stacks_dir is not None:
+            bands = [Path(p) for p in item.split(STACK_SEPARATOR)]
+            paths.append(build_stack_vrt(bands, stacks_dir / f"{stack_name(bands)}.vrt"))
+        elif path.is_dir():
             paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES))
         elif path.suffix.lower() in {".txt", ".csv"} and path.is_file():
             lines = [ln.split(",")[0].strip() for ln in path.read_text().splitlines()]
-            paths.extend(Path(ln) for ln in lines if ln and not ln.startswith("#") and ln.lower() != "path")
+            entries = [ln for ln in lines if ln and not ln.startswith("#") and ln.lower() != "path"]
+            paths.extend(expand_inputs(entries, stacks_dir))
         elif glob.has_magic(item):
             paths.extend(sorted(Path(p) for p in glob.glob(item, recursive=True)))
         else:
@@ -122,9 +130,15 @@ class Manifest:
         write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
 
 
-def predict_archive(bundle_dir: Path, inputs: Iterable[str], out_dir: Path, options: PredictOptions,
-                    workers: int | None = None, ray_address: str | None = None,
-                    console: Console | None = None) -> list[SceneReport]:
+def predict_archive(
+    bundle_dir: Path,
+    inputs: Iterable[str],
+    out_dir: Path,
+    options: PredictOptions,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    console: Console | None = None,
+) -> list[SceneReport]:
     """Predict every input scene into ``out_dir/<scene>.tif``; write ``manifest.json`` and ``report.json``.
 
     A scene that fails (unreadable, no CRS, wrong band count, ...) is reported with a one-line reason and
@@ -136,7 +150,7 @@ def predict_archive(bundle_dir: Path, inputs: Iterable[str], out_dir: Path, opti
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.partial"):  # left by a killed run of this job; never a finished output
         stale.unlink(missing_ok=True)
-    paths = expand_inputs(inputs)
+    paths = expand_inputs(inputs, out_dir / "stacks")
     if not paths:
         raise GeoSegError("no input scenes found", ", ".join(inputs))
     fingerprint = job_fingerprint(bundle_dir, options)
@@ -167,9 +181,17 @@ def predict_archive(bundle_dir: Path, inputs: Iterable[str], out_dir: Path, opti
     return ordered
 
 
-def _run_scenes(todo: list[tuple[Path, str]], spec: Any, executor: RayExecutor, out_dir: Path,
-                options: PredictOptions, manifest: Manifest, fingerprint: str, reports: dict[str, SceneReport],
-                console: Console) -> None:
+def _run_scenes(
+    todo: list[tuple[Path, str]],
+    spec: Any,
+    executor: RayExecutor,
+    out_dir: Path,
+    options: PredictOptions,
+    manifest: Manifest,
+    fingerprint: str,
+    reports: dict[str, SceneReport],
+    console: Console,
+) -> None:
     scenes = {}
     for path, name in todo:
         try:
@@ -179,8 +201,13 @@ def _run_scenes(todo: list[tuple[Path, str]], spec: Any, executor: RayExecutor, 
             manifest.record(reports[name], fingerprint)
             console.print(f"[red]failed[/] {exc}")
     total = sum(len(options.grid(scene)) for scene in scenes.values())
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("predict", total=total)
         for path, name in todo:
@@ -189,8 +216,14 @@ def _run_scenes(todo: list[tuple[Path, str]], spec: Any, executor: RayExecutor, 
             progress.update(task, description=name)
             report = SceneReport(scene=name, source=str(path))
             try:
-                report = predict_scene(scenes[name], spec, executor, out_dir / f"{name}.tif", options,
-                                       progress=lambda n: progress.advance(task, n))
+                report = predict_scene(
+                    scenes[name],
+                    spec,
+                    executor,
+                    out_dir / f"{name}.tif",
+                    options,
+                    progress=lambda n: progress.advance(task, n),
+                )
                 report.scene = name
                 report.sha256 = file_sha256(out_dir / f"{name}.tif")
                 console.print(f"[green]ok[/] {path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)")
@@ -205,8 +238,9 @@ def _run_scenes(todo: list[tuple[Path, str]], spec: Any, executor: RayExecutor, 
             manifest.record(report, fingerprint)
 
 
-def job_report(reports: list[SceneReport], bundle_dir: Path, options: PredictOptions, workers: int | None,
-               seconds: float) -> dict[str, Any]:
+def job_report(
+    reports: list[SceneReport], bundle_dir: Path, options: PredictOptions, workers: int | None, seconds: float
+) -> dict[str, Any]:
     """report.json: the job summary (scenes run in this invocation) and every scene's entry."""
     ran = [r for r in reports if r.status == "ok"]
     megapixels = sum(r.pixels for r in ran) / 1e6

@@ -86,5 +86,6 @@ def read_tiles(
                 offset = int(tile.read.col_off - first.col_off)
                 data[i] = normalised[:, :, offset : offset + size]
                 valid[i] = mask[:, offset : offset + size]
-    return TileBatch([t.index for t in tiles], data, valid, [t.core_in_tile for t in tiles],
-                     time.perf_counter() - started)
+    return TileBatch(
+        [t.index for t in tiles], data, valid, [t.core_in_tile for t in tiles], time.perf_counter() - started
+    )

@@ -100,8 +100,9 @@ def predict_batch(predictor: Predictor, batch: TileBatch) -> BatchOutput:
     probs = iter(predictor.predict(batch.data[runnable])) if runnable.any() else iter(())
     # Only the core of a tile is ever stitched: crop here so the halo never travels back to the driver.
     results = [
-        TileResult(index, np.ascontiguousarray(next(probs)[:, rows, cols]) if runnable[i] else None,
-                   batch.valid[i][rows, cols])
+        TileResult(
+            index, np.ascontiguousarray(next(probs)[:, rows, cols]) if runnable[i] else None, batch.valid[i][rows, cols]
+        )
         for i, (index, (rows, cols)) in enumerate(zip(batch.indices, batch.cores, strict=True))
     ]
     return BatchOutput(results, batch.read_seconds, time.perf_counter() - started)
@@ -110,8 +111,9 @@ def predict_batch(predictor: Predictor, batch: TileBatch) -> BatchOutput:
 class LocalExecutor:
     """Everything in this process: for tests, notebooks and single-machine debugging."""
 
-    def __init__(self, predictor: Predictor, norm: Normalisation, options: PredictOptions,
-                 nodata: float | None = None) -> None:
+    def __init__(
+        self, predictor: Predictor, norm: Normalisation, options: PredictOptions, nodata: float | None = None
+    ) -> None:
         self.predictor, self.norm, self.options, self.nodata = predictor, norm, options, nodata
 
     def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
@@ -124,8 +126,14 @@ def batched(grid: TileGrid, size: int) -> Iterator[Sequence[Tile]]:
         yield grid[start : start + size]
 
 
-def predict_scene(scene: SceneInfo, spec: BundleSpec, executor: TileExecutor, out_path: Path,
-                  options: PredictOptions, progress: Callable[[int], None] | None = None) -> SceneReport:
+def predict_scene(
+    scene: SceneInfo,
+    spec: BundleSpec,
+    executor: TileExecutor,
+    out_path: Path,
+    options: PredictOptions,
+    progress: Callable[[int], None] | None = None,
+) -> SceneReport:
     """Predict ``scene`` into a class COG at ``out_path`` (and ``<stem>_probabilities.tif`` when asked).
 
     Raises GeoSegError for a scene that cannot work; nothing is left under the output names then.
@@ -139,7 +147,8 @@ def predict_scene(scene: SceneInfo, spec: BundleSpec, executor: TileExecutor, ou
     read_s = model_s = 0.0
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(
-            ClassRasterWriter(out_path, scene, class_ids.tolist(), names, [c.color for c in spec.classes]))
+            ClassRasterWriter(out_path, scene, class_ids.tolist(), names, [c.color for c in spec.classes])
+        )
         prob_writer = stack.enter_context(ProbabilityRasterWriter(prob_path, scene, names)) if prob_path else None
         stitcher = Stitcher(grid, class_ids, writer, prob_writer)
         for output in executor.run(scene, batched(grid, options.batch_size)):

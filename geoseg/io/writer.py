@@ -42,18 +42,30 @@ class CogWriter:
             probabilities.
     """
 
-    def __init__(self, path: Path, scene: SceneInfo, descriptions: Sequence[str], nodata: int,
-                 overview_resampling: str) -> None:
+    def __init__(
+        self, path: Path, scene: SceneInfo, descriptions: Sequence[str], nodata: int, overview_resampling: str
+    ) -> None:
         self.path = Path(path)
         self.scene = scene
         self.overview_resampling = overview_resampling
         self._staging = temp_sibling(self.path)
         profile = {
-            "driver": "GTiff", "width": scene.width, "height": scene.height, "count": len(descriptions),
-            "dtype": "uint8", "crs": scene.crs, "transform": scene.transform, "nodata": nodata,
+            "driver": "GTiff",
+            "width": scene.width,
+            "height": scene.height,
+            "count": len(descriptions),
+            "dtype": "uint8",
+            "crs": scene.crs,
+            "transform": scene.transform,
+            "nodata": nodata,
             # The staging file lives for one scene: fastest compression; the COG gets deflate.
-            "compress": "zstd", "zstd_level": 1, "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
-            "BIGTIFF": "IF_SAFER", "interleave": "band",
+            "compress": "zstd",
+            "zstd_level": 1,
+            "tiled": True,
+            "blockxsize": _BLOCK,
+            "blockysize": _BLOCK,
+            "BIGTIFF": "IF_SAFER",
+            "interleave": "band",
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._dst = rasterio.open(self._staging, "w", **profile)
@@ -75,8 +87,15 @@ class CogWriter:
         self._dst.close()
         cog_staging = temp_sibling(self.path)
         try:
-            rasterio.shutil.copy(self._staging, cog_staging, driver="COG", compress="deflate", blocksize=_BLOCK,
-                                 overview_resampling=self.overview_resampling, bigtiff="if_safer")
+            rasterio.shutil.copy(
+                self._staging,
+                cog_staging,
+                driver="COG",
+                compress="deflate",
+                blocksize=_BLOCK,
+                overview_resampling=self.overview_resampling,
+                bigtiff="if_safer",
+            )
             os.replace(cog_staging, self.path)
         finally:
             for leftover in (self._staging, cog_staging):
@@ -92,8 +111,9 @@ class CogWriter:
     def __enter__(self) -> CogWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -109,8 +129,14 @@ class ClassRasterWriter(CogWriter):
         colors: RGB colour per class, written as the colour table.
     """
 
-    def __init__(self, path: Path, scene: SceneInfo, class_ids: Sequence[int], class_names: Sequence[str],
-                 colors: Sequence[tuple[int, int, int]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        scene: SceneInfo,
+        class_ids: Sequence[int],
+        class_names: Sequence[str],
+        colors: Sequence[tuple[int, int, int]],
+    ) -> None:
         super().__init__(path, scene, ["class"], CLASS_NODATA, "nearest")
         self._dst.write_colormap(1, {cid: (*rgb, 255) for cid, rgb in zip(class_ids, colors, strict=True)})
         self._dst.update_tags(**{f"class_{cid}": name for cid, name in zip(class_ids, class_names, strict=True)})
