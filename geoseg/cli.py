@@ -113,6 +113,12 @@ def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_addre
     is_flag=True,
     help="Also write <scene>_probabilities.tif: one uint8 band per class (p x 254) + confidence.",
 )
+@click.option(
+    "--vectorize",
+    "vector_format",
+    type=click.Choice(["gpkg", "shp", "geojson", "fgb", "parquet"]),
+    help="Also polygonize each class raster into <scene>.<format>.",
+)
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def predict(
     model_dir: Path,
@@ -126,6 +132,7 @@ def predict(
     workers: int | None,
     pad_mode: str,
     probabilities: bool,
+    vector_format: str | None,
     ray_address: str | None,
 ) -> None:
     """Predict class rasters (COG) for every input scene; exit 1 if any scene failed."""
@@ -146,6 +153,7 @@ def predict(
         batch_size=batch_size,
         pad_mode=pad_mode,  # type: ignore[arg-type]
         probabilities=probabilities,
+        vector_format=vector_format,
     )
     reports = predict_archive(model_dir, all_inputs, output, options, workers, ray_address, console)
     failed = [r for r in reports if r.status == "failed"]
@@ -160,19 +168,55 @@ def predict(
     "--output",
     type=click.Path(path_type=Path),
     required=True,
-    help="Output file; the extension picks the format (.gpkg .shp .geojson .fgb .parquet).",
+    help="Output file; its extension (or --format) picks the format.",
 )
-@click.option("--chunk", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["gpkg", "shp", "geojson", "fgb", "parquet"]))
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Window side in pixels; memory scales with it, not with the raster.",
+)
+@click.option("--connectivity", type=click.Choice(["4", "8"]), default="4", show_default=True)
 @click.option("--skip-class", "skip", type=int, multiple=True, help="Class id that yields no polygons.")
+@click.option(
+    "--simplify", type=click.FloatRange(min=0), default=0, help="Tolerance in map units; shared edges stay shared."
+)
+@click.option("--min-area", type=click.FloatRange(min=0), default=0, help="Drop polygons below this area (m2).")
+@click.option("--fill-holes", type=click.FloatRange(min=0), default=0, help="Fill holes below this area (m2).")
 @click.option("--to-crs", help="Reproject the polygons, e.g. EPSG:4326.")
-def vectorize(mask: Path, output: Path, chunk: int, skip: tuple[int, ...], to_crs: str | None) -> None:
-    """Polygonize a class raster chunk by chunk and export it."""
-    from geoseg.export import to_geodataframe, write_polygons
-    from geoseg.vectorize import polygonize
+@click.option("--workers", type=click.IntRange(min=1), help="Parallel chunk workers on Ray (default: all CPUs).")
+@click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
+def vectorize(
+    mask: Path,
+    output: Path,
+    fmt: str | None,
+    chunk: int,
+    connectivity: str,
+    skip: tuple[int, ...],
+    simplify: float,
+    min_area: float,
+    fill_holes: float,
+    to_crs: str | None,
+    workers: int | None,
+    ray_address: str | None,
+) -> None:
+    """Polygonize a class raster chunk by chunk (exactly as a whole-raster polygonize) and export it."""
+    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
 
-    frame = to_geodataframe(polygonize(str(mask), chunk, set(skip)))
-    write_polygons(frame, output, to_crs)
-    console.print(f"{len(frame)} polygons -> {output}")
+    options = VectorizeOptions(
+        chunk=chunk,
+        skip_classes=frozenset(skip),
+        connectivity=int(connectivity),  # type: ignore[arg-type]
+        simplify=simplify,
+        min_area_m2=min_area,
+        fill_holes_m2=fill_holes,
+        to_crs=to_crs,
+        fmt=fmt,
+    )
+    polygons = vectorize_raster(mask, [output], options, workers, ray_address)
+    console.print(f"{len(polygons.geometries)} polygons -> {output}")
 
 
 @cli.command()

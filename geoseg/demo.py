@@ -16,14 +16,13 @@ from geoseg.cluster import ray_session
 from geoseg.config import load_config
 from geoseg.data import split_scenes
 from geoseg.evaluate import evaluate
-from geoseg.export import to_geodataframe, write_polygons
 from geoseg.inference.job import predict_archive, write_json_atomic
 from geoseg.inference.scene import PredictOptions
 from geoseg.metrics import summarize
 from geoseg.quicklook import quicklook
 from geoseg.synth import make_archive
 from geoseg.train import train
-from geoseg.vectorize import polygonize
+from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 
@@ -70,8 +69,8 @@ def run_demo(
         if report.status != "ok" or report.output is None:
             scene_rows.append(report.to_dict())
             continue
-        frame = to_geodataframe(polygonize(report.output, chunk=512))
-        outputs = [write_polygons(frame, vectors / f"{report.scene}.{ext}") for ext in ("gpkg", "shp")]
+        outputs = [vectors / f"{report.scene}.{ext}" for ext in ("gpkg", "shp")]
+        polygons = vectorize_raster(Path(report.output), outputs, VectorizeOptions(chunk=512), workers=1)
         metrics = evaluate(report.output, synth_scene.labels)
         cm = np.array(metrics["confusion_matrix"])
         total_cm = cm if total_cm is None else _add(total_cm, cm)
@@ -80,7 +79,7 @@ def run_demo(
             report.to_dict()
             | {
                 "split": "held out" if str(synth_scene.image) in held_out else "train",
-                "polygons": len(frame),
+                "polygons": len(polygons.geometries),
                 "vector_outputs": [str(p) for p in outputs],
                 "quicklook": str(picture),
                 "miou": metrics["miou"],

@@ -3,14 +3,18 @@
 Each chunk is polygonized with ``rasterio.features.shapes`` in *pixel* coordinates, where every vertex is an
 integer: pieces cut by a chunk seam then meet on exactly equal coordinates, and matching them needs no
 tolerance. Only pieces that touch an internal seam take part in the merge; they are joined into connected
-components (same class, sharing an edge of positive length across a seam) and each component is unioned
-once. Everything else passes through untouched. Georeferencing is applied at the very end.
+components (same class, and sharing an edge across a seam, or also a corner under 8-connectivity) and each
+component is unioned once. Everything else passes through untouched. Georeferencing is applied at the end.
+
+Chunks are independent, so :func:`polygonize` takes a ``map_fn``: the builtin ``map`` runs them here, the
+Ray layer (:mod:`geoseg.parallel`) runs them as tasks. Peak memory is one chunk of pixels plus the polygons.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -19,19 +23,77 @@ from affine import Affine
 from rasterio import features
 from rasterio.crs import CRS
 from rasterio.windows import Window
-from shapely.geometry import shape
 
 from geoseg.errors import GeoSegError
+
+Connectivity = Literal[4, 8]
+MapFn = Callable[[Callable[..., Any], Iterable[Any]], Iterable[Any]]
 
 
 @dataclass(frozen=True)
 class ClassPolygons:
-    """Polygons in map coordinates with their class ids, plus what is needed to label and export them."""
+    """Polygons in map coordinates with their class ids (and mean confidence when known)."""
 
-    geometries: np.ndarray  # of shapely Polygons
+    geometries: np.ndarray  # of shapely (Multi)Polygons
     class_ids: np.ndarray
     crs: CRS
     class_names: dict[int, str]
+    confidence: np.ndarray | None = None
+    pixel_size: float = 1.0  # smallest side of a pixel, in map units
+    connectivity: Connectivity = 4  # 4-connected polygons are valid by construction; 8 may touch themselves
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything a worker needs to polygonize one window (picklable: it travels to Ray tasks)."""
+
+    path: str
+    window: Window
+    skip: frozenset[int]
+    connectivity: Connectivity
+    confidence_path: str | None = None
+    confidence_band: int = 1
+
+
+@dataclass
+class ChunkPieces:
+    """Polygons of one chunk in pixel coordinates; ``on_seam`` marks those cut by an internal seam."""
+
+    geoms: np.ndarray
+    classes: np.ndarray
+    on_seam: np.ndarray
+    confidence_sum: np.ndarray
+    pixel_count: np.ndarray
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ship polygons as flat coordinate + offset arrays: pickling 10^5 shapely objects one by one is
+        # slower than polygonizing them.
+        state = dict(self.__dict__)
+        state["geoms"] = shapely.to_ragged_array(self.geoms) if len(self.geoms) else None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        ragged = state.pop("geoms")
+        self.__dict__.update(state)
+        self.geoms = np.empty(0, dtype=object) if ragged is None else shapely.from_ragged_array(*ragged)
+
+
+def _geoms_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]]) -> tuple[np.ndarray, np.ndarray]:
+    """GeoJSON-like polygons from ``features.shapes`` -> shapely array, built in one call (no per-object shape())."""
+    coords: list[Any] = []
+    ring_offsets, polygon_offsets, values = [0], [0], []
+    for geojson, value in shapes:
+        rings = geojson["coordinates"]
+        for ring in rings:
+            coords.extend(ring)
+            ring_offsets.append(ring_offsets[-1] + len(ring))
+        polygon_offsets.append(polygon_offsets[-1] + len(rings))
+        values.append(int(value))
+    if not values:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+    geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64),
+                                      (np.asarray(ring_offsets), np.asarray(polygon_offsets)))
+    return geoms, np.asarray(values, dtype=np.int64)
 
 
 def chunk_windows(width: int, height: int, chunk: int) -> Iterator[Window]:
@@ -40,30 +102,51 @@ def chunk_windows(width: int, height: int, chunk: int) -> Iterator[Window]:
             yield Window(col, row, min(chunk, width - col), min(chunk, height - row))
 
 
-def _polygonize_window(
-    src: rasterio.DatasetReader, window: Window, skip: set[int]
-) -> tuple[list[shapely.Polygon], list[int]]:
-    data = src.read(1, window=window)
-    mask = src.read_masks(1, window=window) > 0
+def _categorical(data: np.ndarray, mask: np.ndarray, path: str) -> np.ndarray:
     if data.dtype.kind == "f":
         # Many class rasters are stored as float (GRASS exports, for one); fine while every value is whole.
         values = data[mask]
         if not np.all(np.isfinite(values) & (values == np.round(values))):
-            raise GeoSegError("not a categorical raster: it holds fractional values", src.name)
-        data = np.where(mask, data, 0).astype(np.int32)
-    elif data.dtype.itemsize > 4 or data.dtype == np.uint32:
-        data = data.astype(np.int32)  # features.shapes takes at most 32-bit signed values
-    if skip:
-        mask &= ~np.isin(data, list(skip))
-    pixel_transform = Affine.translation(window.col_off, window.row_off)
-    geoms, values = [], []
-    for geojson, value in features.shapes(data, mask=mask, connectivity=4, transform=pixel_transform):
-        geoms.append(shape(geojson))
-        values.append(int(value))
-    return geoms, values
+            raise GeoSegError("not a categorical raster: it holds fractional values", path)
+        return np.where(mask, data, 0).astype(np.int32)
+    if data.dtype.itemsize > 4 or data.dtype == np.uint32:
+        return data.astype(np.int32)  # features.shapes takes at most 32-bit signed values
+    return data
+
+
+def polygonize_chunk(job: ChunkJob) -> ChunkPieces:
+    """Polygonize one window; runs anywhere the raster is readable."""
+    with rasterio.open(job.path) as src:
+        data = src.read(1, window=job.window)
+        mask = src.read_masks(1, window=job.window) > 0
+        size = (src.width, src.height)
+    data = _categorical(data, mask, job.path)
+    if job.skip:
+        mask &= ~np.isin(data, list(job.skip))
+    col0, row0 = int(job.window.col_off), int(job.window.row_off)
+    shapes = features.shapes(data, mask=mask, connectivity=job.connectivity, transform=Affine.translation(col0, row0))
+    geoms, classes = _geoms_from_shapes(shapes)
+    confidence_sum: np.ndarray = np.zeros(len(geoms))
+    pixel_count: np.ndarray = np.zeros(len(geoms))
+    if job.confidence_path and len(geoms):
+        # Label each pixel with its piece to average the confidence per polygon.
+        labels = features.rasterize(
+            zip(geoms, range(1, len(geoms) + 1), strict=True),
+            out_shape=data.shape,
+            transform=Affine.translation(col0, row0),
+            fill=0,
+            dtype="int32",
+        )
+        with rasterio.open(job.confidence_path) as conf_src:
+            confidence = conf_src.read(job.confidence_band, window=job.window).astype(np.float64)
+        pixel_count = np.bincount(labels.ravel(), minlength=len(geoms) + 1)[1:].astype(float)
+        confidence_sum = np.bincount(labels.ravel(), weights=confidence.ravel(), minlength=len(geoms) + 1)[1:]
+    return ChunkPieces(geoms, classes, _seam_touching(geoms, job.window, *size), confidence_sum, pixel_count)
 
 
 def _seam_touching(geoms: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
+    if not len(geoms):
+        return np.zeros(0, dtype=bool)
     bounds = shapely.bounds(geoms)
     c0, r0 = window.col_off, window.row_off
     c1, r1 = c0 + window.width, r0 + window.height
@@ -75,8 +158,9 @@ def _seam_touching(geoms: np.ndarray, window: Window, width: int, height: int) -
     )
 
 
-def _merge_seam_pieces(geoms: np.ndarray, classes: np.ndarray) -> tuple[list[shapely.Geometry], list[int]]:
-    """Union the seam pieces that are one region: same class and an edge shared across a seam."""
+def _components(geoms: np.ndarray, classes: np.ndarray, chunk_ids: np.ndarray, connectivity: Connectivity
+                ) -> np.ndarray:
+    """Union-find over seam pieces: the root index of each piece's region."""
     parent = np.arange(len(geoms))
 
     def find(i: int) -> int:
@@ -85,28 +169,66 @@ def _merge_seam_pieces(geoms: np.ndarray, classes: np.ndarray) -> tuple[list[sha
             i = parent[i]
         return int(i)
 
-    tree = shapely.STRtree(geoms)
-    left, right = tree.query(geoms, predicate="intersects")
-    keep = (left < right) & (classes[left] == classes[right])
+    # Cheap filters first (bounding boxes, class, other chunk: pieces of one chunk never connect), then the
+    # exact test on what is left: boundaries meeting along a line (4-connectivity) or at all (8).
+    left, right = shapely.STRtree(geoms).query(geoms)
+    keep = (left < right) & (classes[left] == classes[right]) & (chunk_ids[left] != chunk_ids[right])
     left, right = left[keep], right[keep]
-    # Touching only at a corner does not connect regions under 4-connectivity.
-    shared = shapely.length(shapely.intersection(geoms[left], geoms[right])) > 0
-    for a, b in zip(left[shared].tolist(), right[shared].tolist(), strict=True):
+    pattern = "****1****" if connectivity == 4 else "****T****"
+    touching = shapely.relate_pattern(geoms[left], geoms[right], pattern)
+    left, right = left[touching], right[touching]
+    for a, b in zip(left.tolist(), right.tolist(), strict=True):
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(len(geoms))])
-    merged: list[shapely.Geometry] = []
-    merged_classes: list[int] = []
-    for root in np.unique(roots):
-        members = geoms[roots == root]
-        geom = members[0] if len(members) == 1 else shapely.union_all(members)
+    return np.array([find(i) for i in range(len(geoms))], dtype=np.int64)
+
+
+def merge_chunks(
+    chunks: Iterable[ChunkPieces], connectivity: Connectivity = 4
+) -> tuple[list[Any], list[int], list[float], list[float]]:
+    """Keep inner pieces as they are; union the seam pieces that form one region."""
+    geoms: list[Any] = []
+    classes: list[int] = []
+    conf_sum: list[float] = []
+    count: list[float] = []
+    seam: list[ChunkPieces] = []
+    for piece in chunks:
+        inner = ~piece.on_seam
+        geoms.extend(piece.geoms[inner])
+        classes.extend(piece.classes[inner].tolist())
+        conf_sum.extend(piece.confidence_sum[inner].tolist())
+        count.extend(piece.pixel_count[inner].tolist())
+        if piece.on_seam.any():
+            seam.append(
+                ChunkPieces(
+                    *(
+                        a[piece.on_seam]
+                        for a in (piece.geoms, piece.classes, piece.on_seam, piece.confidence_sum, piece.pixel_count)
+                    )
+                )
+            )
+    if not seam:
+        return geoms, classes, conf_sum, count
+    seam_geoms = np.concatenate([s.geoms for s in seam])
+    chunk_ids = np.concatenate([np.full(len(s.geoms), i) for i, s in enumerate(seam)])
+    seam_classes = np.concatenate([s.classes for s in seam])
+    seam_sum = np.concatenate([s.confidence_sum for s in seam])
+    seam_count = np.concatenate([s.pixel_count for s in seam])
+    roots = _components(seam_geoms, seam_classes, chunk_ids, connectivity)
+    order = np.argsort(roots, kind="stable")
+    boundaries = np.flatnonzero(np.diff(roots[order])) + 1
+    for members in np.split(order, boundaries):
+        geom = seam_geoms[members[0]] if len(members) == 1 else shapely.union_all(seam_geoms[members])
         # A union leaves collinear vertices where seams were; simplify(0) drops exactly those.
-        geom = shapely.simplify(geom, 0)
-        parts = shapely.get_parts(geom) if geom.geom_type == "MultiPolygon" else [geom]
-        merged.extend(parts)
-        merged_classes.extend([int(classes[root])] * len(parts))
-    return merged, merged_classes
+        # (Douglas-Peucker with tolerance 0 removes only exactly collinear points: safe, and far faster
+        # than the topology-preserving simplifier.)
+        geom = shapely.simplify(geom, 0, preserve_topology=False)
+        geoms.append(geom)
+        classes.append(int(seam_classes[members[0]]))
+        conf_sum.append(float(seam_sum[members].sum()))
+        count.append(float(seam_count[members].sum()))
+    return geoms, classes, conf_sum, count
 
 
 def class_names_from_tags(tags: dict[str, str]) -> dict[int, str]:
@@ -114,10 +236,28 @@ def class_names_from_tags(tags: dict[str, str]) -> dict[int, str]:
     return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
 
 
-def polygonize(path: str, chunk: int = 1024, skip_classes: set[int] | None = None) -> ClassPolygons:
-    """Polygonize a categorical raster in ``chunk`` x ``chunk`` windows; nodata and ``skip_classes`` give none."""
+def polygonize(
+    path: str,
+    chunk: int = 1024,
+    skip_classes: set[int] | None = None,
+    connectivity: Connectivity = 4,
+    confidence: tuple[str, int] | None = None,
+    map_fn: MapFn = map,
+) -> ClassPolygons:
+    """Polygonize a categorical raster in ``chunk`` x ``chunk`` windows; nodata and ``skip_classes`` give none.
+
+    Args:
+        path: class raster (any integer type, or float holding whole numbers).
+        chunk: window side in pixels; peak memory scales with it, not with the raster.
+        skip_classes: class ids that produce no polygons (background).
+        connectivity: 4 (edges) or 8 (edges and corners), as in ``gdal_polygonize``.
+        confidence: (raster, band) whose mean over each polygon becomes its ``confidence``.
+        map_fn: how chunks are run (``map`` here, or a Ray map from :mod:`geoseg.parallel`).
+    """
     if chunk < 1:
         raise GeoSegError(f"chunk must be >= 1 pixel, got {chunk}")
+    if connectivity not in (4, 8):
+        raise GeoSegError(f"connectivity must be 4 or 8, got {connectivity}")
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
@@ -128,27 +268,26 @@ def polygonize(path: str, chunk: int = 1024, skip_classes: set[int] | None = Non
             raise GeoSegError(f"not a categorical raster: pixel type {dtype.name}", path)
         if src.crs is None:
             raise GeoSegError("no CRS: polygons would have no location", path)
-        done_geoms: list[shapely.Geometry] = []
-        done_classes: list[int] = []
-        seam_geoms: list[shapely.Geometry] = []
-        seam_classes: list[int] = []
-        for window in chunk_windows(src.width, src.height, chunk):
-            geoms, values = _polygonize_window(src, window, skip_classes or set())
-            if not geoms:
-                continue
-            geom_array, value_array = np.array(geoms, dtype=object), np.array(values)
-            on_seam = _seam_touching(geom_array, window, src.width, src.height)
-            done_geoms.extend(geom_array[~on_seam])
-            done_classes.extend(value_array[~on_seam].tolist())
-            seam_geoms.extend(geom_array[on_seam])
-            seam_classes.extend(value_array[on_seam].tolist())
-        if seam_geoms:
-            merged, merged_classes = _merge_seam_pieces(np.array(seam_geoms, dtype=object), np.array(seam_classes))
-            done_geoms.extend(merged)
-            done_classes.extend(merged_classes)
-        t = src.transform
-        pixel_to_map = [t.a, t.b, t.d, t.e, t.c, t.f]
-        geometries = np.array([shapely.affinity.affine_transform(g, pixel_to_map) for g in done_geoms], dtype=object)
-        return ClassPolygons(
-            geometries, np.array(done_classes, dtype=np.int64), src.crs, class_names_from_tags(src.tags())
-        )
+        transform, crs, tags = src.transform, src.crs, src.tags()
+        jobs = [
+            ChunkJob(
+                str(path),
+                w,
+                frozenset(skip_classes or ()),
+                connectivity,
+                confidence[0] if confidence else None,
+                confidence[1] if confidence else 1,
+            )
+            for w in chunk_windows(src.width, src.height, chunk)
+        ]
+    geoms, classes, conf_sum, count = merge_chunks(map_fn(polygonize_chunk, jobs), connectivity)
+    matrix = np.array([[transform.a, transform.d], [transform.b, transform.e]])
+    offset = np.array([transform.c, transform.f])
+    geometries = shapely.transform(np.array(geoms, dtype=object), lambda xy: xy @ matrix + offset)
+    mean_confidence = None
+    if confidence:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_confidence = np.array(conf_sum) / np.array(count)
+    pixel_size = min(abs(transform.a), abs(transform.e)) or 1.0
+    return ClassPolygons(geometries, np.array(classes, dtype=np.int64), crs, class_names_from_tags(tags),
+                         mean_confidence, pixel_size, connectivity)

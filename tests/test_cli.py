@@ -186,3 +186,19 @@ def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> N
     assert clean.returncode == 0
     for i in range(5):
         assert (job / f"s{i}.tif").read_bytes() == (tmp_path / "clean" / f"s{i}.tif").read_bytes()
+
+
+def test_vectorize_cli_options(tmp_path) -> None:
+    assert run("synth", "--out", str(tmp_path / "s"), "--scenes", "1", "--size", "200").returncode == 0
+    labels = tmp_path / "s" / "scene_000_labels.tif"
+    plain = run("vectorize", str(labels), "--output", str(tmp_path / "plain.fgb"), "--chunk", "64", "--workers", "1")
+    cleaned = run("vectorize", str(labels), "--output", str(tmp_path / "clean.data"), "--format", "gpkg",
+                  "--chunk", "64", "--workers", "2", "--min-area", "50", "--simplify", "2", "--skip-class", "0",
+                  "--connectivity", "8", "--to-crs", "EPSG:4326")
+    assert plain.returncode == 0 and cleaned.returncode == 0, cleaned.stderr
+    import geopandas as gpd
+
+    before = gpd.read_file(tmp_path / "plain.fgb")
+    after = gpd.read_file(tmp_path / "clean.data", driver="GPKG")
+    assert after.crs.to_epsg() == 4326 and 0 not in set(after["class_id"])
+    assert (after["area_m2"] >= 50).all() and len(after) < len(before[before["class_id"] != 0])

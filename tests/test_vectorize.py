@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import geopandas as gpd
@@ -124,3 +125,98 @@ def test_bad_inputs_are_one_line_errors(make_geotiff, tmp_path) -> None:
         write_polygons(frame, tmp_path / "out.xyz")
     with pytest.raises(GeoSegError, match="not writable"):
         write_polygons(frame, tmp_path / "missing" / "out.gpkg")
+
+
+def _write_mask(path, data, transform=None):
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype=data.dtype.name, crs="EPSG:32633",
+                       transform=transform or rasterio.Affine(2, 0, 0, 0, -2, 0)) as dst:
+        dst.write(data, 1)
+    return path
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.integers(2, 40), chunk=st.integers(1, 17))
+def test_eight_connectivity_matches_whole_raster(tmp_path_factory, seed, size, chunk) -> None:
+    rng = np.random.default_rng(seed)
+    data = (rng.random((size, size)) < 0.4).astype(np.uint8)
+    path = _write_mask(tmp_path_factory.mktemp("c8") / "m.tif", data)
+    whole = [(shape(g), int(v)) for g, v in features.shapes(data, connectivity=8,
+                                                            transform=rasterio.Affine(2, 0, 0, 0, -2, 0))]
+    chunked = polygonize(str(path), chunk=chunk, connectivity=8)
+    assert Counter(v for _, v in whole) == Counter(chunked.class_ids.tolist())
+    for value in (0, 1):
+        a = shapely.union_all([g for g, v in whole if v == value])
+        b = shapely.union_all(chunked.geometries[chunked.class_ids == value])
+        assert a.symmetric_difference(b).area == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.realdata
+def test_same_polygons_as_gdal_polygonize(real_data, tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("gdal_polygonize.py") is None:
+        if os.environ.get("GEOSEG_REQUIRE_REAL_DATA") == "1":
+            pytest.fail("gdal_polygonize.py (Debian gdal-bin) is missing; .ci/run installs it")
+        pytest.skip("gdal_polygonize.py (Debian gdal-bin) is not installed")
+    mask = real_data / "nc_landsat" / "strata.tif"
+    gdal_out = tmp_path / "gdal.gpkg"
+    subprocess.run(["gdal_polygonize.py", "-q", str(mask), "-f", "GPKG", str(gdal_out), "strata", "class_id"],
+                   check=True)
+    gdal = gpd.read_file(gdal_out)
+    ours = to_geodataframe(polygonize(str(mask), chunk=37))
+    assert Counter(gdal["class_id"].astype(int)) == Counter(ours["class_id"].astype(int))
+    for value in sorted(set(ours["class_id"])):
+        a = shapely.union_all(gdal.geometry[gdal["class_id"] == value].to_numpy())
+        b = shapely.union_all(ours.geometry[ours["class_id"] == value].to_numpy())
+        assert a.symmetric_difference(b).area == pytest.approx(0, abs=1e-3)
+
+
+def test_simplification_keeps_shared_edges(tmp_path) -> None:
+    from geoseg.refine import simplify_shared_edges
+
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 3, (8, 8)).astype(np.uint8)
+    data = np.kron(small, np.ones((9, 9), np.uint8))
+    data[rng.random(data.shape) < 0.02] = 3
+    polys = polygonize(str(_write_mask(tmp_path / "m.tif", data)), chunk=20)
+    simplified = simplify_shared_edges(polys, tolerance=5.0)
+    vertices = shapely.get_num_coordinates(simplified.geometries).sum()
+    assert vertices < shapely.get_num_coordinates(polys.geometries).sum()
+    assert shapely.coverage_is_valid(simplified.geometries)  # no gaps or overlaps appeared
+    total = shapely.area(simplified.geometries).sum()
+    assert total == pytest.approx(data.size * 4, rel=1e-9)
+
+
+def test_min_area_and_hole_filling(tmp_path) -> None:
+    from geoseg.refine import drop_small, fill_holes
+
+    data = np.zeros((30, 30), np.uint8)
+    data[5:25, 5:25] = 1
+    data[10:12, 10:12] = 0  # a 4-pixel hole (16 m2 at 2 m pixels)
+    data[0, 29] = 2  # a 1-pixel speck
+    polys = polygonize(str(_write_mask(tmp_path / "m.tif", data)), chunk=8)
+    assert sorted(polys.class_ids.tolist()) == [0, 0, 1, 2]
+    cleaned = drop_small(polys, min_area_m2=20)
+    assert sorted(cleaned.class_ids.tolist()) == [0, 1]
+    filled = fill_holes(cleaned, max_hole_m2=20)
+    square = filled.geometries[filled.class_ids == 1][0]
+    assert len(square.interiors) == 0 and square.area == 20 * 20 * 4
+
+
+def test_confidence_attribute_from_a_probability_raster(tmp_path) -> None:
+    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+
+    data = np.zeros((20, 20), np.uint8)
+    data[:, 10:] = 1
+    mask = _write_mask(tmp_path / "scene.tif", data)
+    probs = np.zeros((3, 20, 20), np.uint8)
+    probs[2, :, :10], probs[2, :, 10:] = 254, 127
+    with rasterio.open(tmp_path / "scene_probabilities.tif", "w", driver="GTiff", width=20, height=20, count=3,
+                       dtype="uint8", crs="EPSG:32633", transform=rasterio.Affine(2, 0, 0, 0, -2, 0)) as dst:
+        dst.write(probs)
+        dst.descriptions = ("a", "b", "confidence")
+    vectorize_raster(mask, [tmp_path / "out.gpkg"], VectorizeOptions(chunk=7), workers=1)
+    frame = gpd.read_file(tmp_path / "out.gpkg").sort_values("class_id")
+    assert frame["confidence"].tolist() == [1.0, 0.5]

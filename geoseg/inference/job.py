@@ -245,7 +245,10 @@ def job_report(
     ran = [r for r in reports if r.status == "ok"]
     megapixels = sum(r.pixels for r in ran) / 1e6
     area = sum(r.area_km2 for r in ran)
-    stages = {k: round(sum(r.stage_seconds.get(k, 0.0) for r in ran), 3) for k in ("read", "model", "stitch", "write")}
+    stages = {
+        k: round(sum(r.stage_seconds.get(k, 0.0) for r in ran), 3)
+        for k in ("read", "model", "stitch", "write", "vectorize")
+    }
     seam_pixels = sum(r.seam_pixels for r in ran)
     seam_bad = sum(round((r.seam_disagreement or 0) * r.seam_pixels) for r in ran)
     return {

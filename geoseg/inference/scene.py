@@ -38,6 +38,7 @@ class PredictOptions:
     batch_size: int = 8
     pad_mode: PadMode = "reflect"
     probabilities: bool = False
+    vector_format: str | None = None  # also polygonize each class raster into <scene>.<format>
 
     def effective_overlap(self) -> int:
         """The smallest overlap >= the requested one that makes the stride a multiple of MODEL_STRIDE.
@@ -70,6 +71,7 @@ class SceneReport:
     status: str = "pending"
     output: str | None = None
     probabilities: str | None = None
+    vectors: str | None = None
     sha256: str | None = None
     tiles: int = 0
     tiles_run: int = 0
@@ -161,6 +163,14 @@ def predict_scene(
         if not stitcher.done:
             raise RuntimeError(f"{scene.path}: executor returned {stitcher.stats.tiles_run} of {len(grid)} tiles")
         close_started = time.perf_counter()
+    write_s = stitcher.stats.write_seconds + time.perf_counter() - close_started
+    vectorize_started = time.perf_counter()
+    vectors = None
+    if options.vector_format:
+        from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+
+        vectors = out_path.with_suffix(f".{options.vector_format}")
+        vectorize_raster(out_path, [vectors], VectorizeOptions(fmt=options.vector_format), workers=1)
     stats = stitcher.stats
     by_id = {c.id: c.name for c in spec.classes}
     return SceneReport(
@@ -169,6 +179,7 @@ def predict_scene(
         status="ok",
         output=str(out_path),
         probabilities=str(prob_path) if prob_path else None,
+        vectors=str(vectors) if vectors else None,
         tiles=len(grid),
         tiles_run=stats.tiles_run,
         tiles_skipped_nodata=stats.tiles_skipped,
@@ -179,7 +190,8 @@ def predict_scene(
             "read": round(read_s, 3),
             "model": round(model_s, 3),
             "stitch": round(stats.stitch_seconds, 3),
-            "write": round(stats.write_seconds + time.perf_counter() - close_started, 3),
+            "write": round(write_s, 3),
+            "vectorize": round(time.perf_counter() - vectorize_started, 3),
         },
         seam_pixels=stats.seam_pixels,
         seam_disagreement=None if stats.seam_disagreement is None else round(stats.seam_disagreement, 6),
