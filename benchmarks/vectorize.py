@@ -43,8 +43,17 @@ def make_mask(path: Path, size: int, seed: int = 0) -> Path:
     """Six classes of ragged blobs: smooth noise cut at quantiles, with pixel noise on the edges."""
     rng = np.random.default_rng(seed)
     coarse = rng.standard_normal((size // 64 + 2, size // 64 + 2)).astype(np.float32)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint8", "crs": "EPSG:32633",
-               "transform": Affine(1, 0, 500_000, 0, -1, 5_800_000), "tiled": True, "compress": "deflate"}
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": "EPSG:32633",
+        "transform": Affine(1, 0, 500_000, 0, -1, 5_800_000),
+        "tiled": True,
+        "compress": "deflate",
+    }
     edges = np.quantile(coarse, [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, 1024):
@@ -53,8 +62,12 @@ def make_mask(path: Path, size: int, seed: int = 0) -> Path:
             x = (np.arange(size) / 64.0)[None, :]
             y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
             fy, fx = y - y0, x - x0
-            field = (coarse[y0, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1, x0] * fy * (1 - fx)
-                     + coarse[y0, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1, x0 + 1] * fy * fx)
+            field = (
+                coarse[y0, x0] * (1 - fy) * (1 - fx)
+                + coarse[y0 + 1, x0] * fy * (1 - fx)
+                + coarse[y0, x0 + 1] * (1 - fy) * fx
+                + coarse[y0 + 1, x0 + 1] * fy * fx
+            )
             field += rng.normal(0, 0.03, field.shape).astype(np.float32)  # ragged edges, a few specks
             dst.write(np.searchsorted(edges, field).astype(np.uint8), 1, window=Window(0, row, size, h))
     return path
@@ -89,17 +102,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         mask = make_mask(work / "mask.tif", args.size)
-        ours, _ = timed([*GEOSEG, "vectorize", str(mask), "--output", str(work / "geoseg.gpkg"),
-                         "--chunk", str(args.chunk)])
-        gdal, _ = timed(["gdal_polygonize.py", "-q", str(mask), "-f", "GPKG", str(work / "gdal.gpkg"), "out", "class_id"])
-        ours_rss = peak_rss_mib([*GEOSEG, "vectorize", str(mask), "--output", str(work / "rss.gpkg"),
-                                 "--chunk", str(args.chunk), "--workers", "1"])
+        ours, _ = timed(
+            [*GEOSEG, "vectorize", str(mask), "--output", str(work / "geoseg.gpkg"), "--chunk", str(args.chunk)]
+        )
+        gdal, _ = timed(
+            ["gdal_polygonize.py", "-q", str(mask), "-f", "GPKG", str(work / "gdal.gpkg"), "out", "class_id"]
+        )
+        ours_rss = peak_rss_mib(
+            [
+                *GEOSEG,
+                "vectorize",
+                str(mask),
+                "--output",
+                str(work / "rss.gpkg"),
+                "--chunk",
+                str(args.chunk),
+                "--workers",
+                "1",
+            ]
+        )
         whole_rss = peak_rss_mib([sys.executable, "-c", WHOLE_ARRAY, str(mask)])
         n_ours, n_gdal = count_features(work / "geoseg.gpkg"), count_features(work / "gdal.gpkg")
     rows = [
         ("V1 geoseg -> GPKG / gdal_polygonize -> GPKG time", ours / gdal, "<= 0.5", f"{ours:.1f} s / {gdal:.1f} s"),
-        ("V2 geoseg peak RSS / whole-array shapes peak RSS", ours_rss / whole_rss, "<= 0.5",
-         f"{ours_rss:.0f} MiB / {whole_rss:.0f} MiB"),
+        (
+            "V2 geoseg peak RSS / whole-array shapes peak RSS",
+            ours_rss / whole_rss,
+            "<= 0.5",
+            f"{ours_rss:.0f} MiB / {whole_rss:.0f} MiB",
+        ),
         ("polygon count geoseg / gdal", n_ours / n_gdal, "== 1", f"{n_ours} / {n_gdal}"),
     ]
     print(f"\nmask {args.size} x {args.size}, 6 classes, chunk {args.chunk}")

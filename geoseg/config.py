@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import PadMode
+from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
 
 
 class _Strict(BaseModel):
@@ -23,7 +24,10 @@ class _Strict(BaseModel):
 
 
 class SceneSource(_Strict):
-    image: str = Field(description="Image GeoTIFF path or glob; relative to data.root.")
+    image: str = Field(
+        description="Image GeoTIFF path or glob, relative to data.root; 'b1.tif+b2.tif+...' "
+        "stacks one file per band (Landsat style)."
+    )
     labels: str = Field(
         description="Class raster or polygon file; '{stem}' is replaced by the image's file "
         "stem, so one entry can describe a whole folder."
@@ -33,6 +37,9 @@ class SceneSource(_Strict):
 
 class DataConfig(_Strict):
     root: str = Field(".", description="Folder that relative paths are resolved against.")
+    stacks_dir: str | None = Field(
+        None, description="Where band-stack VRTs are written; default: the run's output folder."
+    )
     scenes: list[SceneSource] = Field(min_length=1, description="Training and validation scenes.")
     split: Literal["scene", "region"] = Field(
         "scene",
@@ -102,6 +109,12 @@ class TrainConfig(_Strict):
         root = Path(self.data.root)
         pairs = []
         for source in self.data.scenes:
+            if STACK_SEPARATOR in source.image:
+                bands = [root / part for part in source.image.split(STACK_SEPARATOR)]
+                folder = Path(self.data.stacks_dir or root)
+                image = build_stack_vrt(bands, folder / f"{stack_name(bands)}.vrt")
+                pairs.append((image, root / source.labels.format(stem=image.stem), source.label_field))
+                continue
             pattern = str(root / source.image)
             images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
             if not images:

@@ -8,18 +8,18 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
+import shapely
 from rasterio import features
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
-from geoseg.io.writer import CLASS_NODATA
 from geoseg.metrics import confusion_matrix, summarize
-from geoseg.vectorize import class_names_from_tags
+from geoseg.vectorize import class_names_from_tags, polygonize
 
 VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"}
-MAX_CLASSES = CLASS_NODATA  # ids 0..254
+MAX_CLASSES = 256  # any uint8 id; nodata comes from the rasters' masks, not from a reserved value
 
 
 def _read_truth_vectors(path: Path, crs: Any, class_field: str) -> gpd.GeoDataFrame:
@@ -57,10 +57,11 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                     shapes,
                     out_shape=p.shape,
                     transform=window_transform(window, pred.transform),
-                    fill=CLASS_NODATA,
-                    dtype="uint8",
+                    fill=-1,
+                    dtype="int32",
                 )
-                cm += confusion_matrix(p, t, MAX_CLASSES)
+                valid = (t >= 0) & (pred.read_masks(1, window=window) > 0)
+                cm += confusion_matrix(p, t, MAX_CLASSES, valid)
         else:
             try:
                 truth_src = rasterio.open(truth_path)
@@ -91,10 +92,59 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                     valid = truth.read_masks(1, window=window) > 0
                     valid &= pred.read_masks(1, window=window) > 0
                     if t.dtype.kind == "f":
-                        t = np.where(valid, t, CLASS_NODATA).astype(np.int64)
+                        t = np.where(valid, t, 0).astype(np.int64)
                     cm += confusion_matrix(p, t, MAX_CLASSES, valid)
     used = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
     if not len(used):
         raise GeoSegError("prediction and truth share no valid pixels", truth_path)
     size = int(used.max()) + 1
-    return summarize(cm[:size, :size], names)
+    metrics = summarize(cm[:size, :size], names)
+    if len(used) == 2:  # binary (buildings vs background): also score whole objects, SpaceNet style
+        metrics["objects"] = object_f1(pred_path, truth_path, int(used.max()), class_field)
+    return metrics
+
+
+def _class_polygons(path: Path, positive: int, class_field: str, crs: Any) -> np.ndarray:
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        frame = _read_truth_vectors(path, crs, class_field)
+        return frame.geometry[frame[class_field].astype(int) == positive].to_numpy()
+    polygons = polygonize(str(path), chunk=2048)
+    return polygons.geometries[polygons.class_ids == positive]
+
+
+def object_f1(
+    pred_path: Path, truth_path: Path, positive: int, class_field: str = "class_id", iou_threshold: float = 0.5
+) -> dict[str, Any]:
+    """Object-level precision/recall/F1: a predicted polygon is a true positive when it overlaps a not yet
+    matched truth polygon with IoU >= ``iou_threshold`` (pairs taken in order of decreasing IoU, one-to-one)."""
+    with rasterio.open(pred_path) as src:
+        crs = src.crs
+    pred = _class_polygons(Path(pred_path), positive, class_field, crs)
+    truth = _class_polygons(Path(truth_path), positive, class_field, crs)
+    matches = 0
+    if len(pred) and len(truth):
+        p_idx, t_idx = shapely.STRtree(truth).query(pred, predicate="intersects")
+        inter = shapely.area(shapely.intersection(pred[p_idx], truth[t_idx]))
+        iou = inter / (shapely.area(pred[p_idx]) + shapely.area(truth[t_idx]) - inter)
+        used_p: set[int] = set()
+        used_t: set[int] = set()
+        for k in np.argsort(-iou, kind="stable"):
+            if iou[k] < iou_threshold:
+                break
+            if p_idx[k] not in used_p and t_idx[k] not in used_t:
+                used_p.add(int(p_idx[k]))
+                used_t.add(int(t_idx[k]))
+                matches += 1
+    precision = matches / len(pred) if len(pred) else 0.0
+    recall = matches / len(truth) if len(truth) else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "class_id": positive,
+        "iou_threshold": iou_threshold,
+        "predicted": len(pred),
+        "truth": len(truth),
+        "matched": matches,
+        "precision": round(precision, 6),
+        "recall": round(recall, 6),
+        "f1": round(f1, 6),
+    }

@@ -267,8 +267,10 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
     """Train per ``cfg``; writes ``output/bundle``, ``output/metrics.json`` and ``output/curves.png``."""
     console = console or Console(stderr=True)
     # Workers run in their own working directories: hand them absolute paths.
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(Path(cfg.data.root).resolve())})})
     output = Path(output).resolve()
+    stacks = Path(cfg.data.stacks_dir).resolve() if cfg.data.stacks_dir else output / "stacks"
+    data = {"root": str(Path(cfg.data.root).resolve()), "stacks_dir": str(stacks)}
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
     output.mkdir(parents=True, exist_ok=True)
     train_scenes, val_scenes = split_scenes(cfg)
     first = train_scenes[0].info

@@ -192,9 +192,28 @@ def test_vectorize_cli_options(tmp_path) -> None:
     assert run("synth", "--out", str(tmp_path / "s"), "--scenes", "1", "--size", "200").returncode == 0
     labels = tmp_path / "s" / "scene_000_labels.tif"
     plain = run("vectorize", str(labels), "--output", str(tmp_path / "plain.fgb"), "--chunk", "64", "--workers", "1")
-    cleaned = run("vectorize", str(labels), "--output", str(tmp_path / "clean.data"), "--format", "gpkg",
-                  "--chunk", "64", "--workers", "2", "--min-area", "50", "--simplify", "2", "--skip-class", "0",
-                  "--connectivity", "8", "--to-crs", "EPSG:4326")
+    cleaned = run(
+        "vectorize",
+        str(labels),
+        "--output",
+        str(tmp_path / "clean.data"),
+        "--format",
+        "gpkg",
+        "--chunk",
+        "64",
+        "--workers",
+        "2",
+        "--min-area",
+        "50",
+        "--simplify",
+        "2",
+        "--skip-class",
+        "0",
+        "--connectivity",
+        "8",
+        "--to-crs",
+        "EPSG:4326",
+    )
     assert plain.returncode == 0 and cleaned.returncode == 0, cleaned.stderr
     import geopandas as gpd
 

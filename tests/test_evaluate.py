@@ -66,3 +66,25 @@ def test_missing_truth_attribute(make_geotiff, tmp_path) -> None:
     vectors = write_polygons(frame, tmp_path / "t.gpkg")
     with pytest.raises(GeoSegError, match="no 'class_id' attribute"):
         evaluate(path, vectors)
+
+
+@pytest.mark.realdata
+def test_object_f1_on_real_building_footprints(real_data, tmp_path) -> None:
+    import rasterio
+
+    folder = real_data / "atlanta_buildings"
+    mask = folder / "sample_geotiff_buildings_mask.tif"
+    same = evaluate(mask, mask)
+    assert same["objects"]["f1"] == 1.0 and same["objects"]["truth"] > 30
+    with rasterio.open(mask) as src:
+        data, profile = src.read(1), src.profile
+    shifted = np.zeros_like(data)
+    shifted[:, 6:] = data[:, :-6]  # 3 m shift: small buildings drop below IoU 0.5, large ones survive
+    with rasterio.open(tmp_path / "shifted.tif", "w", **profile) as dst:
+        dst.write(shifted, 1)
+    objects = evaluate(tmp_path / "shifted.tif", mask)["objects"]
+    assert objects["truth"] == same["objects"]["truth"]
+    assert 0 < objects["matched"] < objects["truth"]
+    assert objects["f1"] == pytest.approx(
+        2 * objects["precision"] * objects["recall"] / (objects["precision"] + objects["recall"]), abs=1e-5
+    )

@@ -128,9 +128,17 @@ def test_bad_inputs_are_one_line_errors(make_geotiff, tmp_path) -> None:
 
 
 def _write_mask(path, data, transform=None):
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype.name, crs="EPSG:32633",
-                       transform=transform or rasterio.Affine(2, 0, 0, 0, -2, 0)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype=data.dtype.name,
+        crs="EPSG:32633",
+        transform=transform or rasterio.Affine(2, 0, 0, 0, -2, 0),
+    ) as dst:
         dst.write(data, 1)
     return path
 
@@ -141,8 +149,10 @@ def test_eight_connectivity_matches_whole_raster(tmp_path_factory, seed, size, c
     rng = np.random.default_rng(seed)
     data = (rng.random((size, size)) < 0.4).astype(np.uint8)
     path = _write_mask(tmp_path_factory.mktemp("c8") / "m.tif", data)
-    whole = [(shape(g), int(v)) for g, v in features.shapes(data, connectivity=8,
-                                                            transform=rasterio.Affine(2, 0, 0, 0, -2, 0))]
+    whole = [
+        (shape(g), int(v))
+        for g, v in features.shapes(data, connectivity=8, transform=rasterio.Affine(2, 0, 0, 0, -2, 0))
+    ]
     chunked = polygonize(str(path), chunk=chunk, connectivity=8)
     assert Counter(v for _, v in whole) == Counter(chunked.class_ids.tolist())
     for value in (0, 1):
@@ -162,8 +172,9 @@ def test_same_polygons_as_gdal_polygonize(real_data, tmp_path) -> None:
         pytest.skip("gdal_polygonize.py (Debian gdal-bin) is not installed")
     mask = real_data / "nc_landsat" / "strata.tif"
     gdal_out = tmp_path / "gdal.gpkg"
-    subprocess.run(["gdal_polygonize.py", "-q", str(mask), "-f", "GPKG", str(gdal_out), "strata", "class_id"],
-                   check=True)
+    subprocess.run(
+        ["gdal_polygonize.py", "-q", str(mask), "-f", "GPKG", str(gdal_out), "strata", "class_id"], check=True
+    )
     gdal = gpd.read_file(gdal_out)
     ours = to_geodataframe(polygonize(str(mask), chunk=37))
     assert Counter(gdal["class_id"].astype(int)) == Counter(ours["class_id"].astype(int))
@@ -213,8 +224,17 @@ def test_confidence_attribute_from_a_probability_raster(tmp_path) -> None:
     mask = _write_mask(tmp_path / "scene.tif", data)
     probs = np.zeros((3, 20, 20), np.uint8)
     probs[2, :, :10], probs[2, :, 10:] = 254, 127
-    with rasterio.open(tmp_path / "scene_probabilities.tif", "w", driver="GTiff", width=20, height=20, count=3,
-                       dtype="uint8", crs="EPSG:32633", transform=rasterio.Affine(2, 0, 0, 0, -2, 0)) as dst:
+    with rasterio.open(
+        tmp_path / "scene_probabilities.tif",
+        "w",
+        driver="GTiff",
+        width=20,
+        height=20,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=rasterio.Affine(2, 0, 0, 0, -2, 0),
+    ) as dst:
         dst.write(probs)
         dst.descriptions = ("a", "b", "confidence")
     vectorize_raster(mask, [tmp_path / "out.gpkg"], VectorizeOptions(chunk=7), workers=1)

@@ -76,5 +76,7 @@ def build_stack_vrt(paths: Sequence[Path], out: Path) -> Path:
         )
     parts.append("</VRTDataset>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
+    staging = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    staging.write_text("\n".join(parts))
+    os.replace(staging, out)  # several training workers may write the same VRT: never a half file
     return out
