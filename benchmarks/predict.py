@@ -12,7 +12,6 @@ Prints one table of ratios measured in this run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -29,6 +28,7 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import print_table  # noqa: E402
 from geoseg.bundle import init_bundle, load_bundle  # noqa: E402
 from geoseg.inference.predictor import Predictor  # noqa: E402
 from geoseg.inference.reader import Normalisation, read_tiles  # noqa: E402
@@ -186,11 +186,7 @@ def main() -> None:
         f"tile {OPTIONS.tile} halo {OPTIONS.halo} overlap {OPTIONS.effective_overlap()}, {os.cpu_count()} CPUs"
     )
     print(f"geoseg end-to-end: {mpx / e2e_2:.3f} Mpx/s with 2 workers, {mpx / e2e_1:.3f} Mpx/s with 1\n")
-    print(f"{'metric':<50}{'ratio':>8}  {'target':<9}detail")
-    for name, ratio, target, detail in rows:
-        print(f"{name:<50}{ratio:>8.3f}  {target:<9}{detail}")
-    if args.json:
-        args.json.write_text(json.dumps({name: ratio for name, ratio, _, _ in rows}, indent=2))
+    print_table(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import print_table  # noqa: E402
 from geoseg.cluster import ray_session  # noqa: E402
 from geoseg.config import load_config  # noqa: E402
 from geoseg.synth import make_archive  # noqa: E402
@@ -50,8 +51,7 @@ def main() -> None:
             one = samples_per_second(work, 1, args.epochs, args.patches)
             two = samples_per_second(work, 2, args.epochs, args.patches)
     print(f"\nU-Net base 12 depth 3, patches of 128 px, batch 8 per worker, {args.patches} patches/epoch")
-    print(f"{'metric':<40}{'ratio':>8}  {'target':<8}detail")
-    print(f"{'T1 2 workers / 1 worker samples/s':<40}{two / one:>8.3f}  {'>= 1.6':<8}{two:.1f} / {one:.1f} samples/s")
+    print_table([("T1 2 workers / 1 worker samples/s", two / one, ">= 1.6", f"{two:.1f} / {one:.1f} samples/s")])
 
 
 if __name__ == "__main__":

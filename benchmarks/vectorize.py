@@ -12,7 +12,6 @@ Makes a size x size, 6-class mask of ragged blobs, then prints one table measure
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,10 @@ from affine import Affine
 from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import print_table  # noqa: E402
+
 GEOSEG = [sys.executable, "-m", "geoseg"]
 WHOLE_ARRAY = """
 import resource, sys
@@ -134,11 +137,7 @@ def main() -> None:
         ("polygon count geoseg / gdal", n_ours / n_gdal, "== 1", f"{n_ours} / {n_gdal}"),
     ]
     print(f"\nmask {args.size} x {args.size}, 6 classes, chunk {args.chunk}")
-    print(f"{'metric':<52}{'ratio':>8}  {'target':<8}detail")
-    for name, ratio, target, detail in rows:
-        print(f"{name:<52}{ratio:>8.3f}  {target:<8}{detail}")
-    if args.json:
-        args.json.write_text(json.dumps({name: ratio for name, ratio, _, _ in rows}, indent=2))
+    print_table(rows, args.json)
 
 
 if __name__ == "__main__":

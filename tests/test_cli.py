@@ -17,6 +17,26 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run([*GEOSEG, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def _init_bundle(out: Path, bands: int, classes: int, base: int, depth: int | None = None) -> None:
+    extra = ["--depth", str(depth)] if depth else []
+    result = run(
+        "bundle",
+        "init",
+        "--arch",
+        "unet",
+        "--in-channels",
+        str(bands),
+        "--num-classes",
+        str(classes),
+        "--base-channels",
+        str(base),
+        *extra,
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def _one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -89,22 +109,7 @@ def test_train_with_unknown_config_key(tmp_path) -> None:
 @pytest.mark.ray
 def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> None:
     bundle = tmp_path / "bundle"
-    run(
-        "bundle",
-        "init",
-        "--arch",
-        "unet",
-        "--in-channels",
-        "2",
-        "--num-classes",
-        "2",
-        "--base-channels",
-        "4",
-        "--depth",
-        "2",
-        "--out",
-        str(bundle),
-    )
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
     good = make_geotiff(np.random.default_rng(0).random((2, 70, 90)).astype(np.float32), name="good.tif")
     missing = tmp_path / "missing.tif"
     result = run(
@@ -137,20 +142,7 @@ def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> N
     import time
 
     bundle = tmp_path / "bundle"
-    run(
-        "bundle",
-        "init",
-        "--arch",
-        "unet",
-        "--in-channels",
-        "3",
-        "--num-classes",
-        "3",
-        "--base-channels",
-        "8",
-        "--out",
-        str(bundle),
-    )
+    _init_bundle(bundle, bands=3, classes=3, base=8)
     rng = np.random.default_rng(11)
     scenes = [
         str(make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"s{i}.tif")) for i in range(5)
