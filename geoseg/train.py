@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Empty, Queue
 from rich.console import Console
 from torch.utils.data import DataLoader
 
@@ -247,6 +249,44 @@ def _fault_injection(cfg: TrainConfig) -> dict[str, Any] | None:
     }
 
 
+class _ProgressCallback(ray.train.UserCallback):
+    """Runs in the Ray Train controller: forwards each epoch's metrics to the driver through a Ray queue."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics:
+            self.queue.put(metrics[0])
+
+
+def _fit_with_progress(trainer: TorchTrainer, queue: Queue, epochs: int, console: Console) -> Any:
+    """``trainer.fit()`` in a thread while this thread prints one line per finished epoch."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            m = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        console.print(
+            f"epoch {m['epoch']}/{epochs}: loss {m['train_loss']:.3f}, val mIoU {m['val_miou']:.3f}, "
+            f"pixel accuracy {m['val_pixel_accuracy']:.3f} ({m['seconds']:.1f} s)"
+        )
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def bundle_spec(
     cfg: TrainConfig, mean: np.ndarray, std: np.ndarray, band_names: list[str], band_count: int
 ) -> BundleSpec:
@@ -287,6 +327,7 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
         f"{len(val_scenes)} ({cfg.data.split} split), {cfg.scaling.workers} Ray Train worker(s)"
     )
     with ray_session(ray_address):
+        queue = Queue()
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={
@@ -304,9 +345,10 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
                 storage_path=str(output / "ray_results"),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                callbacks=[_ProgressCallback(queue)],  # type: ignore[list-item]
             ),
         )
-        result = trainer.fit()
+        result = _fit_with_progress(trainer, queue, cfg.optim.epochs, console)
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as folder:

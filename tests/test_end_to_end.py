@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import geopandas as gpd
 import pytest
 import rasterio
+from rich.console import Console
 
 from geoseg.bundle import load_bundle
 from geoseg.config import load_config
@@ -58,7 +60,10 @@ def test_demo_writes_every_product(demo) -> None:
 def test_rerunning_training_resumes_from_the_last_checkpoint(demo) -> None:
     workdir = Path(demo["workdir"])
     cfg = load_config(DEMO_CONFIG, [f"data.root={workdir}", *SMALL, "optim.epochs=3"])
-    train(cfg, workdir / "train")
+    console = Console(record=True, file=io.StringIO(), width=200)
+    train(cfg, workdir / "train", console=console)
+    printed = console.export_text()
+    assert "epoch 3/3: loss" in printed and "epoch 2/3" not in printed  # progress, and only the new epoch ran
     history = json.loads((workdir / "train" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
     # Epochs 1-2 come from the checkpoint, untouched: only epoch 3 ran in this fit.
