@@ -215,8 +215,8 @@ def vectorize(
         to_crs=to_crs,
         fmt=fmt,
     )
-    polygons = vectorize_raster(mask, [output], options, workers, ray_address)
-    console.print(f"{len(polygons.geometries)} polygons -> {output}")
+    count = vectorize_raster(mask, [output], options, workers, ray_address)
+    console.print(f"{count} polygons -> {output}")
 
 
 @cli.command()

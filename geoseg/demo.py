@@ -70,7 +70,7 @@ def run_demo(
             scene_rows.append(report.to_dict())
             continue
         outputs = [vectors / f"{report.scene}.{ext}" for ext in ("gpkg", "shp")]
-        polygons = vectorize_raster(Path(report.output), outputs, VectorizeOptions(chunk=512), workers=1)
+        polygon_count = vectorize_raster(Path(report.output), outputs, VectorizeOptions(chunk=512), workers=1)
         metrics = evaluate(report.output, synth_scene.labels)
         cm = np.array(metrics["confusion_matrix"])
         total_cm = cm if total_cm is None else _add(total_cm, cm)
@@ -79,7 +79,7 @@ def run_demo(
             report.to_dict()
             | {
                 "split": "held out" if str(synth_scene.image) in held_out else "train",
-                "polygons": len(polygons.geometries),
+                "polygons": polygon_count,
                 "vector_outputs": [str(p) for p in outputs],
                 "quicklook": str(picture),
                 "miou": metrics["miou"],

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 import shapely
 
 from geoseg.errors import GeoSegError
@@ -51,35 +52,73 @@ def to_geodataframe(polygons: ClassPolygons) -> gpd.GeoDataFrame:
     return frame
 
 
+class PolygonWriter:
+    """Write polygons batch by batch to one output; publish the file(s) only when complete.
+
+    GeoPackage and Shapefile batches are appended as they come (so a caller never holds every polygon);
+    formats that cannot append (GeoParquet, FlatGeobuf with its index, GeoJSON) are written once at the end.
+    Everything goes to a hidden staging folder beside the output first and is renamed into place on close.
+    """
+
+    APPENDABLE = frozenset({"GPKG", "ESRI Shapefile"})
+
+    def __init__(self, out: str | Path, to_crs: str | None = None, fmt: str | None = None) -> None:
+        self.out = Path(out)
+        suffix = f".{fmt.lower().lstrip('.')}" if fmt else self.out.suffix.lower()
+        if suffix not in FORMATS:
+            raise GeoSegError(f"unknown vector format {suffix!r}; use one of {', '.join(FORMATS)}", self.out)
+        self.driver, wgs84 = FORMATS[suffix]
+        self.to_crs = "EPSG:4326" if wgs84 else to_crs
+        if not self.out.parent.exists() or not os.access(self.out.parent, os.W_OK):
+            raise GeoSegError("output folder does not exist or is not writable", self.out.parent)
+        self.staging = self.out.parent / f".{self.out.name}.{uuid.uuid4().hex[:8]}.partial"
+        self.staging.mkdir()
+        self.target = self.staging / self.out.name
+        self.held: list[gpd.GeoDataFrame] = []
+        self.written = 0
+
+    def write(self, frame: gpd.GeoDataFrame) -> None:
+        if self.to_crs:
+            frame = frame.to_crs(self.to_crs)
+        if self.driver == "ESRI Shapefile":
+            frame = frame.rename(columns=_SHAPEFILE_FIELDS)
+        if self.driver not in self.APPENDABLE:
+            self.held.append(frame)
+        elif len(frame) or not self.written:
+            # Arrow batches: GPKG rows go in large transactions instead of one row at a time.
+            frame.to_file(
+                self.target,
+                driver=self.driver,
+                engine="pyogrio",
+                encoding="UTF-8",
+                use_arrow=True,
+                append=self.written > 0,
+            )
+            self.written += max(1, len(frame))
+
+    def close(self) -> Path:
+        try:
+            if self.held:
+                frame = pd.concat(self.held, ignore_index=True) if len(self.held) > 1 else self.held[0]
+                if self.driver == "parquet":
+                    frame.to_parquet(self.target)
+                else:
+                    frame.to_file(self.target, driver=self.driver, engine="pyogrio", encoding="UTF-8", use_arrow=True)
+            produced = sorted(self.staging.iterdir())
+            if self.driver == "ESRI Shapefile" and sum(p.stat().st_size for p in produced) > _SHAPEFILE_LIMIT:
+                raise GeoSegError("shapefile would exceed 2 GB; write .gpkg or .fgb instead", self.out)
+            for part in produced:
+                os.replace(part, self.out.parent / part.name)
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
 def write_polygons(frame: gpd.GeoDataFrame, out: str | Path, to_crs: str | None = None, fmt: str | None = None) -> Path:
     """Write ``frame`` to ``out`` in the format ``fmt`` (e.g. ``gpkg``) or its extension names; atomically."""
-    out = Path(out)
-    suffix = f".{fmt.lower().lstrip('.')}" if fmt else out.suffix.lower()
-    if suffix not in FORMATS:
-        raise GeoSegError(f"unknown vector format {suffix!r}; use one of {', '.join(FORMATS)}", out)
-    driver, wgs84 = FORMATS[suffix]
-    if to_crs:
-        frame = frame.to_crs(to_crs)
-    if wgs84:
-        frame = frame.to_crs("EPSG:4326")
-    if driver == "ESRI Shapefile":
-        frame = frame.rename(columns=_SHAPEFILE_FIELDS)
-    if not out.parent.exists() or not os.access(out.parent, os.W_OK):
-        raise GeoSegError("output folder does not exist or is not writable", out.parent)
-    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
-    staging.mkdir()
-    try:
-        target = staging / out.name
-        if driver == "parquet":
-            frame.to_parquet(target)
-        else:
-            # Arrow batches: GPKG rows go in large transactions instead of one row at a time.
-            frame.to_file(target, driver=driver, engine="pyogrio", encoding="UTF-8", use_arrow=True)
-        produced = sorted(staging.iterdir())
-        if driver == "ESRI Shapefile" and sum(p.stat().st_size for p in produced) > _SHAPEFILE_LIMIT:
-            raise GeoSegError("shapefile would exceed 2 GB; write .gpkg or .fgb instead", out)
-        for part in produced:
-            os.replace(part, out.parent / part.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    writer = PolygonWriter(out, to_crs, fmt)
+    writer.write(frame)
+    return writer.close()

@@ -13,7 +13,7 @@ Ray layer (:mod:`geoseg.parallel`) runs them as tasks. Peak memory is one chunk 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -188,32 +188,26 @@ def _components(
     return np.array([find(i) for i in range(len(geoms))], dtype=np.int64)
 
 
-def merge_chunks(
+def iter_regions(
     chunks: Iterable[ChunkPieces], connectivity: Connectivity = 4
-) -> tuple[list[Any], list[int], list[float], list[float]]:
-    """Keep inner pieces as they are; union the seam pieces that form one region."""
-    geoms: list[Any] = []
-    classes: list[int] = []
-    conf_sum: list[float] = []
-    count: list[float] = []
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield final regions (pixel coordinates) as soon as they are known: each chunk's inner pieces as the
+    chunk arrives, then the seam pieces merged into connected regions. Only seam pieces are held back."""
     seam: list[ChunkPieces] = []
     for piece in chunks:
         inner = ~piece.on_seam
-        geoms.extend(piece.geoms[inner])
-        classes.extend(piece.classes[inner].tolist())
-        conf_sum.extend(piece.confidence_sum[inner].tolist())
-        count.extend(piece.pixel_count[inner].tolist())
+        if inner.any():
+            yield piece.geoms[inner], piece.classes[inner], piece.confidence_sum[inner], piece.pixel_count[inner]
         if piece.on_seam.any():
-            seam.append(
-                ChunkPieces(
-                    *(
-                        a[piece.on_seam]
-                        for a in (piece.geoms, piece.classes, piece.on_seam, piece.confidence_sum, piece.pixel_count)
-                    )
-                )
-            )
-    if not seam:
-        return geoms, classes, conf_sum, count
+            fields = (piece.geoms, piece.classes, piece.on_seam, piece.confidence_sum, piece.pixel_count)
+            seam.append(ChunkPieces(*(a[piece.on_seam] for a in fields)))
+    if seam:
+        yield _merge_seam(seam, connectivity)
+
+
+def _merge_seam(
+    seam: list[ChunkPieces], connectivity: Connectivity
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     seam_geoms = np.concatenate([s.geoms for s in seam])
     chunk_ids = np.concatenate([np.full(len(s.geoms), i) for i, s in enumerate(seam)])
     seam_classes = np.concatenate([s.classes for s in seam])
@@ -221,15 +215,15 @@ def merge_chunks(
     seam_count = np.concatenate([s.pixel_count for s in seam])
     roots = _components(seam_geoms, seam_classes, chunk_ids, connectivity)
     order = np.argsort(roots, kind="stable")
-    boundaries = np.flatnonzero(np.diff(roots[order])) + 1
-    for members in np.split(order, boundaries):
+    groups = np.split(order, np.flatnonzero(np.diff(roots[order])) + 1)
+    geoms = np.empty(len(groups), dtype=object)
+    for k, members in enumerate(groups):
         geom = seam_geoms[members[0]] if len(members) == 1 else shapely.union_all(seam_geoms[members])
-        geom = drop_collinear(geom)  # a union leaves collinear vertices where the seams were
-        geoms.append(geom)
-        classes.append(int(seam_classes[members[0]]))
-        conf_sum.append(float(seam_sum[members].sum()))
-        count.append(float(seam_count[members].sum()))
-    return geoms, classes, conf_sum, count
+        geoms[k] = drop_collinear(geom)  # a union leaves collinear vertices where the seams were
+    firsts = np.array([members[0] for members in groups])
+    sums = np.array([seam_sum[members].sum() for members in groups])
+    counts = np.array([seam_count[members].sum() for members in groups])
+    return geoms, seam_classes[firsts], sums, counts
 
 
 def drop_collinear(geom: Any) -> Any:
@@ -264,20 +258,23 @@ def class_names_from_tags(tags: dict[str, str]) -> dict[int, str]:
     return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
 
 
-def polygonize(
+def iter_polygonize(
     path: str,
     chunk: int = 1024,
     skip_classes: set[int] | None = None,
     connectivity: Connectivity = 4,
     confidence: tuple[str, int] | None = None,
     map_fn: MapFn = map,
-) -> ClassPolygons:
-    """Polygonize a categorical raster in ``chunk`` x ``chunk`` windows; nodata and ``skip_classes`` give none.
+) -> Iterator[ClassPolygons]:
+    """Polygonize a categorical raster in ``chunk`` x ``chunk`` windows, yielding batches of final polygons.
+
+    Together the batches are exactly the polygons of a whole-raster polygonize. Inner polygons of a chunk are
+    yielded as the chunk finishes, so a caller that writes them out holds only the seam pieces in memory.
 
     Args:
         path: class raster (any integer type, or float holding whole numbers).
         chunk: window side in pixels; peak memory scales with it, not with the raster.
-        skip_classes: class ids that produce no polygons (background).
+        skip_classes: class ids that produce no polygons (background); nodata never does.
         connectivity: 4 (edges) or 8 (edges and corners), as in ``gdal_polygonize``.
         confidence: (raster, band) whose mean over each polygon becomes its ``confidence``.
         map_fn: how chunks are run (``map`` here, or a Ray map from :mod:`geoseg.parallel`).
@@ -296,33 +293,56 @@ def polygonize(
             raise GeoSegError(f"not a categorical raster: pixel type {dtype.name}", path)
         if src.crs is None:
             raise GeoSegError("no CRS: polygons would have no location", path)
-        transform, crs, tags = src.transform, src.crs, src.tags()
-        jobs = [
-            ChunkJob(
-                str(path),
-                w,
-                frozenset(skip_classes or ()),
-                connectivity,
-                confidence[0] if confidence else None,
-                confidence[1] if confidence else 1,
-            )
-            for w in chunk_windows(src.width, src.height, chunk)
-        ]
-    geoms, classes, conf_sum, count = merge_chunks(map_fn(polygonize_chunk, jobs), connectivity)
+        transform, crs, names = src.transform, src.crs, class_names_from_tags(src.tags())
+        windows = list(chunk_windows(src.width, src.height, chunk))
+    conf_path, conf_band = confidence if confidence else (None, 1)
+    skip = frozenset(skip_classes or ())
+    jobs = (ChunkJob(str(path), w, skip, connectivity, conf_path, conf_band) for w in windows)
     matrix = np.array([[transform.a, transform.d], [transform.b, transform.e]])
     offset = np.array([transform.c, transform.f])
-    geometries = shapely.transform(np.array(geoms, dtype=object), lambda xy: xy @ matrix + offset)
-    mean_confidence = None
-    if confidence:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean_confidence = np.array(conf_sum) / np.array(count)
     pixel_size = min(abs(transform.a), abs(transform.e)) or 1.0
-    return ClassPolygons(
-        geometries,
-        np.array(classes, dtype=np.int64),
-        crs,
-        class_names_from_tags(tags),
-        mean_confidence,
-        pixel_size,
-        connectivity,
+    for geoms, classes, conf_sum, count in iter_regions(map_fn(polygonize_chunk, jobs), connectivity):
+        mean_confidence = None
+        if confidence:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean_confidence = conf_sum / count
+        geometries = shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy @ matrix + offset)
+        yield ClassPolygons(
+            geometries, np.asarray(classes, dtype=np.int64), crs, names, mean_confidence, pixel_size, connectivity
+        )
+
+
+def polygonize(
+    path: str,
+    chunk: int = 1024,
+    skip_classes: set[int] | None = None,
+    connectivity: Connectivity = 4,
+    confidence: tuple[str, int] | None = None,
+    map_fn: MapFn = map,
+) -> ClassPolygons:
+    """All polygons of :func:`iter_polygonize` at once (for callers that need them together)."""
+    batches = list(iter_polygonize(path, chunk, skip_classes, connectivity, confidence, map_fn))
+    with rasterio.open(path) as src:
+        crs, names, t = src.crs, class_names_from_tags(src.tags()), src.transform
+    if not batches:
+        return ClassPolygons(
+            np.empty(0, dtype=object),
+            np.empty(0, dtype=np.int64),
+            crs,
+            names,
+            np.empty(0) if confidence else None,
+            min(abs(t.a), abs(t.e)) or 1.0,
+            connectivity,
+        )
+    return concat(batches)
+
+
+def concat(batches: list[ClassPolygons]) -> ClassPolygons:
+    first = batches[0]
+    confidence = None if first.confidence is None else np.concatenate([b.confidence for b in batches])
+    return replace(
+        first,
+        geometries=np.concatenate([b.geometries for b in batches]),
+        class_ids=np.concatenate([b.class_ids for b in batches]),
+        confidence=confidence,
     )

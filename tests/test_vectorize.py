@@ -240,3 +240,35 @@ def test_confidence_attribute_from_a_probability_raster(tmp_path) -> None:
     vectorize_raster(mask, [tmp_path / "out.gpkg"], VectorizeOptions(chunk=7), workers=1)
     frame = gpd.read_file(tmp_path / "out.gpkg").sort_values("class_id")
     assert frame["confidence"].tolist() == [1.0, 0.5]
+
+
+@pytest.mark.realdata
+def test_streamed_outputs_hold_exactly_the_whole_raster_polygons(real_data, tmp_path) -> None:
+    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+
+    mask = real_data / "nc_landsat" / "strata.tif"
+    whole, data, valid, transform = _whole(mask)
+    outputs = [tmp_path / "s.gpkg", tmp_path / "s.shp", tmp_path / "s.fgb"]
+    count = vectorize_raster(mask, outputs, VectorizeOptions(chunk=37), workers=1)
+    assert count == len(whole)
+    for out in outputs:
+        frame = gpd.read_file(out)
+        assert Counter(frame["class_id"].astype(int)) == Counter(v for _, v in whole)
+        burned = features.rasterize(
+            zip(frame.geometry, frame["class_id"].astype(int), strict=True),
+            out_shape=data.shape,
+            transform=transform,
+            fill=-1,
+            dtype="int32",
+        )
+        np.testing.assert_array_equal(burned[valid], data[valid])
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_raster_without_polygons_gives_an_empty_layer(make_geotiff, tmp_path) -> None:
+    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+
+    mask = make_geotiff(np.full((20, 30), 255, np.uint8), nodata=255)
+    assert vectorize_raster(mask, [tmp_path / "e.gpkg"], VectorizeOptions(chunk=8), workers=1) == 0
+    frame = gpd.read_file(tmp_path / "e.gpkg")
+    assert len(frame) == 0 and {"class_id", "area_m2"} <= set(frame.columns)
