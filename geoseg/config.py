@@ -53,6 +53,11 @@ class DataConfig(_Strict):
     patches_per_epoch: int = Field(512, ge=1, description="Random patches drawn per epoch (all workers).")
     val_stride: int | None = Field(None, description="Grid stride of validation patches; default patch_size.")
     nodata: float | None = Field(None, description="Image nodata value when the files declare none.")
+    balance_classes: bool = Field(
+        False,
+        description="Centre training patches on a uniformly drawn class "
+        "(located on a coarse label grid), so rare classes are seen as often as common ones.",
+    )
     augment: bool = Field(True, description="Flips, 90-degree rotations and per-band brightness/contrast.")
 
 

@@ -16,6 +16,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import torch
+from affine import Affine
 from numpy.typing import ArrayLike
 from rasterio import features
 from rasterio.enums import Resampling
@@ -162,6 +163,34 @@ class LabelSource:
             labels = np.where(ok, self.lut[np.clip(raw, 0, len(self.lut) - 1).astype(np.int64)], self.ignore_index)
         return labels.astype(np.int64)
 
+    def coarse(self, region: Window, max_side: int = 512) -> tuple[np.ndarray, tuple[float, float]]:
+        """Label indices over ``region`` at reduced resolution (nearest) and the pixels per coarse cell.
+
+        Used to find where each class is without reading the labels at full resolution.
+        """
+        if self._frame is None and self._raster is None:
+            self._open()
+        height, width = int(region.height), int(region.width)
+        scale = max(1.0, max(height, width) / max_side)
+        shape = (max(1, int(height / scale)), max(1, int(width / scale)))
+        cell = (height / shape[0], width / shape[1])
+        if self._frame is not None:
+            transform = window_transform(region, self.scene.info.transform) * Affine.scale(cell[1], cell[0])
+            hits = self._frame.iloc[
+                self._frame.sindex.query(_box(rasterio.windows.bounds(region, self.scene.info.transform)))
+            ]
+            values = np.full(shape, -1, dtype=np.int64)
+            if len(hits):
+                shapes = zip(hits.geometry, hits[self.scene.label_field].astype(int), strict=True)
+                values = features.rasterize(shapes, out_shape=shape, transform=transform, fill=-1, dtype="int32")
+        else:
+            raw = self._raster.read(1, window=region, out_shape=shape, resampling=Resampling.nearest)
+            valid = self._raster.read_masks(1, window=region, out_shape=shape, resampling=Resampling.nearest) > 0
+            ok = valid & (raw >= 0) & (raw < len(self.lut)) & (raw == np.round(raw))
+            values = np.where(ok, raw, -1).astype(np.int64)
+        labels = np.where(values >= 0, self.lut[np.clip(values, 0, len(self.lut) - 1)], self.ignore_index)
+        return labels, cell
+
 
 def _box(bounds: tuple[float, float, float, float]) -> Any:
     from shapely.geometry import box
@@ -241,6 +270,7 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         count: int | None = None,
         stride: int | None = None,
         augment: bool = False,
+        balance: bool = False,
         ignore_index: int = 255,
         nodata: float | None = None,
         seed: int = 0,
@@ -253,6 +283,7 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.transform = augmentation(ignore_index) if augment else None
         self.epoch = 0
         self._sources: dict[int, Any] = {}
+        self._class_cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]] = {}
         if count is None:  # validation grid
             step = stride or size
             self.grid = [
@@ -266,6 +297,48 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self.grid, self.count = [], count
             areas = np.array([float(s.region.width * s.region.height) for s in scenes])
             self.weights = areas / areas.sum()
+            if balance:
+                self._class_cells = self._locate_classes()
+
+    def _locate_classes(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]]:
+        """Where each class occurs, on a coarse grid per scene: (scene index, row, col) of its cells."""
+        found: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        cells = []
+        for i, (scene, labels) in enumerate(zip(self.scenes, self.labels, strict=True)):
+            coarse, cell = labels.coarse(scene.region)
+            cells.append(cell)
+            for cls in np.unique(coarse[coarse != self.ignore_index]).tolist():
+                rows, cols = np.nonzero(coarse == cls)
+                found.setdefault(cls, []).append((i, rows, cols))
+        return {
+            cls: (
+                np.concatenate([np.full(len(r), i) for i, r, _ in parts]),
+                np.concatenate([r for _, r, _ in parts]),
+                np.concatenate([c for _, _, c in parts]),
+                cells,
+            )
+            for cls, parts in found.items()
+        }
+
+    def _balanced_window(self, rng: np.random.Generator) -> tuple[int, Window]:
+        """A patch centred on a random location of a class drawn uniformly: rare classes are seen as often
+        as common ones."""
+        classes = sorted(self._class_cells)
+        scenes, rows, cols, cells = self._class_cells[classes[int(rng.integers(len(classes)))]]
+        k = int(rng.integers(len(rows)))
+        i = int(scenes[k])
+        region, (cell_h, cell_w) = self.scenes[i].region, cells[i]
+        center_row = int(region.row_off) + int((rows[k] + rng.random()) * cell_h)
+        center_col = int(region.col_off) + int((cols[k] + rng.random()) * cell_w)
+        row = min(
+            max(center_row - self.size // 2, int(region.row_off)),
+            max(int(region.row_off), int(region.row_off + region.height) - self.size),
+        )
+        col = min(
+            max(center_col - self.size // 2, int(region.col_off)),
+            max(int(region.col_off), int(region.col_off + region.width) - self.size),
+        )
+        return i, Window(col, row, self.size, self.size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -277,6 +350,8 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self.grid:
             return self.grid[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self._class_cells:
+            return self._balanced_window(rng)
         i = int(rng.choice(len(self.scenes), p=self.weights))
         region = self.scenes[i].region
         col = int(region.col_off) + int(rng.integers(0, max(1, int(region.width) - self.size + 1)))

@@ -118,6 +118,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         cfg.data.patch_size,
         count=cfg.data.patches_per_epoch,
         augment=cfg.data.augment,
+        balance=cfg.data.balance_classes,
         seed=cfg.optim.seed,
         ignore_index=IGNORE_INDEX,
         nodata=cfg.data.nodata,
@@ -194,13 +195,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "val_miou": miou,
             "val_pixel_accuracy": summary["pixel_accuracy"] or 0.0,
             "val_per_class_iou": {k: v["iou"] for k, v in summary["per_class"].items()},
+            "val_per_class_f1": {k: v["f1"] for k, v in summary["per_class"].items()},
+            "val_confusion_matrix": summary["confusion_matrix"],
             "seconds": round(time.perf_counter() - started, 2),
             "workers": world,
             "replicas_identical": in_sync,
         }
         state["history"].append(record)
         stop = bool(cfg.optim.early_stopping_patience and state["stale"] >= cfg.optim.early_stopping_patience)
-        metrics = {k: v for k, v in record.items() if k != "val_per_class_iou"} | {"best_val_miou": state["best_miou"]}
+        scalars = {k: v for k, v in record.items() if not isinstance(v, (dict, list))}  # Ray Train reports scalars
+        metrics = scalars | {"best_val_miou": state["best_miou"]}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(

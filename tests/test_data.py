@@ -123,3 +123,37 @@ def test_augmentation_moves_image_and_mask_together() -> None:
         agreement.append((torch.round(x[0])[known] == y[known]).float().mean().item())
     assert np.mean(agreement) > 0.95
     assert min(agreement) > 0.6
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_class_balanced_sampling_finds_a_rare_class(make_geotiff, tmp_path, vector) -> None:
+    from geoseg.export import to_geodataframe, write_polygons
+    from geoseg.vectorize import polygonize
+
+    make_geotiff(np.ones((1, 512, 512), np.uint16), name="scene_000.tif")
+    labels = np.zeros((512, 512), np.uint8)
+    labels[300:306, 100:106] = 1  # 36 of 262 144 pixels
+    label_path = make_geotiff(labels, name="scene_000_labels.tif")
+    if vector:
+        write_polygons(to_geodataframe(polygonize(str(label_path))), tmp_path / "scene_000_labels.gpkg")
+    classes = [{"id": i, "name": f"c{i}", "color": [0, 0, 0]} for i in range(2)]
+    suffix = "gpkg" if vector else "tif"
+    cfg = validate_config(
+        {
+            "data": {
+                "root": str(tmp_path),
+                "split": "region",
+                "val_fraction": 0.1,
+                "scenes": [{"image": "scene_000.tif", "labels": f"{{stem}}_labels.{suffix}"}],
+            },
+            "classes": classes,
+        }
+    )
+    train, _ = split_scenes(cfg)
+
+    def patches_with_rare_class(balance: bool) -> float:
+        dataset = PatchDataset(train, [0, 1], [1], np.zeros(1), np.ones(1), 32, count=200, balance=balance, seed=2)
+        return float(np.mean([(dataset[i][1] == 1).any().item() for i in range(len(dataset))]))
+
+    plain, balanced = patches_with_rare_class(False), patches_with_rare_class(True)
+    assert plain < 0.05 and 0.35 < balanced < 0.65, (plain, balanced)  # one class of two drawn: about half

@@ -82,3 +82,29 @@ def test_a_worker_crash_mid_run_resumes_from_the_checkpoint(demo, tmp_path, monk
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2]  # epoch 1 from the checkpoint, epoch 2 after the restart
     assert load_bundle(tmp_path / "run" / "bundle")[0].metrics["epochs"] == 2
+
+
+def test_early_stopping_ends_the_run_when_validation_stops_improving(demo, tmp_path) -> None:
+    workdir = Path(demo["workdir"])
+    # A frozen model (no BatchNorm statistics, learning rate too small to move a float32 weight) scores the same
+    # every epoch: with patience 1 the run must stop after epoch 2 of 6.
+    frozen = [
+        "optim.epochs=6",
+        "optim.early_stopping_patience=1",
+        "optim.lr=1e-30",
+        "model.kwargs={base_channels: 4, depth: 2, norm: none}",
+        "name=early",
+    ]
+    cfg = load_config(DEMO_CONFIG, [f"data.root={workdir}", *SMALL, *frozen])
+    train(cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[0]["val_miou"] == history[1]["val_miou"]
+    assert len(history[0]["val_confusion_matrix"]) == 6 and set(history[0]["val_per_class_f1"]) <= {
+        "grassland",
+        "water",
+        "forest",
+        "cropland",
+        "road",
+        "building",
+    }
