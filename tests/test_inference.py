@@ -231,3 +231,22 @@ def test_band_files_on_different_grids_are_rejected(make_geotiff, tmp_path) -> N
     b = make_geotiff(np.ones((1, 10, 12), np.uint8), name="b.tif")
     with pytest.raises(GeoSegError, match=r"b\.tif: is not on the grid of the first band file"):
         build_stack_vrt([a, b], tmp_path / "s.vrt")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "transform"),
+    [(1, 1, None), (70_000, 1, None), (50, 40, rasterio.Affine(8.66, 5, 500_000, 5, -8.66, 5_800_000))],
+    ids=["1x1", "70000x1", "rotated"],
+)
+def test_any_raster_shape_and_rotated_transforms(make_geotiff, tmp_path, width, height, transform) -> None:
+    bundle = init_bundle(tmp_path / "b", "unet", 2, 3, base_channels=4, depth=2)
+    data = np.random.default_rng(0).random((2, height, width)).astype(np.float32)
+    data[0, 0, 0] = np.nan  # NaN pixels are nodata, not a crash
+    kwargs = {"transform": transform} if transform is not None else {}
+    scene = make_geotiff(data, **kwargs)
+    report = _local(bundle, scene, tmp_path / "out.tif", PredictOptions(tile=64, halo=8, overlap=8, batch_size=8))
+    with rasterio.open(scene) as src, rasterio.open(report.output) as out:
+        assert out.transform == src.transform and out.shape == (height, width)
+        classes = out.read(1)
+    assert classes[0, 0] == CLASS_NODATA
+    assert (classes.ravel()[1:] < 3).all()
