@@ -30,8 +30,7 @@ from torchvision.transforms import v2
 from geoseg.config import TrainConfig
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import SceneInfo, open_scene, read_tile, same_projection
-
-VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"}
+from geoseg.io.vectors import is_vector, read_class_polygons
 
 
 @dataclass(frozen=True)
@@ -111,19 +110,8 @@ class LabelSource:
 
     def _open(self) -> None:
         path, crs = self.scene.labels, self.scene.info.crs
-        if path.suffix.lower() in VECTOR_SUFFIXES:
-            frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
-            if self.scene.label_field not in frame.columns:
-                raise GeoSegError(f"label polygons have no {self.scene.label_field!r} attribute", path)
-            if frame.crs is None:
-                raise GeoSegError("label polygons have no CRS", path)
-            from rasterio.crs import CRS
-
-            if same_projection(CRS.from_user_input(frame.crs.to_wkt()), crs):
-                frame = frame.set_crs(crs.to_wkt(), allow_override=True)
-            else:
-                frame = frame.to_crs(crs.to_wkt())
-            self._frame = frame
+        if is_vector(path):
+            self._frame = read_class_polygons(path, self.scene.label_field, crs)
             return
         src = rasterio.open(path)
         info = self.scene.info

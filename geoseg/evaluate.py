@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
@@ -15,23 +14,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
+from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.metrics import confusion_matrix, summarize
 from geoseg.vectorize import class_names_from_tags, polygonize
 
-VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"}
 MAX_CLASSES = 256  # any uint8 id; nodata comes from the rasters' masks, not from a reserved value
-
-
-def _read_truth_vectors(path: Path, crs: Any, class_field: str) -> gpd.GeoDataFrame:
-    try:
-        frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path, engine="pyogrio")
-    except Exception as exc:
-        raise GeoSegError(f"cannot read truth polygons: {str(exc).splitlines()[0]}", path) from exc
-    if class_field not in frame.columns:
-        raise GeoSegError(f"truth polygons have no {class_field!r} attribute", path)
-    if frame.crs is None:
-        raise GeoSegError("truth polygons have no CRS", path)
-    return frame.to_crs(crs)
 
 
 def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "class_id") -> dict[str, Any]:
@@ -48,8 +35,8 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
         raise GeoSegError("cannot open prediction raster", pred_path) from exc
     with pred:
         names = class_names_from_tags(pred.tags())
-        if truth_path.suffix.lower() in VECTOR_SUFFIXES:
-            truth_frame = _read_truth_vectors(truth_path, pred.crs, class_field)
+        if is_vector(truth_path):
+            truth_frame = read_class_polygons(truth_path, class_field, pred.crs)
             shapes = list(zip(truth_frame.geometry, truth_frame[class_field].astype(int), strict=True))
             for _, window in pred.block_windows(1):
                 p = pred.read(1, window=window)
@@ -105,8 +92,8 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
 
 
 def _class_polygons(path: Path, positive: int, class_field: str, crs: Any) -> np.ndarray:
-    if path.suffix.lower() in VECTOR_SUFFIXES:
-        frame = _read_truth_vectors(path, crs, class_field)
+    if is_vector(path):
+        frame = read_class_polygons(path, class_field, crs)
         return frame.geometry[frame[class_field].astype(int) == positive].to_numpy()
     polygons = polygonize(str(path), chunk=2048)
     return polygons.geometries[polygons.class_ids == positive]

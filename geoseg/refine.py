@@ -13,9 +13,8 @@ import shapely
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 
+from geoseg.export import EQUAL_AREA_CRS
 from geoseg.vectorize import ClassPolygons
-
-EQUAL_AREA_CRS = "EPSG:6933"
 
 
 def _areas_m2(geoms: np.ndarray, crs: object) -> np.ndarray:

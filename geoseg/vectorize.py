@@ -235,7 +235,7 @@ def drop_collinear(geom: Any) -> Any:
     _, coords, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(shapely.get_parts(geom))
     sizes = np.diff(ring_offsets) - 1  # open rings: without the closing vertex
     ring_id = np.repeat(np.arange(len(sizes)), sizes)
-    open_coords = coords[np.ones(len(coords), dtype=bool) & ~np.isin(np.arange(len(coords)), ring_offsets[1:] - 1)]
+    open_coords = coords[~np.isin(np.arange(len(coords)), ring_offsets[1:] - 1)]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     index = np.arange(len(open_coords))
     prev = np.where(index == starts[ring_id], starts[ring_id + 1] - 1, index - 1)

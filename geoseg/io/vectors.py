@@ -1,0 +1,36 @@
+"""Reading class polygons (training labels, evaluation truth) onto a raster's CRS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+from rasterio.crs import CRS
+
+from geoseg.errors import GeoSegError
+from geoseg.io.raster import same_projection
+
+VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet"}
+
+
+def is_vector(path: Path) -> bool:
+    return path.suffix.lower() in VECTOR_SUFFIXES
+
+
+def read_class_polygons(path: Path, class_field: str, crs: CRS) -> gpd.GeoDataFrame:
+    """Polygons with a class attribute, in ``crs``; one-line errors for what makes them unusable.
+
+    A file whose CRS differs from ``crs`` only by datum realisation is relabelled rather than transformed,
+    as the rasters are (see :func:`geoseg.io.raster.same_projection`).
+    """
+    try:
+        frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path, engine="pyogrio")
+    except Exception as exc:
+        raise GeoSegError(f"cannot read polygons: {str(exc).splitlines()[0]}", path) from exc
+    if class_field not in frame.columns:
+        raise GeoSegError(f"polygons have no {class_field!r} attribute", path)
+    if frame.crs is None:
+        raise GeoSegError("polygons have no CRS", path)
+    if same_projection(CRS.from_user_input(frame.crs.to_wkt()), crs):
+        return frame.set_crs(crs.to_wkt(), allow_override=True)
+    return frame.to_crs(crs.to_wkt())
