@@ -83,7 +83,31 @@ def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_addre
     run_train(cfg, output, ray_address=ray_address, console=console)
 
 
+# Config keys that name a parameter differently from its long option.
+_PREDICT_PARAM_NAMES = {"model": "model_dir", "input": "inputs", "pad": "pad_mode", "vectorize": "vector_format"}
+
+
+def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
+    """Make the values of ``--config FILE`` the defaults of the other options (the command line wins)."""
+    if path is not None:
+        from geoseg.config import load_predict_config
+
+        values = load_predict_config(path).model_dump(exclude_none=True)
+        if not values.get("input"):
+            values.pop("input", None)
+        ctx.default_map = {_PREDICT_PARAM_NAMES.get(k, k): v for k, v in values.items()}
+    return path
+
+
 @cli.command()
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    is_eager=True,
+    expose_value=False,
+    callback=_predict_config_defaults,
+    help="YAML job file with any of these options (keys: long names with _); the command line wins.",
+)
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Model bundle.")
 @click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
 @click.argument("more_inputs", nargs=-1)

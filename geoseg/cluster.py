@@ -11,7 +11,9 @@ from contextlib import contextmanager
 import ray
 
 # Safe defaults for an embedded Ray on a workstation: loopback only, no telemetry, short socket paths
-# (unix sockets are limited to 107 bytes, deep temp dirs break them).
+# (unix sockets are limited to 107 bytes, deep temp dirs break them). Ray binds to loopback only when the
+# variable below is in its processes' environment *and* the node address is 127.0.0.1 (LOOPBACK); neither
+# alone is enough (measured with `ss -ltn`).
 _LOCAL_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -19,6 +21,7 @@ _LOCAL_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180",
     "RAY_TRAIN_V2_ENABLED": "1",
 }
+LOOPBACK = "127.0.0.1"
 
 
 def configure_ray_env() -> None:
@@ -37,11 +40,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    configure_ray_env()
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address:  # the cluster's own settings apply; the loopback defaults would break a multi-host cluster
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
+        configure_ray_env()
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -49,6 +52,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             log_to_driver=False,
             logging_level=logging.WARNING,
             _temp_dir=os.environ["RAY_TMPDIR"],
+            _node_ip_address=LOOPBACK,
         )
     try:
         yield

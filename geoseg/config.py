@@ -142,17 +142,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read ``path``, apply ``key=value`` overrides (values parsed as YAML), validate."""
-    path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise GeoSegError(f"cannot read config ({exc.strerror})", path) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise GeoSegError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from exc
-    if not isinstance(tree, dict):
-        raise GeoSegError("config must be a mapping of keys to values", path)
+    tree = read_yaml_mapping(path)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -165,7 +155,58 @@ def validate_config(tree: dict[str, Any], path: str | Path | None = None) -> Tra
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise GeoSegError(f"config key {where}: {first['msg']}{more}", path) from exc
+        raise GeoSegError(_first_error(exc), path) from exc
+
+
+class PredictConfig(_Strict):
+    """``geoseg predict --config``: the same options as the command line, kept in a file for batch jobs.
+
+    Keys are the long option names with ``-`` written as ``_``; options given on the command line win.
+    Relative paths are resolved against the working directory of the process (the job's working dir).
+    """
+
+    model: str | None = Field(None, description="Model bundle folder.")
+    input: list[str] = Field(default_factory=list, description="Scene files, globs, folders or .txt/.csv lists.")
+    output: str | None = Field(None, description="Job folder (outputs, manifest.json, report.json).")
+    tile: int | None = Field(None, ge=32, description="Tile side in pixels.")
+    halo: int | None = Field(None, ge=0, description="Pixels cropped from each tile side that has a neighbour.")
+    overlap: int | None = Field(None, ge=0, description="Blend width between neighbouring tiles.")
+    batch_size: int | None = Field(None, ge=1, description="Tiles per model call.")
+    workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else one per CPU).")
+    pad: PadMode | None = Field(None, description="Padding at true image borders.")
+    probabilities: bool | None = Field(None, description="Also write the per-class probability raster.")
+    vectorize: Literal["gpkg", "shp", "geojson", "fgb", "parquet"] | None = Field(
+        None, description="Also polygonize each class raster into this format."
+    )
+    ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file and the line."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise GeoSegError(f"cannot read config ({exc.strerror})", path) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise GeoSegError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from exc
+    if not isinstance(tree, dict):
+        raise GeoSegError("config must be a mapping of keys to values", path)
+    return tree
+
+
+def load_predict_config(path: str | Path) -> PredictConfig:
+    """Read and validate a predict job file; unknown keys are errors that name the key."""
+    try:
+        return PredictConfig.model_validate(read_yaml_mapping(path))
+    except ValidationError as exc:
+        raise GeoSegError(_first_error(exc), path) from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"config key {where}: {first['msg']}{more}"

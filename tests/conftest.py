@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geoseg.cluster import configure_ray_env
+from geoseg.cluster import LOOPBACK, configure_ray_env
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), f"rt-{os.getpid()}"))
@@ -31,6 +31,7 @@ def ray_local() -> Iterator[None]:
         object_store_memory=512 * 2**20,
         log_to_driver=False,
         _temp_dir=os.environ["RAY_TMPDIR"],
+        _node_ip_address=LOOPBACK,
     )
     yield
     ray.shutdown()

@@ -31,6 +31,29 @@ def _read(
     return read_tiles(scene, tiles, norm, options.pad_mode, nodata)
 
 
+def cpu_actor_share(node_cpus: Sequence[float], workers: int) -> float:
+    """The largest CPU share per model actor that still places ``workers`` actors on these nodes.
+
+    Every node keeps room for two reader tasks beside its actors (actors holding every CPU starve the readers:
+    deadlock), and no actor is sized to span nodes, which Ray could never place.
+    """
+    room = [c - 2 * READER_CPUS for c in node_cpus if c - 2 * READER_CPUS > 0]
+    shares = sorted({r / k for r in room for k in range(1, workers + 1)}, reverse=True)
+    for share in shares:
+        if actor_capacity(node_cpus, share) >= workers:
+            return share
+    return READER_CPUS  # more actors than the cluster holds: the smallest share; Ray queues the rest
+
+
+def actor_capacity(node_cpus: Sequence[float], share: float) -> int:
+    """How many actors of ``share`` CPUs fit on these nodes beside their reader room."""
+    return sum(int((c - 2 * READER_CPUS) / share + 1e-9) for c in node_cpus if c - 2 * READER_CPUS > 0)
+
+
+def _alive_node_resources(key: str) -> list[float]:
+    return [float(n["Resources"].get(key, 0)) for n in ray.nodes() if n.get("Alive")]
+
+
 class _PredictActor:
     def __init__(self, spec_json: str, state_dict: dict[str, Any], threads: int) -> None:
         self.predictor = Predictor(BundleSpec.model_validate_json(spec_json), state_dict, threads=threads)
@@ -38,14 +61,19 @@ class _PredictActor:
     def predict(self, batch: Any) -> BatchOutput:
         return predict_batch(self.predictor, batch)
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 class RayExecutor:
     """A pool of model actors sized to the cluster.
 
-    An actor that dies (node lost, OOM kill) is replaced and its unfinished batches are resubmitted, up to
-    ``max_restarts`` times in total; the stitcher drops duplicate tiles, so the output stays byte-identical.
-    Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries`` so that the driver
-    knows exactly which batches were lost, and restarts are bounded per job.
+    An actor that dies (node lost, OOM kill) is replaced while the live cluster has room for it, else its
+    slot is dropped and the pool shrinks; either way its unfinished batches are read again and resubmitted,
+    up to ``max_restarts`` deaths per job. The stitcher drops duplicate tiles, so the output stays
+    byte-identical. Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries`` so
+    that the driver knows exactly which batches were lost, restarts are bounded per job, and a pool never
+    waits on a replacement that no node can hold.
 
     Args:
         spec, state_dict: the bundle, shipped through the object store (workers need no access to its path).
@@ -64,74 +92,87 @@ class RayExecutor:
         max_restarts: int = 8,
         threads_per_worker: int | None = None,
     ) -> None:
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-        self.workers = workers or (gpus if gpus else max(1, int(cpus)))
+        gpus = int(sum(_alive_node_resources("GPU")))
+        node_cpus = _alive_node_resources("CPU")
+        self.workers = workers or (gpus if gpus else max(1, int(sum(node_cpus))))
+        self._gpu = bool(gpus)
         if gpus:
+            self._share = 1.0
             self._actor_cls = ray.remote(num_gpus=1, num_cpus=1)(_PredictActor)
             self._threads = 1
         else:
-            # Leave CPU for the reader tasks: actors holding every CPU starve them (deadlock). Threads are
-            # whole CPUs; the small reader reserve does not cost an actor a thread.
-            share = max(0.25, (cpus - 2 * READER_CPUS) / self.workers)
-            self._actor_cls = ray.remote(num_cpus=share)(_PredictActor)
-            self._threads = threads_per_worker or max(1, int(share + 2 * READER_CPUS / self.workers))
+            self._share = cpu_actor_share(node_cpus, self.workers)
+            self._actor_cls = ray.remote(num_cpus=self._share)(_PredictActor)
+            # Threads are whole CPUs; the small reader reserve does not cost an actor a thread.
+            self._threads = threads_per_worker or max(1, int(self._share + 2 * READER_CPUS / self.workers))
         self._spec_json = spec.model_dump_json()
         self._state_ref = ray.put({k: v.cpu() for k, v in state_dict.items()})
-        self.actors = [self._start_actor() for _ in range(self.workers)]
+        self.actors: dict[int, Any] = {slot: self._start_actor() for slot in range(self.workers)}
+        self._next_slot = self.workers
         self.norm = Normalisation.from_spec(spec)
         self.nodata = spec.input_nodata
         self.options = options
-        self.max_in_flight = max_in_flight * self.workers
+        self.max_in_flight = max_in_flight
         self.restarts_left = max_restarts
         self.restarts = 0
 
     def _start_actor(self) -> Any:
         return self._actor_cls.remote(self._spec_json, self._state_ref, self._threads)
 
-    def _replace(self, slot: int) -> None:
+    def _capacity(self) -> int:
+        if self._gpu:
+            return int(sum(_alive_node_resources("GPU")))
+        return actor_capacity(_alive_node_resources("CPU"), self._share)
+
+    def _lose(self, slot: int) -> None:
+        """Drop a dead actor; start a replacement when a live node can hold it (or when none is left)."""
         if self.restarts_left <= 0:
             raise RuntimeError("prediction actors kept dying; giving up (see the Ray logs)")
         self.restarts_left -= 1
         self.restarts += 1
-        ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self._start_actor()
+        ray.kill(self.actors.pop(slot), no_restart=True)
+        if not self.actors or len(self.actors) < min(self.workers, self._capacity()):
+            self.actors[self._next_slot] = self._start_actor()
+            self._next_slot += 1
+
+    def node_ids(self) -> set[str]:
+        """The nodes the live actors run on (for reports and tests)."""
+        return set(ray.get([actor.node_id.remote() for actor in self.actors.values()]))
 
     def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
-        pending: dict[ray.ObjectRef, tuple[int, ray.ObjectRef]] = {}  # predict ref -> (actor slot, read ref)
+        pending: dict[ray.ObjectRef, tuple[int, Sequence[Tile]]] = {}  # predict ref -> (actor slot, tiles)
         batch_iter = iter(batches)
         exhausted = False
 
-        def submit(slot: int, read_ref: ray.ObjectRef) -> None:
-            pending[self.actors[slot].predict.remote(read_ref)] = (slot, read_ref)
+        def submit(tiles: Sequence[Tile]) -> None:
+            load = dict.fromkeys(self.actors, 0)
+            for slot, _ in pending.values():
+                load[slot] += 1
+            slot = min(load, key=load.__getitem__)
+            read_ref = _read.remote(scene, tiles, self.norm, self.options, self.nodata)
+            pending[self.actors[slot].predict.remote(read_ref)] = (slot, tiles)
 
         while pending or not exhausted:
-            while not exhausted and len(pending) < self.max_in_flight:
+            while not exhausted and len(pending) < self.max_in_flight * len(self.actors):
                 tiles = next(batch_iter, None)
                 if tiles is None:
                     exhausted = True
                     break
-                load = [0] * len(self.actors)
-                for slot, _ in pending.values():
-                    load[slot] += 1
-                submit(
-                    min(range(len(load)), key=load.__getitem__),
-                    _read.remote(scene, tiles, self.norm, self.options, self.nodata),
-                )
+                submit(tiles)
             if not pending:
                 break
             [ref], _ = ray.wait(list(pending), num_returns=1)
-            slot, read_ref = pending.pop(ref)
+            slot, tiles = pending.pop(ref)
             try:
                 yield ray.get(ref)
             except ray.exceptions.RayActorError:
-                lost = [(r, rr) for r, (s, rr) in pending.items() if s == slot]
-                self._replace(slot)
-                for r, _ in lost:
-                    del pending[r]
-                for rr in [read_ref, *(rr for _, rr in lost)]:
-                    submit(slot, rr)
+                lost = [tiles, *(pending.pop(r)[1] for r in [r for r, (s, _) in pending.items() if s == slot])]
+                self._lose(slot)
+                for batch in lost:  # read again: the old read result may have lived on a lost node
+                    submit(batch)
+            except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
+                submit(tiles)
 
     def shutdown(self) -> None:
-        for actor in self.actors:
+        for actor in self.actors.values():
             ray.kill(actor)

@@ -1,0 +1,207 @@
+"""Cluster use: `ray job submit` to a real Ray head on 127.0.0.1, and a 3-node cluster that loses a node.
+
+Both start their own Ray processes (never the session's Ray) and stop them by their own handles: the head
+by its process group, the multi-node cluster by ``Cluster.shutdown`` in its own process. Never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from geoseg.bundle import init_bundle, load_bundle
+from geoseg.cluster import LOOPBACK
+from geoseg.inference.predictor import Predictor
+from geoseg.inference.reader import Normalisation
+from geoseg.inference.scene import LocalExecutor, PredictOptions, predict_scene
+from geoseg.io import open_scene
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind((LOOPBACK, 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _loopback_env(temp_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return env | {
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_TMPDIR": str(temp_dir),
+    }
+
+
+@dataclass
+class Head:
+    dashboard: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[Head]:
+    """`ray start --head --block` on loopback with a private temp dir; killed through its process group."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rh-"))  # short: unix socket paths are limited to 107 bytes
+    env = _loopback_env(temp_dir)
+    gcs, dash, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = _free_ports(9)
+    command = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        f"--dashboard-host={LOOPBACK}",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
+        f"--temp-dir={temp_dir}",
+        "--num-cpus=2",
+        "--object-store-memory=268435456",
+        "--disable-usage-stats",
+    ]
+    log = open(temp_dir / "head.log", "w")  # noqa: SIM115 - closed below, after the head is gone
+    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{LOOPBACK}:{dash}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if head.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray head did not start: {(temp_dir / 'head.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield Head(url, env)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: the head takes its GCS, raylet and workers down with it
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _scene(path: Path, seed: int, shape: tuple[int, int, int] = (3, 200, 180)) -> Path:
+    import rasterio
+    from affine import Affine
+
+    data = np.random.default_rng(seed).integers(1, 255, shape).astype(np.uint8)
+    profile = {"driver": "GTiff", "width": shape[2], "height": shape[1], "count": shape[0], "dtype": "uint8"}
+    with rasterio.open(
+        path, "w", **profile, crs="EPSG:32633", transform=Affine(10, 0, 500_000, 0, -10, 5_800_000)
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+def _submit(head: Head, job_config: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={head.dashboard}",
+        f"--working-dir={REPO}",
+        "--",
+        "python",
+        "jobs/predict.py",
+        "--config",
+        str(job_config),
+    ]
+    return subprocess.run(command, env=head.env, capture_output=True, text=True, timeout=600)
+
+
+def test_ray_job_submit_runs_predict_on_a_real_head(ray_head: Head, tmp_path: Path) -> None:
+    bundle = init_bundle(tmp_path / "bundle", "unet", 3, 3, base_channels=4, depth=2, seed=5)
+    scenes = [_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    job = tmp_path / "job"
+    config = tmp_path / "predict.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"model": str(bundle), "input": [str(s) for s in scenes], "output": str(job), "tile": 64, "halo": 8}
+        )
+    )
+    ok = _submit(ray_head, config)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    assert "succeeded" in (ok.stdout + ok.stderr).lower()
+    report = json.loads((job / "report.json").read_text())
+    assert report["summary"]["scenes_ok"] == 2 and report["options"]["tile"] == 64
+    # The job ran on the head's Ray and produced what a local run produces.
+    local = _predict_locally(bundle, scenes[0], tmp_path / "local.tif", PredictOptions(tile=64, halo=8))
+    assert local.tiles_run == report["scenes"][0]["tiles_run"]
+    assert (job / "s0.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
+
+    # A job with a bad scene fails, and `ray job submit` says so with its exit status.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": str(bundle), "input": [str(tmp_path / "missing.tif")], "output": str(job)}))
+    failed = _submit(ray_head, bad)
+    assert failed.returncode != 0
+    assert "failed" in (failed.stdout + failed.stderr).lower()
+    assert "cannot open as a raster" in (failed.stdout + failed.stderr)
+
+
+def _predict_locally(bundle: Path, scene: Path, out: Path, options: PredictOptions):
+    spec, model = load_bundle(bundle)
+    executor = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), options)
+    return predict_scene(open_scene(scene), spec, executor, out, options)
+
+
+def test_a_scene_split_across_nodes_survives_losing_a_node(tmp_path: Path) -> None:
+    bundle = init_bundle(tmp_path / "bundle", "unet", 3, 4, base_channels=4, depth=2, seed=1)
+    scene = _scene(tmp_path / "scene.tif", seed=3, shape=(3, 600, 500))
+    temp_dir = Path(tempfile.mkdtemp(prefix="rm-"))
+    try:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "tests" / "multinode_job.py"), str(scene), str(bundle), str(tmp_path / "n.tif")],
+            env=_loopback_env(temp_dir),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["worker_nodes_used_before"] == 2  # the scene really was split across both worker nodes
+    assert outcome["victim_removed"] and not outcome["victim_used_after"]
+    assert outcome["actor_deaths"] >= 1  # the removed node took actors with unfinished batches down
+    assert outcome["tiles_run"] == outcome["tiles"]
+    options = PredictOptions(tile=96, halo=8, overlap=8, batch_size=2)
+    _predict_locally(bundle, scene, tmp_path / "clean.tif", options)
+    assert (tmp_path / "n.tif").read_bytes() == (tmp_path / "clean.tif").read_bytes()
