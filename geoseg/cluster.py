@@ -40,6 +40,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
+    # A failed scene is reported once by the job; without this Ray also prints the tracebacks of its other
+    # in-flight batches when their results are dropped.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # the cluster's own settings apply; the loopback defaults would break a multi-host cluster
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)

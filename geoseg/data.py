@@ -20,7 +20,6 @@ from affine import Affine
 from numpy.typing import ArrayLike
 from rasterio import features
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from torch.utils.data import Dataset
@@ -29,7 +28,7 @@ from torchvision.transforms import v2
 
 from geoseg.config import TrainConfig
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import SceneInfo, open_scene, read_tile, same_projection
+from geoseg.io.raster import SceneInfo, open_scene, read_tile, same_projection, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
 
 
@@ -121,14 +120,7 @@ class LabelSource:
         if same_grid and same_projection(src.crs, crs):
             self._raster = src
         else:
-            self._raster = WarpedVRT(
-                src,
-                crs=crs,
-                transform=info.transform,
-                width=info.width,
-                height=info.height,
-                resampling=Resampling.nearest,
-            )
+            self._raster = warp_to_grid(src, crs, info.transform, info.width, info.height)
 
     def read(self, window: Window) -> np.ndarray:
         """Label indices for ``window`` (which may extend past the scene: outside is ignore_index)."""

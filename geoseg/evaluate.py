@@ -9,11 +9,10 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio import features
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
+from geoseg.io.raster import warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.metrics import confusion_matrix, summarize
 from geoseg.vectorize import class_names_from_tags, polygonize
@@ -64,14 +63,7 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                 truth = (
                     truth_src
                     if same_grid
-                    else WarpedVRT(
-                        truth_src,
-                        crs=pred.crs,
-                        transform=pred.transform,
-                        width=pred.width,
-                        height=pred.height,
-                        resampling=Resampling.nearest,
-                    )
+                    else warp_to_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
                 )
                 for _, window in pred.block_windows(1):
                     p = pred.read(1, window=window)

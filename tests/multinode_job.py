@@ -14,7 +14,7 @@ from pathlib import Path
 # Before Ray is imported: with it, Ray resolves 127.0.0.1 to itself instead of the host's public address.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-from geoseg.cluster import LOOPBACK, configure_ray_env  # noqa: E402
+from geoseg.cluster import LOOPBACK, configure_ray_env
 
 
 def main(scene_path: Path, bundle: Path, out_path: Path) -> None:

@@ -188,7 +188,7 @@ def test_a_scene_split_across_nodes_survives_losing_a_node(tmp_path: Path) -> No
     temp_dir = Path(tempfile.mkdtemp(prefix="rm-"))
     try:
         result = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "multinode_job.py"), str(scene), str(bundle), str(tmp_path / "n.tif")],
+            [sys.executable, str(REPO / "tests" / "multinode_job.py"), *map(str, (scene, bundle, tmp_path / "n.tif"))],
             env=_loopback_env(temp_dir),
             capture_output=True,
             text=True,

@@ -142,7 +142,6 @@ class RayExecutor:
     def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
         pending: dict[ray.ObjectRef, tuple[int, Sequence[Tile]]] = {}  # predict ref -> (actor slot, tiles)
         batch_iter = iter(batches)
-        exhausted = False
 
         def submit(tiles: Sequence[Tile]) -> None:
             load = dict.fromkeys(self.actors, 0)
@@ -152,26 +151,31 @@ class RayExecutor:
             read_ref = _read.remote(scene, tiles, self.norm, self.options, self.nodata)
             pending[self.actors[slot].predict.remote(read_ref)] = (slot, tiles)
 
-        while pending or not exhausted:
-            while not exhausted and len(pending) < self.max_in_flight * len(self.actors):
-                tiles = next(batch_iter, None)
-                if tiles is None:
-                    exhausted = True
+        exhausted = False
+        try:
+            while pending or not exhausted:
+                while not exhausted and len(pending) < self.max_in_flight * len(self.actors):
+                    tiles = next(batch_iter, None)
+                    if tiles is None:
+                        exhausted = True
+                        break
+                    submit(tiles)
+                if not pending:
                     break
-                submit(tiles)
-            if not pending:
-                break
-            [ref], _ = ray.wait(list(pending), num_returns=1)
-            slot, tiles = pending.pop(ref)
-            try:
-                yield ray.get(ref)
-            except ray.exceptions.RayActorError:
-                lost = [tiles, *(pending.pop(r)[1] for r in [r for r, (s, _) in pending.items() if s == slot])]
-                self._lose(slot)
-                for batch in lost:  # read again: the old read result may have lived on a lost node
-                    submit(batch)
-            except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
-                submit(tiles)
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                slot, tiles = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    lost = [tiles, *(pending.pop(r)[1] for r in [r for r, (s, _) in pending.items() if s == slot])]
+                    self._lose(slot)
+                    for batch in lost:  # read again: the old read result may have lived on a lost node
+                        submit(batch)
+                except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
+                    submit(tiles)
+        finally:  # the scene failed or its consumer stopped: drop the batches still queued on the actors
+            for ref in pending:
+                ray.cancel(ref)
 
     def shutdown(self) -> None:
         for actor in self.actors.values():

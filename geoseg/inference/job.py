@@ -20,7 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import ray
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -147,7 +149,10 @@ def predict_archive(
     console = console or Console(stderr=True, soft_wrap=True)
     bundle_dir = Path(bundle_dir)
     spec, model = load_bundle(bundle_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GeoSegError(f"cannot create the job folder ({exc.strerror})", out_dir) from exc
     for stale in out_dir.glob(".*.partial"):  # left by a killed run of this job; never a finished output
         stale.unlink(missing_ok=True)
     paths = expand_inputs(inputs, out_dir / "stacks")
@@ -199,7 +204,7 @@ def _run_scenes(
         except GeoSegError as exc:
             reports[name] = SceneReport(scene=name, source=str(path), status="failed", error=str(exc))
             manifest.record(reports[name], fingerprint)
-            console.print(f"[red]failed[/] {exc}")
+            console.print(f"[red]failed[/] {escape(str(exc))}")
     total = sum(len(options.grid(scene)) for scene in scenes.values())
     columns = (
         TextColumn("{task.description}"),
@@ -226,16 +231,23 @@ def _run_scenes(
                 )
                 report.scene = name
                 report.sha256 = file_sha256(out_dir / f"{name}.tif")
-                console.print(f"[green]ok[/] {path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)")
-            except GeoSegError as exc:
-                report.status, report.error = "failed", str(exc)
-                console.print(f"[red]failed[/] {exc}")
+                done = f"{path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)"
+                console.print(f"[green]ok[/] {escape(done)}")
             except Exception as exc:  # one bad scene must not lose the others' work
-                cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                report.status, report.error = "failed", f"{path}: {cause}"
-                console.print(f"[red]failed[/] {report.error}")
+                report.status, report.error = "failed", scene_error(exc, path)
+                console.print(f"[red]failed[/] {escape(report.error)}")
             reports[name] = report
             manifest.record(report, fingerprint)
+
+
+def scene_error(exc: BaseException, path: Path) -> str:
+    """One line naming the scene and the cause, whatever raised it (geoseg, GDAL, or Ray around either)."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+        exc = exc.cause  # the reader's or actor's own error, not Ray's traceback around it
+    if isinstance(exc, GeoSegError):
+        return str(exc)
+    text = str(exc).strip()
+    return f"{path}: {text.splitlines()[-1] if text else type(exc).__name__}"
 
 
 def job_report(

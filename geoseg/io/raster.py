@@ -10,7 +10,9 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
@@ -137,7 +139,29 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
 
 
 def _read(src: rasterio.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    data = src.read(bands, window=window, out_dtype="float32")
-    valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    try:
+        data = src.read(bands, window=window, out_dtype="float32")
+        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+    except RasterioIOError as exc:  # GDAL's own reason is in the chained error; rasterio's says "see previous"
+        detail = str(exc.__cause__ or exc).strip().splitlines()[-1]
+        raise GeoSegError(
+            f"cannot read pixels at row {int(window.row_off)}, column {int(window.col_off)} "
+            f"(truncated or corrupt file? GDAL: {detail})",
+            src.name,
+        ) from exc
     valid &= np.all(np.isfinite(data), axis=0)
     return data, valid
+
+
+def warp_to_grid(src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int, height: int) -> WarpedVRT:
+    """``src`` (a class raster) seen on another grid, nearest-neighbour, with a mask that is False outside its
+    footprint: without a nodata value the warp would fill the uncovered area with 0, a valid class."""
+    return WarpedVRT(
+        src,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
+        resampling=Resampling.nearest,
+        add_alpha=src.nodata is None,
+    )
