@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from geoseg.config import load_config
+from geoseg.config import load_config, load_predict_config
 from geoseg.errors import GeoSegError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,8 +14,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_configs_validate() -> None:
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        cfg = load_config(path)
-        assert cfg.classes and cfg.data.scenes, path
+        if path.stem.startswith("predict"):  # job files for `geoseg predict --config`
+            job = load_predict_config(path)
+            assert job.model and job.input and job.output, path
+        else:
+            cfg = load_config(path)
+            assert cfg.classes and cfg.data.scenes, path
+
+
+def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line wins over the job file; the file fills in what the command line leaves out."""
+    from click.testing import CliRunner
+
+    from geoseg import cli
+
+    seen = {}
+    job = tmp_path / "job.yaml"
+    job.write_text("model: m\ninput: [a.tif, b.tif]\noutput: out\ntile: 128\npad: nodata\nvectorize: fgb\n")
+
+    def fake_predict_archive(bundle, inputs, out, options, workers, address, console):
+        seen.update(bundle=bundle, inputs=inputs, out=out, options=options, workers=workers)
+        return []
+
+    monkeypatch.setattr("geoseg.inference.job.predict_archive", fake_predict_archive)
+    result = CliRunner().invoke(cli.cli, ["predict", "--config", str(job), "--tile", "96", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["bundle"] == Path("m") and seen["inputs"] == ["a.tif", "b.tif"] and seen["out"] == Path("out")
+    assert seen["options"].tile == 96 and seen["options"].pad_mode == "nodata"
+    assert seen["options"].vector_format == "fgb" and seen["workers"] == 3
 
 
 def test_set_overrides_nested_keys_with_yaml_values() -> None:

