@@ -24,6 +24,7 @@ from rasterio import features
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from geoseg.dissolve import SeamEdges, Seams, exterior_edges, relink, shared_seam_pairs, signed_area
 from geoseg.errors import GeoSegError
 
 Connectivity = Literal[4, 8]
@@ -161,11 +162,9 @@ def _seam_touching(geoms: np.ndarray, window: Window, width: int, height: int) -
     )
 
 
-def _components(
-    geoms: np.ndarray, classes: np.ndarray, chunk_ids: np.ndarray, connectivity: Connectivity
-) -> np.ndarray:
-    """Union-find over seam pieces: the root index of each piece's region."""
-    parent = np.arange(len(geoms))
+def _union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The root (smallest index) of each of ``n`` items' group, given pairs ``a[i] ~ b[i]``."""
+    parent = np.arange(n)
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -173,23 +172,25 @@ def _components(
             i = parent[i]
         return int(i)
 
-    # Cheap filters first (bounding boxes, class, other chunk: pieces of one chunk never connect), then the
-    # exact test on what is left: boundaries meeting along a line (4-connectivity) or at all (8).
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0).tolist() if len(a) else []
+    for x, y in pairs:
+        rx, ry = find(int(x)), find(int(y))
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def _touching_pairs(geoms: np.ndarray, classes: np.ndarray, chunk_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connectivity: same-class pieces of different chunks whose boundaries meet (at an edge or a corner)."""
     left, right = shapely.STRtree(geoms).query(geoms)
     keep = (left < right) & (classes[left] == classes[right]) & (chunk_ids[left] != chunk_ids[right])
     left, right = left[keep], right[keep]
-    pattern = "****1****" if connectivity == 4 else "****T****"
-    touching = shapely.relate_pattern(geoms[left], geoms[right], pattern)
-    left, right = left[touching], right[touching]
-    for a, b in zip(left.tolist(), right.tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(len(geoms))], dtype=np.int64)
+    touching = shapely.relate_pattern(geoms[left], geoms[right], "****T****")
+    return left[touching], right[touching]
 
 
 def iter_regions(
-    chunks: Iterable[ChunkPieces], connectivity: Connectivity = 4
+    chunks: Iterable[ChunkPieces], seams: Seams, connectivity: Connectivity = 4
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield final regions (pixel coordinates) as soon as they are known: each chunk's inner pieces as the
     chunk arrives, then the seam pieces merged into connected regions. Only seam pieces are held back."""
@@ -202,28 +203,70 @@ def iter_regions(
             fields = (piece.geoms, piece.classes, piece.on_seam, piece.confidence_sum, piece.pixel_count)
             seam.append(ChunkPieces(*(a[piece.on_seam] for a in fields)))
     if seam:
-        yield _merge_seam(seam, connectivity)
+        yield _merge_seam(seam, seams, connectivity)
 
 
 def _merge_seam(
-    seam: list[ChunkPieces], connectivity: Connectivity
+    seam: list[ChunkPieces], seams: Seams, connectivity: Connectivity
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     seam_geoms = np.concatenate([s.geoms for s in seam])
-    chunk_ids = np.concatenate([np.full(len(s.geoms), i) for i, s in enumerate(seam)])
     seam_classes = np.concatenate([s.classes for s in seam])
     seam_sum = np.concatenate([s.confidence_sum for s in seam])
     seam_count = np.concatenate([s.pixel_count for s in seam])
-    roots = _components(seam_geoms, seam_classes, chunk_ids, connectivity)
+    if connectivity == 4:
+        edges = exterior_edges(seam_geoms, seams)
+        a, b, cancelled = shared_seam_pairs(edges, seam_classes)
+    else:
+        chunk_ids = np.concatenate([np.full(len(s.geoms), i) for i, s in enumerate(seam)])
+        a, b = _touching_pairs(seam_geoms, seam_classes, chunk_ids)
+    roots = _union_find(len(seam_geoms), a, b)
     order = np.argsort(roots, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(roots[order])) + 1)
-    geoms = np.empty(len(groups), dtype=object)
-    for k, members in enumerate(groups):
-        geom = seam_geoms[members[0]] if len(members) == 1 else shapely.union_all(seam_geoms[members])
-        geoms[k] = drop_collinear(geom)  # a union leaves collinear vertices where the seams were
+    geoms = seam_geoms[[members[0] for members in groups]]
+    merged = [k for k, members in enumerate(groups) if len(members) > 1]
+    dissolved: dict[int, Any] = {}
+    if connectivity == 4 and merged:
+        dissolved = _dissolve(seam_geoms, edges, cancelled, roots, [int(groups[k][0]) for k in merged])
+    for k in merged:
+        members = groups[k]
+        geom = dissolved.get(int(members[0]))
+        if geom is None:  # 8-connectivity
+            geom = shapely.union_all(seam_geoms[members])
+        geoms[k] = drop_collinear(geom)  # unit seam edges and unions leave collinear vertices behind
     firsts = np.array([members[0] for members in groups])
     sums = np.array([seam_sum[members].sum() for members in groups])
     counts = np.array([seam_count[members].sum() for members in groups])
     return geoms, seam_classes[firsts], sums, counts
+
+
+def _dissolve(
+    geoms: np.ndarray, edges: SeamEdges, cancelled: np.ndarray, roots: np.ndarray, merged_roots: list[int]
+) -> dict[int, Any]:
+    """Polygons of the merged regions (keyed by root piece), built from relinked seam rings + the pieces' holes."""
+    region = roots[edges.piece]
+    alive = ~cancelled & np.isin(region, merged_roots)
+    rings, ring_regions = relink(edges, alive, region)
+    areas = np.array([signed_area(r) for r in rings])
+    holes_all, hole_owner = shapely.get_rings(geoms, return_index=True)
+    is_exterior = np.r_[True, hole_owner[1:] != hole_owner[:-1]]
+    old_holes, old_owner = holes_all[~is_exterior], roots[hole_owner[~is_exterior]]
+    by_region: dict[int, list[int]] = {}
+    for i, r in enumerate(ring_regions.tolist()):
+        by_region.setdefault(r, []).append(i)
+    old_by_region: dict[int, list[int]] = {}
+    for i, r in enumerate(old_owner.tolist()):
+        old_by_region.setdefault(r, []).append(i)
+    result: dict[int, Any] = {}
+    for root in merged_roots:
+        mine = by_region.get(root, [])
+        shells = [i for i in mine if areas[i] > 0]
+        if len(shells) != 1:  # cannot happen for a 4-connected region; a GEOS union is the safe answer
+            continue
+        new_holes = [shapely.linearrings(rings[i].astype(np.float64)) for i in mine if areas[i] < 0]
+        holes = np.concatenate([np.array(new_holes, dtype=object), old_holes[old_by_region.get(root, [])]])
+        polygon = shapely.polygons(rings[shells[0]].astype(np.float64), holes=holes if len(holes) else None)
+        result[root] = polygon
+    return result
 
 
 def drop_collinear(geom: Any) -> Any:
@@ -294,14 +337,16 @@ def iter_polygonize(
         if src.crs is None:
             raise GeoSegError("no CRS: polygons would have no location", path)
         transform, crs, names = src.transform, src.crs, class_names_from_tags(src.tags())
-        windows = list(chunk_windows(src.width, src.height, chunk))
+        width, height = src.width, src.height
+        windows = list(chunk_windows(width, height, chunk))
     conf_path, conf_band = confidence if confidence else (None, 1)
     skip = frozenset(skip_classes or ())
     jobs = (ChunkJob(str(path), w, skip, connectivity, conf_path, conf_band) for w in windows)
     matrix = np.array([[transform.a, transform.d], [transform.b, transform.e]])
     offset = np.array([transform.c, transform.f])
     pixel_size = min(abs(transform.a), abs(transform.e)) or 1.0
-    for geoms, classes, conf_sum, count in iter_regions(map_fn(polygonize_chunk, jobs), connectivity):
+    seams = Seams.of(width, height, chunk)
+    for geoms, classes, conf_sum, count in iter_regions(map_fn(polygonize_chunk, jobs), seams, connectivity):
         mean_confidence = None
         if confidence:
             with np.errstate(invalid="ignore", divide="ignore"):

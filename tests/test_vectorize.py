@@ -48,6 +48,23 @@ def _assert_same_as_whole(path, chunk) -> None:
         a = shapely.union_all([g for g, v in whole if v == value])
         b = shapely.union_all(chunked.geometries[chunked.class_ids == value])
         assert a.symmetric_difference(b).area == pytest.approx(0, abs=1e-6 * max(a.area, 1))
+    # Polygon by polygon: the same geometries (up to vertex order), all valid.
+    assert shapely.is_valid(chunked.geometries).all()
+    whole_geoms = np.array([g for g, _ in whole], dtype=object)
+    whole_classes = np.array([v for _, v in whole])
+    np.testing.assert_array_equal(
+        shapely.equals(
+            whole_geoms[_canonical_order(whole_geoms, whole_classes)],
+            chunked.geometries[_canonical_order(chunked.geometries, chunked.class_ids)],
+        ),
+        True,
+    )
+
+
+def _canonical_order(geoms: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    bounds = shapely.bounds(geoms)
+    area = np.round(shapely.area(geoms), 6)
+    return np.lexsort((bounds[:, 3], bounds[:, 2], bounds[:, 1], bounds[:, 0], area, classes))
 
 
 @pytest.mark.realdata
