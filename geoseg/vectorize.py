@@ -12,6 +12,7 @@ Ray layer (:mod:`geoseg.parallel`) runs them as tasks. Peak memory is one chunk 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -24,7 +25,14 @@ from rasterio import features
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from geoseg.dissolve import SeamEdges, Seams, exterior_edges, relink, shared_seam_pairs, signed_area
+from geoseg.dissolve import (
+    RaggedPolygons,
+    Seams,
+    dissolve,
+    drop_collinear_rings,
+    exterior_edges,
+    shared_seam_pairs,
+)
 from geoseg.errors import GeoSegError
 
 Connectivity = Literal[4, 8]
@@ -189,110 +197,87 @@ def _touching_pairs(geoms: np.ndarray, classes: np.ndarray, chunk_ids: np.ndarra
     return left[touching], right[touching]
 
 
-def iter_regions(
-    chunks: Iterable[ChunkPieces], seams: Seams, connectivity: Connectivity = 4
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+@dataclass
+class _SeamPieces:
+    """Seam pieces of one chunk waiting for the merge, held as compact integer coordinates."""
+
+    polygons: RaggedPolygons
+    classes: np.ndarray
+    confidence_sum: np.ndarray
+    pixel_count: np.ndarray
+
+
+Regions = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # geometries, classes, confidence sum, pixels
+MERGED_BATCH_VERTICES = 1_000_000  # merged regions are handed on in batches of about this many vertices
+
+
+def iter_regions(chunks: Iterable[ChunkPieces], seams: Seams, connectivity: Connectivity = 4) -> Iterator[Regions]:
     """Yield final regions (pixel coordinates) as soon as they are known: each chunk's inner pieces as the
     chunk arrives, then the seam pieces merged into connected regions. Only seam pieces are held back."""
-    seam: list[ChunkPieces] = []
+    seam: list[_SeamPieces] = []
     for piece in chunks:
         inner = ~piece.on_seam
         if inner.any():
             yield piece.geoms[inner], piece.classes[inner], piece.confidence_sum[inner], piece.pixel_count[inner]
-        if piece.on_seam.any():
-            fields = (piece.geoms, piece.classes, piece.on_seam, piece.confidence_sum, piece.pixel_count)
-            seam.append(ChunkPieces(*(a[piece.on_seam] for a in fields)))
+        on = piece.on_seam
+        if on.any():
+            polygons = RaggedPolygons.from_geoms(piece.geoms[on])
+            seam.append(_SeamPieces(polygons, piece.classes[on], piece.confidence_sum[on], piece.pixel_count[on]))
+        del piece
     if seam:
-        yield _merge_seam(seam, seams, connectivity)
+        yield from _merge_seam(seam, seams, connectivity)
 
 
-def _merge_seam(
-    seam: list[ChunkPieces], seams: Seams, connectivity: Connectivity
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    seam_geoms = np.concatenate([s.geoms for s in seam])
-    seam_classes = np.concatenate([s.classes for s in seam])
-    seam_sum = np.concatenate([s.confidence_sum for s in seam])
-    seam_count = np.concatenate([s.pixel_count for s in seam])
+def _merge_seam(seam: list[_SeamPieces], seams: Seams, connectivity: Connectivity) -> Iterator[Regions]:
+    pieces = RaggedPolygons.concat([s.polygons for s in seam])
+    classes = np.concatenate([s.classes for s in seam])
+    sums = np.concatenate([s.confidence_sum for s in seam])
+    counts = np.concatenate([s.pixel_count for s in seam])
+    chunk_ids = np.concatenate([np.full(len(s.classes), i) for i, s in enumerate(seam)])
+    seam.clear()
     if connectivity == 4:
-        edges = exterior_edges(seam_geoms, seams)
-        a, b, cancelled = shared_seam_pairs(edges, seam_classes)
+        edges = exterior_edges(pieces, seams)
+        a, b, cancelled = shared_seam_pairs(edges, classes)
     else:
-        chunk_ids = np.concatenate([np.full(len(s.geoms), i) for i, s in enumerate(seam)])
-        a, b = _touching_pairs(seam_geoms, seam_classes, chunk_ids)
-    roots = _union_find(len(seam_geoms), a, b)
-    order = np.argsort(roots, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(roots[order])) + 1)
-    geoms = seam_geoms[[members[0] for members in groups]]
-    merged = [k for k, members in enumerate(groups) if len(members) > 1]
-    dissolved: dict[int, Any] = {}
-    if connectivity == 4 and merged:
-        dissolved = _dissolve(seam_geoms, edges, cancelled, roots, [int(groups[k][0]) for k in merged])
-    for k in merged:
-        members = groups[k]
-        geom = dissolved.get(int(members[0]))
-        if geom is None:  # 8-connectivity
-            geom = shapely.union_all(seam_geoms[members])
-        geoms[k] = drop_collinear(geom)  # unit seam edges and unions leave collinear vertices behind
-    firsts = np.array([members[0] for members in groups])
-    sums = np.array([seam_sum[members].sum() for members in groups])
-    counts = np.array([seam_count[members].sum() for members in groups])
-    return geoms, seam_classes[firsts], sums, counts
+        a, b = _touching_pairs(pieces.to_geoms(), classes, chunk_ids)
+    roots = _union_find(len(pieces), a, b)
+    size = np.bincount(roots, minlength=len(pieces))
+    region_sums = np.bincount(roots, weights=sums, minlength=len(pieces))
+    region_counts = np.bincount(roots, weights=counts, minlength=len(pieces))
+    single = np.flatnonzero(size[roots] == 1)
+    yield from _batches(pieces.take(single), classes[single], sums[single], counts[single])
+    merged = np.flatnonzero(size > 1)
+    built = np.zeros(len(merged), dtype=bool)
+    if connectivity == 4 and len(merged):
+        polygons, built = dissolve(pieces, edges, cancelled, roots, merged)
+        done = merged[built]
+        yield from _batches(polygons, classes[done], region_sums[done], region_counts[done])
+    rest = merged[~built]  # 8-connectivity: GEOS unions of the connected pieces
+    if len(rest):
+        geoms = np.empty(len(rest), dtype=object)
+        for k, root in enumerate(rest.tolist()):
+            members = np.flatnonzero(roots == root)
+            geoms[k] = drop_collinear(shapely.union_all(pieces.take(members).to_geoms()))
+        yield geoms, classes[rest], region_sums[rest], region_counts[rest]
 
 
-def _dissolve(
-    geoms: np.ndarray, edges: SeamEdges, cancelled: np.ndarray, roots: np.ndarray, merged_roots: list[int]
-) -> dict[int, Any]:
-    """Polygons of the merged regions (keyed by root piece), built from relinked seam rings + the pieces' holes."""
-    region = roots[edges.piece]
-    alive = ~cancelled & np.isin(region, merged_roots)
-    rings, ring_regions = relink(edges, alive, region)
-    areas = np.array([signed_area(r) for r in rings])
-    holes_all, hole_owner = shapely.get_rings(geoms, return_index=True)
-    is_exterior = np.r_[True, hole_owner[1:] != hole_owner[:-1]]
-    old_holes, old_owner = holes_all[~is_exterior], roots[hole_owner[~is_exterior]]
-    by_region: dict[int, list[int]] = {}
-    for i, r in enumerate(ring_regions.tolist()):
-        by_region.setdefault(r, []).append(i)
-    old_by_region: dict[int, list[int]] = {}
-    for i, r in enumerate(old_owner.tolist()):
-        old_by_region.setdefault(r, []).append(i)
-    result: dict[int, Any] = {}
-    for root in merged_roots:
-        mine = by_region.get(root, [])
-        shells = [i for i in mine if areas[i] > 0]
-        if len(shells) != 1:  # cannot happen for a 4-connected region; a GEOS union is the safe answer
-            continue
-        new_holes = [shapely.linearrings(rings[i].astype(np.float64)) for i in mine if areas[i] < 0]
-        holes = np.concatenate([np.array(new_holes, dtype=object), old_holes[old_by_region.get(root, [])]])
-        polygon = shapely.polygons(rings[shells[0]].astype(np.float64), holes=holes if len(holes) else None)
-        result[root] = polygon
-    return result
+def _batches(polygons: RaggedPolygons, classes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> Iterator[Regions]:
+    """GEOS geometries built a batch at a time, so big merged regions never all exist twice in memory."""
+    if not len(polygons):
+        return
+    vertices = np.cumsum(polygons.vertex_counts())
+    cuts = np.searchsorted(vertices, np.arange(MERGED_BATCH_VERTICES, vertices[-1], MERGED_BATCH_VERTICES), "right")
+    bounds = np.unique(np.concatenate([[0], cuts, [len(polygons)]]))
+    for lo, hi in itertools.pairwise(bounds.tolist()):
+        index = np.arange(lo, hi)
+        yield polygons.take(index).to_geoms(), classes[index], sums[index], counts[index]
 
 
 def drop_collinear(geom: Any) -> Any:
-    """Remove vertices lying on a straight line between their neighbours (unions leave them along seams).
-
-    Vectorized over all rings at once: GEOS ``simplify(geom, 0)`` gives the same result but takes minutes on a
-    region with thousands of holes. Pixel polygons are rectilinear, so every ring keeps at least 4 corners.
-    """
+    """``geom`` without vertices lying on a straight line between their neighbours (see dissolve)."""
     _, coords, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(shapely.get_parts(geom))
-    sizes = np.diff(ring_offsets) - 1  # open rings: without the closing vertex
-    ring_id = np.repeat(np.arange(len(sizes)), sizes)
-    open_coords = coords[~np.isin(np.arange(len(coords)), ring_offsets[1:] - 1)]
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    index = np.arange(len(open_coords))
-    prev = np.where(index == starts[ring_id], starts[ring_id + 1] - 1, index - 1)
-    nxt = np.where(index == starts[ring_id + 1] - 1, starts[ring_id], index + 1)
-    here, before, after = open_coords, open_coords[prev], open_coords[nxt]
-    cross = (here[:, 0] - before[:, 0]) * (after[:, 1] - here[:, 1]) - (here[:, 1] - before[:, 1]) * (
-        after[:, 0] - here[:, 0]
-    )
-    keep = cross != 0
-    kept = open_coords[keep]
-    kept_offsets = np.concatenate([[0], np.cumsum(np.bincount(ring_id[keep], minlength=len(sizes)))])
-    closed = np.insert(kept, kept_offsets[1:], kept[kept_offsets[:-1]], axis=0)
-    new_ring_offsets = kept_offsets + np.arange(len(kept_offsets))
-    rebuilt = shapely.from_ragged_array(shapely.GeometryType.POLYGON, closed, (new_ring_offsets, polygon_offsets))
+    closed, offsets = drop_collinear_rings(coords, ring_offsets)
+    rebuilt = shapely.from_ragged_array(shapely.GeometryType.POLYGON, closed, (offsets, polygon_offsets))
     return rebuilt[0] if len(rebuilt) == 1 else shapely.MultiPolygon(list(rebuilt))
 
 
