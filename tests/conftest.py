@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
+from bad_inputs import TRANSFORM, write_geotiff
 
 from geoseg.cluster import LOOPBACK, configure_ray_env
 
@@ -66,18 +66,7 @@ def make_geotiff(tmp_path: Path) -> GeoTiffFactory:
     ) -> Path:
         array = data if data.ndim == 3 else data[None]
         path = tmp_path / name
-        kwargs = {
-            "driver": "GTiff",
-            "width": array.shape[2],
-            "height": array.shape[1],
-            "count": array.shape[0],
-            "dtype": array.dtype.name,
-            "nodata": nodata,
-            "crs": crs,
-            "transform": transform or Affine(10, 0, 500_000, 0, -10, 5_800_000),
-        } | profile
-        with rasterio.open(path, "w", **kwargs) as dst:
-            dst.write(array)
+        write_geotiff(path, array, crs=crs, transform=transform or TRANSFORM, nodata=nodata, **profile)
         return path
 
     return factory
