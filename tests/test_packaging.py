@@ -115,6 +115,8 @@ def test_ray_up_cluster_yaml_follows_rays_schema() -> None:
     cluster = yaml.safe_load((REPO / "configs" / "cluster" / "ray-up-aws.yaml").read_text())
     jsonschema.validate(cluster, schema)
     assert cluster["docker"]["image"].endswith(f":{__version__}-cuda")
+    assert cluster["docker"]["worker_image"].endswith(f":{__version__}-cuda")
+    assert cluster["docker"]["head_image"].endswith(f":{__version__}-cpu")
     assert cluster["head_node_type"] in cluster["available_node_types"]
     instance_types = [t["node_config"]["InstanceType"] for t in cluster["available_node_types"].values()]
     assert any(name.startswith(("g", "p")) for name in instance_types), "a GPU node type"
