@@ -101,7 +101,7 @@ class RaggedPolygons:
 class SeamEdges:
     """Directed exterior edges of seam pieces; edges lying on a seam are cut to unit length."""
 
-    start: np.ndarray  # [n, 2] int64 pixel corners
+    start: np.ndarray  # [n, 2] int32 pixel corners
     end: np.ndarray
     piece: np.ndarray  # index of the piece each edge belongs to
     seam_key: np.ndarray  # an id of the undirected unit seam edge, -1 for edges off the seams
@@ -244,9 +244,13 @@ def relink(edges: SeamEdges, alive: np.ndarray, region: np.ndarray) -> tuple[lis
 
 def _collinear(ring: np.ndarray) -> np.ndarray:
     """Vertices of an open rectilinear ring that lie on the line through their neighbours."""
-    before, after = np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0)
-    return ((before[:, 0] == ring[:, 0]) & (ring[:, 0] == after[:, 0])) | (
-        (before[:, 1] == ring[:, 1]) & (ring[:, 1] == after[:, 1])
+    return _straight(np.roll(ring, 1, axis=0), ring, np.roll(ring, -1, axis=0))
+
+
+def _straight(before: np.ndarray, here: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Pixel rings are rectilinear: a vertex is on a line when its neighbours share its x, or its y."""
+    return ((before[:, 0] == here[:, 0]) & (here[:, 0] == after[:, 0])) | (
+        (before[:, 1] == here[:, 1]) & (here[:, 1] == after[:, 1])
     )
 
 
@@ -268,12 +272,7 @@ def drop_collinear_rings(coords: np.ndarray, ring_offsets: np.ndarray) -> tuple[
     index = np.arange(len(open_coords))
     prev = np.where(index == starts[ring_id], starts[ring_id + 1] - 1, index - 1)
     nxt = np.where(index == starts[ring_id + 1] - 1, starts[ring_id], index + 1)
-    here, before, after = open_coords, open_coords[prev], open_coords[nxt]
-    # Pixel rings are rectilinear: a vertex is on a line when its neighbours share its x, or its y.
-    straight = ((before[:, 0] == here[:, 0]) & (here[:, 0] == after[:, 0])) | (
-        (before[:, 1] == here[:, 1]) & (here[:, 1] == after[:, 1])
-    )
-    keep = ~straight
+    keep = ~_straight(open_coords[prev], open_coords, open_coords[nxt])
     kept = open_coords[keep]
     kept_offsets = np.concatenate([[0], np.cumsum(np.bincount(ring_id[keep], minlength=len(sizes)))])
     closed = np.insert(kept, kept_offsets[1:], kept[kept_offsets[:-1]], axis=0)

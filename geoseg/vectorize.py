@@ -233,13 +233,13 @@ def _merge_seam(seam: list[_SeamPieces], seams: Seams, connectivity: Connectivit
     classes = np.concatenate([s.classes for s in seam])
     sums = np.concatenate([s.confidence_sum for s in seam])
     counts = np.concatenate([s.pixel_count for s in seam])
-    chunk_ids = np.concatenate([np.full(len(s.classes), i) for i, s in enumerate(seam)])
-    seam.clear()
     if connectivity == 4:
         edges = exterior_edges(pieces, seams)
         a, b, cancelled = shared_seam_pairs(edges, classes)
     else:
+        chunk_ids = np.concatenate([np.full(len(s.classes), i) for i, s in enumerate(seam)])
         a, b = _touching_pairs(pieces.to_geoms(), classes, chunk_ids)
+    seam.clear()
     roots = _union_find(len(pieces), a, b)
     size = np.bincount(roots, minlength=len(pieces))
     region_sums = np.bincount(roots, weights=sums, minlength=len(pieces))
@@ -254,10 +254,12 @@ def _merge_seam(seam: list[_SeamPieces], seams: Seams, connectivity: Connectivit
         yield from _batches(polygons, classes[done], region_sums[done], region_counts[done])
     rest = merged[~built]  # 8-connectivity: GEOS unions of the connected pieces
     if len(rest):
+        order = np.argsort(roots, kind="stable")  # one grouping pass, not a scan of all pieces per region
+        groups = np.split(order, np.flatnonzero(np.diff(roots[order])) + 1)
+        members_of = {int(members[0]): members for members in groups}
         geoms = np.empty(len(rest), dtype=object)
         for k, root in enumerate(rest.tolist()):
-            members = np.flatnonzero(roots == root)
-            geoms[k] = drop_collinear(shapely.union_all(pieces.take(members).to_geoms()))
+            geoms[k] = drop_collinear(shapely.union_all(pieces.take(members_of[root]).to_geoms()))
         yield geoms, classes[rest], region_sums[rest], region_counts[rest]
 
 
