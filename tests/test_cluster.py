@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from bad_inputs import write_geotiff
 
 from geoseg.bundle import init_bundle, load_bundle
 from geoseg.cluster import LOOPBACK
@@ -119,15 +120,7 @@ def ray_head() -> Iterator[Head]:
 
 
 def _scene(path: Path, seed: int, shape: tuple[int, int, int] = (3, 200, 180)) -> Path:
-    import rasterio
-    from affine import Affine
-
-    data = np.random.default_rng(seed).integers(1, 255, shape).astype(np.uint8)
-    profile = {"driver": "GTiff", "width": shape[2], "height": shape[1], "count": shape[0], "dtype": "uint8"}
-    with rasterio.open(
-        path, "w", **profile, crs="EPSG:32633", transform=Affine(10, 0, 500_000, 0, -10, 5_800_000)
-    ) as dst:
-        dst.write(data)
+    write_geotiff(path, np.random.default_rng(seed).integers(1, 255, shape).astype(np.uint8))
     return path
 
 

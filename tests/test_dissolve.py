@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from bad_inputs import write_geotiff
 from rasterio import features
 from shapely.geometry import box, shape
 
@@ -31,11 +32,7 @@ def test_ragged_polygons_round_trip_take_and_concat() -> None:
     np.testing.assert_array_equal(ragged.vertex_counts(), [5, 10, 5])
 
 
-def _write(path, data: np.ndarray):
-    profile = {"driver": "GTiff", "width": data.shape[1], "height": data.shape[0], "count": 1, "dtype": "uint8"}
-    with rasterio.open(path, "w", **profile, crs="EPSG:32633", transform=rasterio.Affine(1, 0, 100, 0, -1, 100)) as dst:
-        dst.write(data, 1)
-    return path
+TRANSFORM = rasterio.Affine(1, 0, 100, 0, -1, 100)
 
 
 CASES = {
@@ -59,9 +56,9 @@ CASES = {
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_handmade_seam_cases_equal_whole_raster_polygons(tmp_path, name: str, chunk: int) -> None:
     data = CASES[name]
-    path = _write(tmp_path / "m.tif", data)
-    transform = rasterio.Affine(1, 0, 100, 0, -1, 100)
-    whole = [(int(v), shape(g)) for g, v in features.shapes(data, connectivity=4, transform=transform)]
+    path = tmp_path / "m.tif"
+    write_geotiff(path, data[None], transform=TRANSFORM)
+    whole = [(int(v), shape(g)) for g, v in features.shapes(data, connectivity=4, transform=TRANSFORM)]
     result = polygonize(str(path), chunk=chunk)
     assert len(result.geometries) == len(whole)
     assert shapely.is_valid(result.geometries).all()
