@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from geoseg.io.writer import CLASS_NODATA
-from geoseg.stitch import Stitcher, TileResult
+from geoseg.stitch import Stitcher, TileResult, first_argmax
 from geoseg.tiling import TileGrid
 
 
@@ -92,3 +92,40 @@ def test_rows_are_flushed_as_bands_not_held_until_the_end() -> None:
     assert len(sink.calls) == grid.rows
     assert sum(n for _, n in sink.calls) == 1000
     assert stitcher._acc.shape[1] == 64 - 16  # one core of rows, whatever the height
+
+
+def test_first_argmax_matches_numpy_including_ties() -> None:
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 4, (6, 37, 53)).astype(np.float32)  # few values: many ties
+    np.testing.assert_array_equal(first_argmax(scores), np.argmax(scores, axis=0))
+
+
+def test_seam_disagreement_counts_every_overlap_pixel_against_the_blend_so_far() -> None:
+    grid = TileGrid(150, 130, tile=48, halo=4, overlap=12)
+
+    def tile_inputs(tile):  # random probabilities: neighbours disagree often; scattered nodata rows
+        rows, cols = tile.core_in_tile
+        probs = np.random.default_rng(tile.index).random((3, 48, 48), dtype=np.float32)[:, rows, cols]
+        read_rows = np.arange(tile.read.row_off, tile.read.row_off + 48)[:, None]
+        return probs, np.broadcast_to(read_rows % 37 != 0, (48, 48))[rows, cols]
+
+    stitcher = Stitcher(grid, np.arange(3), ArraySink(130, 150))
+    for tile in grid:
+        stitcher.add(TileResult(tile.index, *tile_inputs(tile)))
+    # Brute force over whole cores on full-raster arrays, independent of the stitcher's strip bookkeeping.
+    acc, weight = np.zeros((3, 130, 150)), np.zeros((130, 150))
+    pixels = disagreements = 0
+    for tile in grid:
+        probs, valid = tile_inputs(tile)
+        region = (
+            slice(int(tile.core.row_off), int(tile.core.row_off + tile.core.height)),
+            slice(int(tile.core.col_off), int(tile.core.col_off + tile.core.width)),
+        )
+        overlap = (weight[region] > 0) & valid
+        pixels += int(overlap.sum())
+        disagreements += int((probs.argmax(0) != acc[(slice(None), *region)].argmax(0))[overlap].sum())
+        w = grid.blend_weights(tile) * valid
+        acc[(slice(None), *region)] += probs * w
+        weight[region] += w
+    assert pixels > 1000 and disagreements > 100
+    assert (stitcher.stats.seam_pixels, stitcher.stats.seam_disagreements) == (pixels, disagreements)

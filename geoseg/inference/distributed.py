@@ -10,16 +10,17 @@ tiles, so a retried batch can never be counted twice.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from geoseg.bundle import BundleSpec
-from geoseg.inference.predictor import Predictor
 from geoseg.inference.reader import Normalisation, read_tiles
 from geoseg.inference.scene import BatchOutput, PredictOptions, predict_batch
 from geoseg.io.raster import SceneInfo
 from geoseg.tiling import Tile
+
+if TYPE_CHECKING:
+    from geoseg.bundle import BundleSpec
 
 READER_CPUS = 0.25  # readers mostly wait on I/O; small so they always fit beside CPU actors
 
@@ -56,6 +57,11 @@ def _alive_node_resources(key: str) -> list[float]:
 
 class _PredictActor:
     def __init__(self, spec_json: str, state_dict: dict[str, Any], threads: int) -> None:
+        # Imported here, not at module level: reader tasks import this module too, and a reader process that
+        # Ray (re)starts would otherwise spend seconds of CPU importing torch, on the cores the model needs.
+        from geoseg.bundle import BundleSpec
+        from geoseg.inference.predictor import Predictor
+
         self.predictor = Predictor(BundleSpec.model_validate_json(spec_json), state_dict, threads=threads)
 
     def predict(self, batch: Any) -> BatchOutput:

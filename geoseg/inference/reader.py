@@ -6,15 +6,17 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
-from geoseg.bundle import BundleSpec
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import PadMode, SceneInfo, read_tile
+from geoseg.io.raster import OpenDatasets, PadMode, SceneInfo, read_tile
 from geoseg.tiling import Tile
+
+if TYPE_CHECKING:  # geoseg.bundle imports torch: seconds of CPU in every reader process that starts
+    from geoseg.bundle import BundleSpec
 
 
 @dataclass
@@ -57,6 +59,11 @@ class Normalisation:
             raise GeoSegError(f"has {scene.count} bands, the model expects {self.input_band_count}", scene.path)
 
 
+# One per process: Ray reuses reader processes across tasks, and successive batches of a scene reuse the
+# source blocks the previous batch decoded (see OpenDatasets).
+_DATASETS = OpenDatasets()
+
+
 def read_tiles(
     scene: SceneInfo,
     tiles: Sequence[Tile],
@@ -64,28 +71,30 @@ def read_tiles(
     pad_mode: PadMode = "reflect",
     nodata: float | None = None,
 ) -> TileBatch:
-    """Read and normalise ``tiles`` of ``scene`` in one open of the file.
+    """Read and normalise ``tiles`` of ``scene``.
 
-    Tiles of the same tile row are read as one window and sliced: overlapping tiles share source blocks,
-    and one read decodes each block once instead of once per tile.
+    Tiles of the same tile row are read as one window and sliced, and the file stays open for the next
+    batch: overlapping tiles and tile rows share source blocks, which are decoded once, not once per tile.
     """
     started = time.perf_counter()
     size = int(tiles[0].read.height)
     data = np.empty((len(tiles), len(norm.band_indexes), size, size), dtype=np.float32)
     valid = np.empty((len(tiles), size, size), dtype=bool)
-    with rasterio.open(scene.path) as src:
-        for _, group in itertools.groupby(enumerate(tiles), key=lambda item: item[1].row):
-            members = list(group)
-            first, last = members[0][1].read, members[-1][1].read
-            union = Window(first.col_off, first.row_off, last.col_off + last.width - first.col_off, size)
-            raw, mask = read_tile(src, union, list(norm.band_indexes), pad_mode)
-            if src.nodata is None and nodata is not None:
-                mask &= ~np.any(raw == nodata, axis=0)
-            normalised = np.where(mask, (raw - norm.mean) / norm.std, 0.0)
-            for i, tile in members:
-                offset = int(tile.read.col_off - first.col_off)
-                data[i] = normalised[:, :, offset : offset + size]
-                valid[i] = mask[:, offset : offset + size]
+    src = _DATASETS.get(scene.path)
+    for _, group in itertools.groupby(enumerate(tiles), key=lambda item: item[1].row):
+        members = list(group)
+        first, last = members[0][1].read, members[-1][1].read
+        union = Window(first.col_off, first.row_off, last.col_off + last.width - first.col_off, size)
+        raw, mask = read_tile(src, union, list(norm.band_indexes), pad_mode)
+        if src.nodata is None and nodata is not None:
+            mask &= ~np.any(raw == nodata, axis=0)
+        normalised = np.subtract(raw, norm.mean, out=raw)  # in place: raw is a fresh float32 array
+        np.divide(normalised, norm.std, out=normalised)
+        np.copyto(normalised, 0.0, where=~mask)
+        for i, tile in members:
+            offset = int(tile.read.col_off - first.col_off)
+            data[i] = normalised[:, :, offset : offset + size]
+            valid[i] = mask[:, offset : offset + size]
     return TileBatch(
         [t.index for t in tiles], data, valid, [t.core_in_tile for t in tiles], time.perf_counter() - started
     )

@@ -11,17 +11,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from geoseg.bundle import BundleSpec
-from geoseg.inference.predictor import Predictor
 from geoseg.inference.reader import Normalisation, TileBatch, read_tiles
 from geoseg.io.raster import PadMode, SceneInfo
 from geoseg.io.writer import ClassRasterWriter, ProbabilityRasterWriter
 from geoseg.stitch import Stitcher, TileResult
 from geoseg.tiling import Tile, TileGrid
+
+if TYPE_CHECKING:  # torch stays out of Ray reader processes, which import this module through the executor
+    from geoseg.bundle import BundleSpec
+    from geoseg.inference.predictor import Predictor
 
 # Strides that are multiples of the models' total down-sampling keep max-pool and transposed-conv grids of
 # every tile aligned with those of the whole image, so overlapping tiles compute the same features.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,6 +91,37 @@ def open_scene(path: str | Path) -> SceneInfo:
     except RasterioIOError as exc:
         cause = str(exc).split(": ", 1)[-1] if str(exc) else "cannot be read"
         raise GeoSegError(f"cannot open as a raster ({cause})", path) from exc
+
+
+class OpenDatasets:
+    """A few read handles kept open between calls, so GDAL's block cache outlives one batch of tiles.
+
+    Neighbouring tile rows overlap by the halo and blend band, and a tile row rarely starts on a source block
+    boundary, so the blocks under one tile row are needed again by the next. Opening the file per batch
+    throws its decoded blocks away; a handle kept open decodes each source block once per process (while
+    GDAL's cache, ``GDAL_CACHEMAX``, holds a couple of block rows). A handle is keyed by the file's path,
+    size and modification time: a rewritten file is opened afresh, never read through a stale handle.
+    """
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self._open: OrderedDict[tuple[str, int, int], rasterio.DatasetReader] = OrderedDict()
+
+    def get(self, path: Path) -> rasterio.DatasetReader:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        dataset = rasterio.open(path)
+        self._open[key] = dataset
+        while len(self._open) > self.capacity:
+            self._open.popitem(last=False)[1].close()
+        return dataset
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
 
 
 def read_tile(
