@@ -10,6 +10,12 @@ from contextlib import contextmanager
 
 import ray
 
+# Ray kills a task worker idle for 1 s when workers outnumber CPUs, which model actors always make true; the
+# reader processes were then restarted at every scene, re-importing numpy, rasterio and geoseg (~0.5 s of CPU
+# each, measured) on the cores the model needs. A minute covers the gap between scenes. The Docker images set
+# the same variable, so cluster nodes started from them behave alike.
+WORKER_KEEPALIVE_ENV = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}
+
 # Safe defaults for an embedded Ray on a workstation: loopback only, no telemetry, short socket paths
 # (unix sockets are limited to 107 bytes, deep temp dirs break them). Ray binds to loopback only when the
 # variable below is in its processes' environment *and* the node address is 127.0.0.1 (LOOPBACK); neither
@@ -20,6 +26,7 @@ _LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180",
     "RAY_TRAIN_V2_ENABLED": "1",
+    **WORKER_KEEPALIVE_ENV,
 }
 LOOPBACK = "127.0.0.1"
 

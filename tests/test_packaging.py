@@ -30,6 +30,15 @@ def test_docker_images_pin_the_project_versions() -> None:
         assert re.search(r"^FROM \S+:\S+", text, re.M), "base images are tagged"
 
 
+def test_docker_images_keep_ray_reader_processes_like_the_local_ray() -> None:
+    from geoseg.cluster import WORKER_KEEPALIVE_ENV
+
+    for dockerfile in sorted((REPO / "docker").glob("Dockerfile*")):
+        env = dict(re.findall(r"^ENV (\S+)=(\S+)$", dockerfile.read_text(), re.M))
+        for key, value in WORKER_KEEPALIVE_ENV.items():
+            assert env.get(key) == value, (dockerfile.name, key)
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()

@@ -95,6 +95,7 @@ class CogWriter:
                 blocksize=_BLOCK,
                 overview_resampling=self.overview_resampling,
                 bigtiff="if_safer",
+                num_threads="ALL_CPUS",
             )
             os.replace(cog_staging, self.path)
         finally:
