@@ -121,3 +121,25 @@ def test_alpha_band_marks_pixels_invalid(make_geotiff) -> None:
     with rasterio.open(path) as src:
         _, valid = read_tile(src, Window(0, 0, 6, 6), bands=[1, 2, 3])
     assert not valid[:2].any() and valid[2:].all()
+
+
+def test_open_datasets_reuse_handles_and_reopen_rewritten_files(make_geotiff, tmp_path) -> None:
+    import os
+
+    from geoseg.io.raster import OpenDatasets
+
+    cache = OpenDatasets(capacity=2)
+    first = make_geotiff(np.full((1, 8, 8), 1, np.uint8), name="a.tif")
+    handle = cache.get(first)
+    assert cache.get(first) is handle  # the same handle, so its decoded blocks are reused
+    # The file is replaced (another job rewrote it): the next read must see the new pixels, not the old handle's.
+    replacement = make_geotiff(np.full((1, 8, 8), 7, np.uint8), name="b.tif")
+    os.replace(replacement, first)
+    fresh = cache.get(first)
+    assert fresh is not handle and fresh.read(1)[0, 0] == 7
+    others = [make_geotiff(np.zeros((1, 4, 4), np.uint8), name=f"o{i}.tif") for i in range(2)]
+    for path in others:
+        cache.get(path)
+    assert fresh.closed and handle.closed  # evicted handles are closed, not leaked
+    cache.close()
+    assert len(cache._open) == 0

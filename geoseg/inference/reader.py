@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import rasterio
 from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
@@ -62,6 +63,21 @@ class Normalisation:
 # One per process: Ray reuses reader processes across tasks, and successive batches of a scene reuse the
 # source blocks the previous batch decoded (see OpenDatasets).
 _DATASETS = OpenDatasets()
+_MIN_BLOCK_CACHE = 16 * 2**20
+_MAX_BLOCK_CACHE = 512 * 2**20
+
+
+def block_cache_bytes(scene: SceneInfo, tile: int) -> int:
+    """GDAL block cache that lets the next tile row reuse the source blocks of this one.
+
+    A tile row spans at most ``tile + block height`` rows of blocks across the whole width; twice that
+    keeps the next row's blocks too. Sized per scene rather than GDAL's default (5 % of RAM), which would
+    let a long scene's blocks pile up and make memory grow with scene size. Past the cap, blocks are simply
+    decoded again (slower, same pixels).
+    """
+    block_rows = scene.block_shape[0]
+    row_bytes = scene.width * scene.count * np.dtype(scene.dtype).itemsize
+    return int(np.clip(2 * (tile + block_rows) * row_bytes, _MIN_BLOCK_CACHE, _MAX_BLOCK_CACHE))
 
 
 def read_tiles(
@@ -80,7 +96,23 @@ def read_tiles(
     size = int(tiles[0].read.height)
     data = np.empty((len(tiles), len(norm.band_indexes), size, size), dtype=np.float32)
     valid = np.empty((len(tiles), size, size), dtype=bool)
-    src = _DATASETS.get(scene.path)
+    with rasterio.Env(GDAL_CACHEMAX=block_cache_bytes(scene, size)):
+        _read_rows(_DATASETS.get(scene.path), tiles, norm, pad_mode, nodata, data, valid)
+    return TileBatch(
+        [t.index for t in tiles], data, valid, [t.core_in_tile for t in tiles], time.perf_counter() - started
+    )
+
+
+def _read_rows(
+    src: rasterio.DatasetReader,
+    tiles: Sequence[Tile],
+    norm: Normalisation,
+    pad_mode: PadMode,
+    nodata: float | None,
+    data: np.ndarray,
+    valid: np.ndarray,
+) -> None:
+    size = data.shape[-1]
     for _, group in itertools.groupby(enumerate(tiles), key=lambda item: item[1].row):
         members = list(group)
         first, last = members[0][1].read, members[-1][1].read
@@ -95,6 +127,3 @@ def read_tiles(
             offset = int(tile.read.col_off - first.col_off)
             data[i] = normalised[:, :, offset : offset + size]
             valid[i] = mask[:, offset : offset + size]
-    return TileBatch(
-        [t.index for t in tiles], data, valid, [t.core_in_tile for t in tiles], time.perf_counter() - started
-    )

@@ -100,16 +100,16 @@ class OpenDatasets:
     boundary, so the blocks under one tile row are needed again by the next. Opening the file per batch
     throws its decoded blocks away; a handle kept open decodes each source block once per process (while
     GDAL's cache, ``GDAL_CACHEMAX``, holds a couple of block rows). A handle is keyed by the file's path,
-    size and modification time: a rewritten file is opened afresh, never read through a stale handle.
+    inode, size and modification time: a rewritten file is opened afresh, never read through a stale handle.
     """
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
-        self._open: OrderedDict[tuple[str, int, int], rasterio.DatasetReader] = OrderedDict()
+        self._open: OrderedDict[tuple[str, int, int, int], rasterio.DatasetReader] = OrderedDict()
 
     def get(self, path: Path) -> rasterio.DatasetReader:
         stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key]
