@@ -6,7 +6,10 @@ Prints one table of ratios measured in this run:
   P1  bare-model time on the same tiles / end-to-end time (halo + blending + read + write on), target >= 0.90
   P2  peak RSS for a 16x larger raster / peak RSS at the base size (tiny model, no Ray), target <= 1.15
   P3  end-to-end throughput with 2 workers / with 1 worker, target >= 1.7 (on 2 cores)
+  H   host-side stages without a model (read; stitch + COG write), in Mpx/s on one core: how fast the CPUs
+      beside a GPU must be to keep it fed
   and the naive loop (whole raster in RAM, no overlap, no blending) for comparison.
+Every time is the median of --repeats runs (the machine this was written on drifts by 10-30 % between runs).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +37,10 @@ from benchmarks.report import print_table  # noqa: E402
 from geoseg.bundle import init_bundle, load_bundle  # noqa: E402
 from geoseg.inference.predictor import Predictor  # noqa: E402
 from geoseg.inference.reader import Normalisation, read_tiles  # noqa: E402
-from geoseg.inference.scene import LocalExecutor, PredictOptions, batched, predict_scene  # noqa: E402
+from geoseg.inference.scene import LocalExecutor, PredictOptions, batched, predict_batch, predict_scene  # noqa: E402
 from geoseg.io import open_scene  # noqa: E402
+from geoseg.io.writer import ClassRasterWriter  # noqa: E402
+from geoseg.stitch import Stitcher  # noqa: E402
 
 OPTIONS = PredictOptions(tile=256, halo=16, overlap=16, batch_size=4)
 
@@ -62,7 +69,21 @@ def make_scene(path: Path, size: int, bands: int = 4) -> Path:
     return path
 
 
-def bare_model_seconds(bundle: Path, scene_path: Path, threads: int) -> float:
+SPREAD: dict[str, list[float]] = {}  # every timing behind a median, printed under the table
+
+
+def median_seconds(name: str, run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``run``."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    SPREAD[name] = times
+    return statistics.median(times)
+
+
+def bare_model_seconds(bundle: Path, scene_path: Path, threads: int, repeats: int) -> float:
     """The model alone on exactly the tiles the pipeline runs (pre-read, in this process)."""
     spec, model = load_bundle(bundle)
     predictor = Predictor(spec, model.state_dict(), threads=threads)
@@ -72,13 +93,14 @@ def bare_model_seconds(bundle: Path, scene_path: Path, threads: int) -> float:
         for tiles in batched(OPTIONS.grid(scene), OPTIONS.batch_size)
     ]
     predictor.predict(batches[0].data)  # warm-up (oneDNN primitive cache)
-    started = time.perf_counter()
-    for batch in batches:
-        predictor.predict(batch.data)
-    return time.perf_counter() - started
+    return median_seconds(
+        f"bare model, {threads} threads", lambda: [predictor.predict(b.data) for b in batches], repeats
+    )
 
 
-def end_to_end_seconds(bundle: Path, scene_path: Path, workers: int, out: Path, threads: int | None = None) -> float:
+def end_to_end_seconds(
+    bundle: Path, scene_path: Path, workers: int, out: Path, repeats: int, threads: int | None = None
+) -> float:
     """One scene through Ray: readers + actors + stitcher + COG writer, with warm actors."""
     from geoseg.inference.distributed import RayExecutor
 
@@ -87,9 +109,8 @@ def end_to_end_seconds(bundle: Path, scene_path: Path, workers: int, out: Path, 
     scene = open_scene(scene_path)
     try:
         predict_scene(scene, spec, executor, out / "warm.tif", PredictOptions(tile=256, batch_size=1))
-        started = time.perf_counter()
-        predict_scene(scene, spec, executor, out / f"w{workers}.tif", OPTIONS)
-        return time.perf_counter() - started
+        name = f"end-to-end, {workers} worker(s) x {threads} thread(s)"
+        return median_seconds(name, lambda: predict_scene(scene, spec, executor, out / "e2e.tif", OPTIONS), repeats)
     finally:
         executor.shutdown()
 
@@ -141,10 +162,42 @@ def peak_rss_run(bundle: Path, scene_path: Path, out: Path) -> None:
     predict_scene(open_scene(scene_path), spec, executor, out, OPTIONS)
 
 
+def host_stage_seconds(bundle: Path, scene_path: Path, out: Path) -> tuple[float, float]:
+    """Read, then stitch + write, of the P1 scene in this process, with a model that costs nothing.
+
+    The "model" returns fixed random probabilities (a noisy class map, the slowest to compress), so these
+    are the CPU costs the pipeline adds to any model.
+    """
+    spec, _ = load_bundle(bundle)
+    scene, norm = open_scene(scene_path), Normalisation.from_spec(spec)
+    grid = OPTIONS.grid(scene)
+    started = time.perf_counter()
+    batches = [read_tiles(scene, tiles, norm) for tiles in batched(grid, OPTIONS.batch_size)]
+    read = time.perf_counter() - started
+
+    noise = np.random.default_rng(0).random((len(spec.classes), *batches[0].data.shape[2:]), dtype=np.float32)
+
+    class FixedNoise:
+        def predict(self, data: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(noise / noise.sum(axis=0), (len(data), *noise.shape))
+
+    outputs = [predict_batch(FixedNoise(), batch) for batch in batches]  # type: ignore[arg-type]
+    ids = [c.id for c in spec.classes]
+    started = time.perf_counter()
+    colors = [c.color for c in spec.classes]
+    with ClassRasterWriter(out, scene, ids, [c.name for c in spec.classes], colors) as writer:
+        stitcher = Stitcher(grid, np.array(ids), writer)
+        for output in outputs:
+            for result in output.results:
+                stitcher.add(result)
+    return read, time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048, help="side of the P1/P3 scene in pixels")
     parser.add_argument("--base", type=int, default=16, help="U-Net width for P1/P3")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per timing (the median is reported)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     from geoseg.cluster import ray_session
@@ -157,12 +210,13 @@ def main() -> None:
         small, large = make_scene(work / "small.tif", 1024), make_scene(work / "large.tif", 4096)
         rss_small = peak_rss_child(tiny, small, work / "small_out.tif")
         rss_large = peak_rss_child(tiny, large, work / "large_out.tif")
-        bare = bare_model_seconds(bundle, scene, threads=2)
+        read_s, stitch_write_s = host_stage_seconds(bundle, scene, work / "host.tif")
+        bare = bare_model_seconds(bundle, scene, threads=2, repeats=args.repeats)
         naive, naive_rss = naive_seconds(bundle, scene, work)
         with ray_session(num_cpus=os.cpu_count()):
-            e2e_2 = end_to_end_seconds(bundle, scene, 2, work, threads=1)
-            e2e_1 = end_to_end_seconds(bundle, scene, 1, work, threads=1)
-            e2e_1x2 = end_to_end_seconds(bundle, scene, 1, work, threads=2)
+            e2e_2 = end_to_end_seconds(bundle, scene, 2, work, args.repeats, threads=1)
+            e2e_1 = end_to_end_seconds(bundle, scene, 1, work, args.repeats, threads=1)
+            e2e_1x2 = end_to_end_seconds(bundle, scene, 1, work, 1, threads=2)
     mpx = args.size**2 / 1e6
     rows = [
         ("P1 bare model / end-to-end (2 workers)", bare / e2e_2, ">= 0.90", f"{bare:.1f} s / {e2e_2:.1f} s"),
@@ -174,6 +228,8 @@ def main() -> None:
         ),
         ("P3 2 workers / 1 worker throughput (1 CPU each)", e2e_1 / e2e_2, ">= 1.7", f"{e2e_1:.1f} s / {e2e_2:.1f} s"),
         ("   1 worker with 2 threads / 2 workers", e2e_2 / e2e_1x2, "(info)", f"{e2e_1x2:.1f} s"),
+        ("H  read + normalise, Mpx/s on one core", mpx / read_s, "(info)", f"{read_s:.2f} s"),
+        ("H  stitch + COG write, Mpx/s (the driver)", mpx / stitch_write_s, "(info)", f"{stitch_write_s:.2f} s"),
         (
             "naive loop / geoseg end-to-end time",
             naive / e2e_2,
@@ -183,10 +239,13 @@ def main() -> None:
     ]
     print(
         f"\nscene {args.size}x{args.size} x 4 bands ({mpx:.1f} Mpx), U-Net base {args.base} depth 4, "
-        f"tile {OPTIONS.tile} halo {OPTIONS.halo} overlap {OPTIONS.effective_overlap()}, {os.cpu_count()} CPUs"
+        f"tile {OPTIONS.tile} halo {OPTIONS.halo} overlap {OPTIONS.effective_overlap()}, {os.cpu_count()} CPUs, "
+        f"median of {args.repeats}"
     )
     print(f"geoseg end-to-end: {mpx / e2e_2:.3f} Mpx/s with 2 workers, {mpx / e2e_1:.3f} Mpx/s with 1\n")
     print_table(rows, args.json)
+    for name, times in SPREAD.items():
+        print(f"  {name}: " + ", ".join(f"{t:.2f}" for t in times) + " s")
 
 
 if __name__ == "__main__":
