@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
@@ -143,3 +144,22 @@ def test_open_datasets_reuse_handles_and_reopen_rewritten_files(make_geotiff, tm
     assert fresh.closed and handle.closed  # evicted handles are closed, not leaked
     cache.close()
     assert len(cache._open) == 0
+
+
+def test_open_datasets_accept_gdal_virtual_paths() -> None:
+    from pathlib import Path
+
+    from geoseg.io.raster import OpenDatasets
+
+    path = Path("/vsimem/geoseg-open-datasets.tif")
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8", "crs": "EPSG:32633"}
+    profile["transform"] = Affine(10, 0, 500_000, 0, -10, 5_800_000)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 4, 4), 5, np.uint8))
+    cache = OpenDatasets()
+    try:
+        handle = cache.get(path)
+        assert cache.get(path) is handle and handle.read(1)[0, 0] == 5
+    finally:
+        cache.close()
+        rasterio.shutil.delete(path)

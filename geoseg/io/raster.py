@@ -101,6 +101,7 @@ class OpenDatasets:
     throws its decoded blocks away; a handle kept open decodes each source block once per process (while
     GDAL's cache, ``GDAL_CACHEMAX``, holds a couple of block rows). A handle is keyed by the file's path,
     inode, size and modification time: a rewritten file is opened afresh, never read through a stale handle.
+    GDAL virtual paths (``/vsis3/...``, ``/vsimem/...``) have no local file to stat and are keyed by name.
     """
 
     def __init__(self, capacity: int = 2) -> None:
@@ -108,8 +109,11 @@ class OpenDatasets:
         self._open: OrderedDict[tuple[str, int, int, int], rasterio.DatasetReader] = OrderedDict()
 
     def get(self, path: Path) -> rasterio.DatasetReader:
-        stat = path.stat()
-        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        try:
+            stat = path.stat()
+            key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        except OSError:  # not a local file: rasterio.open below says what is wrong if it is not virtual either
+            key = (str(path), -1, -1, -1)
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key]
