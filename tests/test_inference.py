@@ -250,3 +250,54 @@ def test_any_raster_shape_and_rotated_transforms(make_geotiff, tmp_path, width, 
         classes = out.read(1)
     assert classes[0, 0] == CLASS_NODATA
     assert (classes.ravel()[1:] < 3).all()
+
+
+@pytest.mark.ray
+def test_a_scene_is_published_while_the_next_one_is_predicted(
+    ray_local, make_geotiff, bundle3, tmp_path, monkeypatch
+) -> None:
+    import threading
+
+    from geoseg.inference import job, scene
+
+    rng = np.random.default_rng(8)
+    inputs = [
+        str(make_geotiff(rng.integers(1, 255, (3, 90, 110)).astype(np.uint8), name=f"p{i}.tif")) for i in range(2)
+    ]
+    second_started = threading.Event()
+    overlapped: list[bool] = []
+    stitch, finish = scene.stitch_scene, scene.StitchedScene.finish
+
+    def stitch_and_signal(scene_info, *args, **kwargs):
+        if scene_info.name == "p1":
+            second_started.set()
+        return stitch(scene_info, *args, **kwargs)
+
+    def finish_after_next_start(self):
+        if self.scene.name == "p0":  # publishing p0 must not hold back p1: it waits for p1 to start
+            overlapped.append(second_started.wait(timeout=60))
+        return finish(self)
+
+    monkeypatch.setattr(job, "stitch_scene", stitch_and_signal)
+    monkeypatch.setattr(scene.StitchedScene, "finish", finish_after_next_start)
+    reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS)
+    assert overlapped == [True]
+    assert [r.status for r in reports] == ["ok", "ok"]
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
+    assert all(manifest["scenes"][name]["sha256"] for name in ("p0", "p1"))
+    for report in reports:  # the published files are the ones the manifest hashed
+        assert job.file_sha256(tmp_path / "job" / f"{report.scene}.tif") == report.sha256
+
+
+def test_stitched_scene_publishes_nothing_until_finished(make_geotiff, bundle3, tmp_path) -> None:
+    from geoseg.inference.scene import stitch_scene
+
+    path = make_geotiff(np.random.default_rng(9).integers(1, 255, (3, 70, 80)).astype(np.uint8))
+    spec, model = load_bundle(bundle3)
+    executor = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
+    out = tmp_path / "out" / "scene.tif"
+    stitched = stitch_scene(open_scene(path), spec, executor, out, OPTIONS)
+    assert not out.exists()  # only staging files so far: a crash here leaves nothing that looks finished
+    report = stitched.finish()
+    assert out.exists() and report.status == "ok" and report.tiles_run == report.tiles
+    assert sorted(p.name for p in out.parent.iterdir()) == ["scene.tif"]

@@ -16,6 +16,7 @@ import os
 import re
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, load_bundle
 from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.distributed import RayExecutor
-from geoseg.inference.scene import PredictOptions, SceneReport, predict_scene
+from geoseg.inference.scene import PredictOptions, SceneReport, StitchedScene, stitch_scene
 from geoseg.io.raster import open_scene
 from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
 from geoseg.io.writer import temp_sibling
@@ -197,14 +198,35 @@ def _run_scenes(
     reports: dict[str, SceneReport],
     console: Console,
 ) -> None:
+    finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-publish")
+    publishing: tuple[Path, str, Future[SceneReport]] | None = None  # at most one scene being published
+
+    def record(path: Path, name: str, report: SceneReport) -> None:
+        if report.status == "ok":
+            done = f"{path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)"
+            console.print(f"[green]ok[/] {escape(done)}")
+        else:
+            console.print(f"[red]failed[/] {escape(report.error or '')}")
+        reports[name] = report
+        manifest.record(report, fingerprint)
+
+    def failed(path: Path, name: str, exc: BaseException) -> SceneReport:
+        return SceneReport(scene=name, source=str(path), status="failed", error=scene_error(exc, path))
+
+    def conclude(path: Path, name: str, published: Future[SceneReport]) -> None:
+        try:
+            report = published.result()
+            report.scene = name
+        except Exception as exc:  # one bad scene must not lose the others' work
+            report = failed(path, name, exc)
+        record(path, name, report)
+
     scenes = {}
     for path, name in todo:
         try:
             scenes[name] = open_scene(path)
         except GeoSegError as exc:
-            reports[name] = SceneReport(scene=name, source=str(path), status="failed", error=str(exc))
-            manifest.record(reports[name], fingerprint)
-            console.print(f"[red]failed[/] {escape(str(exc))}")
+            record(path, name, failed(path, name, exc))
     total = sum(len(options.grid(scene)) for scene in scenes.values())
     columns = (
         TextColumn("{task.description}"),
@@ -213,31 +235,39 @@ def _run_scenes(
         TextColumn("tiles"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("predict", total=total)
-        for path, name in todo:
-            if name not in scenes:
-                continue
-            progress.update(task, description=name)
-            report = SceneReport(scene=name, source=str(path))
-            try:
-                report = predict_scene(
-                    scenes[name],
-                    spec,
-                    executor,
-                    out_dir / f"{name}.tif",
-                    options,
-                    progress=lambda n: progress.advance(task, n),
-                )
-                report.scene = name
-                report.sha256 = file_sha256(out_dir / f"{name}.tif")
-                done = f"{path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)"
-                console.print(f"[green]ok[/] {escape(done)}")
-            except Exception as exc:  # one bad scene must not lose the others' work
-                report.status, report.error = "failed", scene_error(exc, path)
-                console.print(f"[red]failed[/] {escape(report.error)}")
-            reports[name] = report
-            manifest.record(report, fingerprint)
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("predict", total=total)
+            for path, name in todo:
+                if name not in scenes:
+                    continue
+                progress.update(task, description=name)
+                try:
+                    stitched = stitch_scene(
+                        scenes[name],
+                        spec,
+                        executor,
+                        out_dir / f"{name}.tif",
+                        options,
+                        progress=lambda n: progress.advance(task, n),
+                    )
+                except Exception as exc:  # one bad scene must not lose the others' work
+                    record(path, name, failed(path, name, exc))
+                    continue
+                # The actors move on to the next scene while this one's COG is built and hashed.
+                if publishing:
+                    conclude(*publishing)
+                publishing = (path, name, finisher.submit(_publish, stitched))
+    finally:  # also on Ctrl-C: a scene already stitched is published and recorded, not thrown away
+        if publishing:
+            conclude(*publishing)
+        finisher.shutdown()
+
+
+def _publish(stitched: StitchedScene) -> SceneReport:
+    report = stitched.finish()
+    report.sha256 = file_sha256(stitched.out_path)
+    return report
 
 
 def scene_error(exc: BaseException, path: Path) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from geoseg.inference.reader import Normalisation, TileBatch, read_tiles
 from geoseg.io.raster import PadMode, SceneInfo
 from geoseg.io.writer import ClassRasterWriter, ProbabilityRasterWriter
-from geoseg.stitch import Stitcher, TileResult
+from geoseg.stitch import Stitcher, StitchStats, TileResult
 from geoseg.tiling import Tile, TileGrid
 
 if TYPE_CHECKING:  # torch stays out of Ray reader processes, which import this module through the executor
@@ -142,6 +142,19 @@ def predict_scene(
 
     Raises GeoSegError for a scene that cannot work; nothing is left under the output names then.
     """
+    return stitch_scene(scene, spec, executor, out_path, options, progress).finish()
+
+
+def stitch_scene(
+    scene: SceneInfo,
+    spec: BundleSpec,
+    executor: TileExecutor,
+    out_path: Path,
+    options: PredictOptions,
+    progress: Callable[[int], None] | None = None,
+) -> StitchedScene:
+    """Run every tile of ``scene`` through ``executor`` into the staging files; :meth:`StitchedScene.finish`
+    publishes them. On any error the staging files are removed and the error propagates."""
     Normalisation.from_spec(spec).check(scene)
     started = time.perf_counter()
     grid = options.grid(scene)
@@ -164,38 +177,70 @@ def predict_scene(
                 progress(len(output.results))
         if not stitcher.done:
             raise RuntimeError(f"{scene.path}: executor returned {stitcher.stats.tiles_run} of {len(grid)} tiles")
-        close_started = time.perf_counter()
-    write_s = stitcher.stats.write_seconds + time.perf_counter() - close_started
-    vectorize_started = time.perf_counter()
-    vectors = None
-    if options.vector_format:
-        from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
-
-        vectors = out_path.with_suffix(f".{options.vector_format}")
-        vectorize_raster(out_path, [vectors], VectorizeOptions(fmt=options.vector_format), workers=1)
-    stats = stitcher.stats
-    by_id = {c.id: c.name for c in spec.classes}
-    return SceneReport(
-        scene=scene.name,
-        source=str(scene.path),
-        status="ok",
-        output=str(out_path),
-        probabilities=str(prob_path) if prob_path else None,
-        vectors=str(vectors) if vectors else None,
-        tiles=len(grid),
-        tiles_run=stats.tiles_run,
-        tiles_skipped_nodata=stats.tiles_skipped,
-        pixels=scene.width * scene.height,
-        area_km2=scene.width * scene.height * scene.pixel_area_m2 / 1e6,
-        seconds=round(time.perf_counter() - started, 3),
-        stage_seconds={
-            "read": round(read_s, 3),
-            "model": round(model_s, 3),
-            "stitch": round(stats.stitch_seconds, 3),
-            "write": round(write_s, 3),
-            "vectorize": round(time.perf_counter() - vectorize_started, 3),
-        },
-        seam_pixels=stats.seam_pixels,
-        seam_disagreement=None if stats.seam_disagreement is None else round(stats.seam_disagreement, 6),
-        classes_found={by_id[c]: n for c, n in sorted(stats.class_pixels.items())},
+        writers = stack.pop_all()  # stays open for finish(); on an error above, the writers abort instead
+    return StitchedScene(
+        scene, spec, options, out_path, prob_path, writers, stitcher.stats, len(grid), read_s, model_s, started
     )
+
+
+@dataclass
+class StitchedScene:
+    """A scene whose tiles are all stitched into staging files, not yet published.
+
+    Publishing (COG build, optional polygons) needs no model, so an archive job runs :meth:`finish` in a
+    background thread while the actors start on the next scene instead of idling through it.
+    """
+
+    scene: SceneInfo
+    spec: BundleSpec
+    options: PredictOptions
+    out_path: Path
+    prob_path: Path | None
+    writers: contextlib.ExitStack
+    stats: StitchStats
+    tiles: int
+    read_seconds: float
+    model_seconds: float
+    started: float
+
+    def finish(self) -> SceneReport:
+        """Build the COGs and move them into place (then polygons when asked); returns the scene's report.
+
+        If a COG cannot be built, every output of the scene is removed and the error propagates.
+        """
+        close_started = time.perf_counter()
+        self.writers.close()  # a failing close hands the error to the writers still open: they abort
+        write_s = self.stats.write_seconds + time.perf_counter() - close_started
+        vectorize_started = time.perf_counter()
+        vectors = None
+        if self.options.vector_format:
+            from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+
+            vectors = self.out_path.with_suffix(f".{self.options.vector_format}")
+            vectorize_raster(self.out_path, [vectors], VectorizeOptions(fmt=self.options.vector_format), workers=1)
+        stats, scene = self.stats, self.scene
+        by_id = {c.id: c.name for c in self.spec.classes}
+        return SceneReport(
+            scene=scene.name,
+            source=str(scene.path),
+            status="ok",
+            output=str(self.out_path),
+            probabilities=str(self.prob_path) if self.prob_path else None,
+            vectors=str(vectors) if vectors else None,
+            tiles=self.tiles,
+            tiles_run=stats.tiles_run,
+            tiles_skipped_nodata=stats.tiles_skipped,
+            pixels=scene.width * scene.height,
+            area_km2=scene.width * scene.height * scene.pixel_area_m2 / 1e6,
+            seconds=round(time.perf_counter() - self.started, 3),
+            stage_seconds={
+                "read": round(self.read_seconds, 3),
+                "model": round(self.model_seconds, 3),
+                "stitch": round(stats.stitch_seconds, 3),
+                "write": round(write_s, 3),
+                "vectorize": round(time.perf_counter() - vectorize_started, 3),
+            },
+            seam_pixels=stats.seam_pixels,
+            seam_disagreement=None if stats.seam_disagreement is None else round(stats.seam_disagreement, 6),
+            classes_found={by_id[c]: n for c, n in sorted(stats.class_pixels.items())},
+        )
