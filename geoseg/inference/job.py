@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -198,28 +199,30 @@ def _run_scenes(
     reports: dict[str, SceneReport],
     console: Console,
 ) -> None:
-    finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-publish")
-    publishing: tuple[Path, str, Future[SceneReport]] | None = None  # at most one scene being published
+    publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-publish")
+    publishing: Future[None] | None = None  # at most one scene being published
+    lock = threading.Lock()  # the publishing thread records too
 
     def record(path: Path, name: str, report: SceneReport) -> None:
-        if report.status == "ok":
-            done = f"{path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)"
-            console.print(f"[green]ok[/] {escape(done)}")
-        else:
-            console.print(f"[red]failed[/] {escape(report.error or '')}")
-        reports[name] = report
-        manifest.record(report, fingerprint)
+        with lock:
+            if report.status == "ok":
+                done = f"{path} -> {report.output} ({report.tiles} tiles, {report.seconds:.1f} s)"
+                console.print(f"[green]ok[/] {escape(done)}")
+            else:
+                console.print(f"[red]failed[/] {escape(report.error or '')}")
+            reports[name] = report
+            manifest.record(report, fingerprint)
 
     def failed(path: Path, name: str, exc: BaseException) -> SceneReport:
         return SceneReport(scene=name, source=str(path), status="failed", error=scene_error(exc, path))
 
-    def conclude(path: Path, name: str, published: Future[SceneReport]) -> None:
+    def publish(path: Path, name: str, stitched: StitchedScene) -> None:
         try:
-            report = published.result()
-            report.scene = name
+            report = stitched.finish()
+            report.scene, report.sha256 = name, file_sha256(stitched.out_path)
         except Exception as exc:  # one bad scene must not lose the others' work
             report = failed(path, name, exc)
-        record(path, name, report)
+        record(path, name, report)  # as soon as the files are in place: a crash later cannot lose them
 
     scenes = {}
     for path, name in todo:
@@ -254,20 +257,14 @@ def _run_scenes(
                 except Exception as exc:  # one bad scene must not lose the others' work
                     record(path, name, failed(path, name, exc))
                     continue
-                # The actors move on to the next scene while this one's COG is built and hashed.
+                # The actors move on to the next scene while this one's COG is built, hashed and recorded.
                 if publishing:
-                    conclude(*publishing)
-                publishing = (path, name, finisher.submit(_publish, stitched))
+                    publishing.result()
+                publishing = publisher.submit(publish, path, name, stitched)
     finally:  # also on Ctrl-C: a scene already stitched is published and recorded, not thrown away
         if publishing:
-            conclude(*publishing)
-        finisher.shutdown()
-
-
-def _publish(stitched: StitchedScene) -> SceneReport:
-    report = stitched.finish()
-    report.sha256 = file_sha256(stitched.out_path)
-    return report
+            publishing.result()
+        publisher.shutdown()
 
 
 def scene_error(exc: BaseException, path: Path) -> str:
