@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
+from ray._private import ray_constants
 
 # Ray kills a task worker idle for 1 s when workers outnumber CPUs, which model actors always make true; the
 # reader processes were then restarted at every scene, re-importing numpy, rasterio and geoseg (~0.5 s of CPU
@@ -39,7 +40,9 @@ def configure_ray_env() -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, object_store_memory: int | None = None
+) -> Iterator[None]:
     """Use the Ray already initialised in this process, else connect to ``address``, else start one locally.
 
     Only a Ray started here is shut down on exit; a user's cluster is never stopped.
@@ -51,13 +54,23 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     # in-flight batches when their results are dropped.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = address or os.environ.get("RAY_ADDRESS")
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     if address:  # the cluster's own settings apply; the loopback defaults would break a multi-host cluster
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
         configure_ray_env()
+        # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when imported, and this process imported Ray before
+        # it knew whether the job runs locally. The processes Ray starts read the variable set just above; this
+        # one needs the constant itself, or Ray "resolves" 127.0.0.1 to the host's public address and every
+        # Ray process listens on all interfaces (seen with `ss -ltn`; tests/test_cluster.py checks it).
+        ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR].lower() in (
+            "1",
+            "true",
+        )
         ray.init(
             address="local",
             num_cpus=num_cpus,
+            object_store_memory=object_store_memory,
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
@@ -68,3 +81,4 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield
     finally:
         ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode

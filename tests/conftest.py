@@ -12,7 +12,7 @@ import pytest
 from affine import Affine
 from bad_inputs import TRANSFORM, write_geotiff
 
-from geoseg.cluster import LOOPBACK, configure_ray_env
+from geoseg.cluster import configure_ray_env, ray_session
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), f"rt-{os.getpid()}"))
@@ -22,19 +22,8 @@ configure_ray_env()
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """The session's Ray: 2 CPUs, loopback only, stopped by its own handle at the end."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=512 * 2**20,
-        log_to_driver=False,
-        _temp_dir=os.environ["RAY_TMPDIR"],
-        _node_ip_address=LOOPBACK,
-    )
-    yield
-    ray.shutdown()
+    with ray_session(num_cpus=2, object_store_memory=512 * 2**20):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ by its process group, the multi-node cluster by ``Cluster.shutdown`` in its own 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -198,3 +199,52 @@ def test_a_scene_split_across_nodes_survives_losing_a_node(tmp_path: Path) -> No
     options = PredictOptions(tile=96, halo=8, overlap=8, batch_size=2)
     _predict_locally(bundle, scene, tmp_path / "clean.tif", options)
     assert (tmp_path / "n.tif").read_bytes() == (tmp_path / "clean.tif").read_bytes()
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def _listening_addresses(pids: set[int]) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Addresses that the given processes' TCP sockets listen on, from /proc/net/tcp{,6}."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        except OSError:
+            continue
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # The kernel prints each 32-bit word of the address in host (little-endian) byte order.
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                addresses.add(ipaddress.ip_address(words))
+    return addresses
+
+
+@pytest.mark.ray
+def test_local_ray_listens_on_loopback_only(ray_local) -> None:
+    addresses = _listening_addresses(_descendants(os.getpid()))
+    assert addresses, "found no listening sockets of this test session's Ray"
+    mapped = {a: getattr(a, "ipv4_mapped", None) for a in addresses}  # ::ffff:127.0.0.1 is loopback too
+    public = [a for a, v4 in mapped.items() if not (a.is_loopback or (v4 is not None and v4.is_loopback))]
+    assert not public, f"Ray listens beyond loopback: {sorted(map(str, public))}"
