@@ -119,6 +119,8 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
     executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=2)
 
     class KillingExecutor:
+        parallelism = 2
+
         def run(self, scene, batches):
             def batches_with_a_kill():
                 for i, tiles in enumerate(batches):
@@ -165,6 +167,22 @@ def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path)
     agreement = (tiled == whole).mean()
     assert agreement >= 0.9999, agreement
     assert report.seam_pixels > 0 and report.seam_disagreement is not None and report.seam_disagreement < 1e-3
+
+
+@pytest.mark.parametrize(("tiles_wide", "size", "parallel"), [(11, 4, 1), (11, 4, 2), (3, 4, 2), (1, 5, 4), (9, 1, 3)])
+def test_batches_cover_every_tile_once_in_order_with_a_finer_tail(tiles_wide, size, parallel) -> None:
+    from geoseg.inference.scene import batched
+    from geoseg.tiling import TileGrid
+
+    grid = TileGrid(tiles_wide * 64, 5 * 64, tile=64)
+    batches = list(batched(grid, size, parallel))
+    assert [t.index for batch in batches for t in batch] == list(range(len(grid)))
+    assert all(1 <= len(batch) <= size for batch in batches)
+    if parallel == 1:
+        assert all(len(batch) == size for batch in batches[:-1])
+    elif len(grid) > 2 * parallel * size:  # the last 2 x parallel batches' worth of tiles come in half batches
+        tail = [len(batch) for batch in batches][-((2 * parallel * size) // max(1, size // 2)) :]
+        assert sum(tail) == 2 * parallel * size and max(tail) == max(1, size // 2)
 
 
 def test_stride_is_aligned_to_the_model_downsampling() -> None:

