@@ -19,11 +19,8 @@ def pick_device() -> torch.device:
 class Predictor:
     """Holds a model on one device and turns normalised tiles into softmax probabilities.
 
-    CPU: fp32 + channels_last (this CPU class has no bf16 units; bf16 autocast is 6-58x slower), one tile per
-    forward pass: larger batches spill the caches (U-Net base 16, 256 px tiles, measured side by side: 70 vs
-    74 ms a tile on one thread, 39 vs 50 ms on two, batch 1 vs 4). The same per-tile pass also makes a tile's
-    probabilities independent of the batch it came in.
-    CUDA: whole batches, bf16 autocast + channels_last; probabilities are returned in fp32 either way.
+    CPU: fp32 + channels_last (this CPU class has no bf16 units; bf16 autocast is 6-58x slower).
+    CUDA: bf16 autocast + channels_last; probabilities are returned in fp32 either way.
     """
 
     def __init__(
@@ -39,22 +36,15 @@ class Predictor:
         model: nn.Module = spec.build()
         model.load_state_dict(state_dict)
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
-        self.micro_batch = 1 if self.device.type == "cpu" else None
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """``[B, bands, H, W]`` float32 -> ``[B, classes, H, W]`` float32 probabilities."""
-        step = self.micro_batch or len(batch)
-        if len(batch) <= step:
-            return self._forward(batch)
-        return np.concatenate([self._forward(batch[i : i + step]) for i in range(0, len(batch), step)])
-
-    @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
         with self._autocast():
             logits = self.model(x)
