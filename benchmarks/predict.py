@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import torch
 from affine import Affine
 from rasterio.windows import Window
 
@@ -36,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import print_table  # noqa: E402
-from geoseg.bundle import init_bundle, load_bundle  # noqa: E402
+from geoseg.bundle import BundleSpec, init_bundle, load_bundle  # noqa: E402
 from geoseg.inference.predictor import Predictor  # noqa: E402
 from geoseg.inference.reader import Normalisation, read_tiles  # noqa: E402
 from geoseg.inference.scene import LocalExecutor, PredictOptions, batched, predict_batch, predict_scene  # noqa: E402
-from geoseg.io import open_scene  # noqa: E402
+from geoseg.io import SceneInfo, open_scene  # noqa: E402
 from geoseg.io.writer import ClassRasterWriter  # noqa: E402
 from geoseg.stitch import Stitcher  # noqa: E402
 
@@ -77,16 +78,29 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def interleaved_seconds(bundle: Path, scene_path: Path, work: Path, repeats: int) -> dict[str, list[float]]:
-    """Per repeat, back to back: the bare model (2 threads, in this process), 2 workers x 1 thread, 1 worker.
-
-    The bare model runs on exactly the tiles the pipeline runs, pre-read. Each repeat starts fresh actors and
-    warms them (and the readers) on a small scene first, so actor start-up is excluded. Interleaving puts the
-    three on the same minute of the machine: its speed drifts by 10-30 % between minutes, which separate
-    blocks of runs would turn into a ratio error.
-    """
+def end_to_end_seconds(
+    spec: BundleSpec, model: torch.nn.Module, scene: SceneInfo, warm: SceneInfo, out: Path, workers: int, threads: int
+) -> float:
+    """One scene through Ray (readers + actors + stitcher + COG writer) on fresh actors warmed on ``warm``."""
     from geoseg.inference.distributed import RayExecutor
 
+    executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=workers, threads_per_worker=threads)
+    try:
+        predict_scene(warm, spec, executor, out.with_name("warm_out.tif"), OPTIONS)
+        return timed(partial(predict_scene, scene, spec, executor, out, OPTIONS))
+    finally:
+        executor.shutdown()
+
+
+def interleaved_seconds(bundle: Path, scene_path: Path, work: Path, repeats: int) -> dict[str, list[float]]:
+    """Per repeat, back to back: the bare model (2 threads, in this process), 2 workers x 1 thread, 1 worker;
+    then one run of 1 worker x 2 threads.
+
+    The bare model runs on exactly the tiles the pipeline runs, pre-read. Each end-to-end run starts fresh
+    actors and warms them (and the readers) on a small scene first, so actor start-up is excluded.
+    Interleaving puts the three on the same minute of the machine: its speed drifts by 10-30 % between
+    minutes, which separate blocks of runs would turn into a ratio error.
+    """
     spec, model = load_bundle(bundle)
     scene = open_scene(scene_path)
     warm = open_scene(make_scene(work / "warm.tif", 512))
@@ -103,31 +117,13 @@ def interleaved_seconds(bundle: Path, scene_path: Path, work: Path, repeats: int
     for _ in range(repeats):
         times["bare"].append(timed(bare))
         for key, workers in (("2 workers", 2), ("1 worker", 1)):
-            executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=workers, threads_per_worker=1)
-            try:
-                predict_scene(warm, spec, executor, work / "warm_out.tif", OPTIONS)
-                times[key].append(timed(partial(predict_scene, scene, spec, executor, work / "e2e.tif", OPTIONS)))
-            finally:
-                executor.shutdown()
+            times[key].append(end_to_end_seconds(spec, model, scene, warm, work / "e2e.tif", workers, threads=1))
+    times["1 worker x 2 threads"] = [end_to_end_seconds(spec, model, scene, warm, work / "e2e.tif", 1, threads=2)]
     return times
-
-
-def one_worker_two_threads_seconds(bundle: Path, scene_path: Path, work: Path) -> float:
-    from geoseg.inference.distributed import RayExecutor
-
-    spec, model = load_bundle(bundle)
-    executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=1, threads_per_worker=2)
-    try:
-        predict_scene(open_scene(work / "warm.tif"), spec, executor, work / "warm_out.tif", OPTIONS)
-        return timed(lambda: predict_scene(open_scene(scene_path), spec, executor, work / "e2e.tif", OPTIONS))
-    finally:
-        executor.shutdown()
 
 
 def naive_seconds(bundle: Path, scene_path: Path, out: Path) -> tuple[float, float]:
     """Tutorial-style: read the whole raster, cut non-overlapping tiles, predict, write the whole array."""
-    import torch
-
     torch.set_num_threads(2)
     spec, model = load_bundle(bundle)
     norm = Normalisation.from_spec(spec)
@@ -191,10 +187,9 @@ def host_stage_seconds(bundle: Path, scene_path: Path, out: Path) -> tuple[float
             return np.broadcast_to(noise / noise.sum(axis=0), (len(data), *noise.shape))
 
     outputs = [predict_batch(FixedNoise(), batch) for batch in batches]  # type: ignore[arg-type]
-    ids = [c.id for c in spec.classes]
+    ids, names, colors = ([getattr(c, f) for c in spec.classes] for f in ("id", "name", "color"))
     started = time.perf_counter()
-    colors = [c.color for c in spec.classes]
-    with ClassRasterWriter(out, scene, ids, [c.name for c in spec.classes], colors) as writer:
+    with ClassRasterWriter(out, scene, ids, names, colors) as writer:
         stitcher = Stitcher(grid, np.array(ids), writer)
         for output in outputs:
             for result in output.results:
@@ -206,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=2048, help="side of the P1/P3 scene in pixels")
     parser.add_argument("--base", type=int, default=16, help="U-Net width for P1/P3")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per timing (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     from geoseg.cluster import ray_session
@@ -223,8 +218,9 @@ def main() -> None:
         naive, naive_rss = naive_seconds(bundle, scene, work)
         with ray_session(num_cpus=os.cpu_count()):
             times = interleaved_seconds(bundle, scene, work, args.repeats)
-            e2e_1x2 = one_worker_two_threads_seconds(bundle, scene, work)
-    bare, e2e_2, e2e_1 = (statistics.median(times[k]) for k in ("bare", "2 workers", "1 worker"))
+    bare, e2e_2, e2e_1, e2e_1x2 = (
+        statistics.median(times[k]) for k in ("bare", "2 workers", "1 worker", "1 worker x 2 threads")
+    )
     p1 = statistics.median(b / e for b, e in zip(times["bare"], times["2 workers"], strict=True))
     p3 = statistics.median(one / two for one, two in zip(times["1 worker"], times["2 workers"], strict=True))
     mpx = args.size**2 / 1e6

@@ -63,10 +63,8 @@ def ray_session(
         # it knew whether the job runs locally. The processes Ray starts read the variable set just above; this
         # one needs the constant itself, or Ray "resolves" 127.0.0.1 to the host's public address and every
         # Ray process listens on all interfaces (seen with `ss -ltn`; tests/test_cluster.py checks it).
-        ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR].lower() in (
-            "1",
-            "true",
-        )
+        chosen = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR]
+        ray_constants.ENABLE_RAY_CLUSTER = chosen.lower() in ("1", "true")
         ray.init(
             address="local",
             num_cpus=num_cpus,
