@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/predict.py [--size 2048] [--base 16]
 
 Prints one table of ratios measured in this run:
-  P1  bare-model time on the same tiles / end-to-end time (halo + blending + read + write on), target >= 0.90
+  P1  bare-model time on the same tiles / end-to-end time (halo + blending + read + write on), target >= 0.90;
+      for one large scene, and for an archive of 512 x 512 chips with as many pixels run as a job (and, for
+      comparison, scene by scene with the pool drained between scenes)
   P2  peak RSS for a 16x larger raster / peak RSS at the base size (tiny model, no Ray), target <= 1.15
   P3  end-to-end throughput with 2 workers / with 1 worker, target >= 1.7 (on 2 cores)
   H   host-side stages without a model (read; stitch + COG write), in Mpx/s on one core: how fast the CPUs
@@ -16,13 +18,16 @@ drifts by 10-30 % between minutes; interleaving compares configurations on the s
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -32,6 +37,7 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.windows import Window
+from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,13 +98,46 @@ def end_to_end_seconds(
         executor.shutdown()
 
 
-def interleaved_seconds(bundle: Path, scene_path: Path, work: Path, repeats: int) -> dict[str, list[float]]:
-    """Per repeat, back to back: the bare model (2 threads, in this process), 2 workers x 1 thread, 1 worker;
-    then one run of 1 worker x 2 threads.
+def archive_seconds(spec: BundleSpec, model: torch.nn.Module, bundle: Path, chips: list[Path], work: Path) -> dict:
+    """An archive of small scenes on one warm 2-worker pool: the job (scenes streamed through the pool,
+    publishing overlapped) and, for comparison, the scenes one after another, each drained before the next."""
+    from geoseg.inference.distributed import RayExecutor
+    from geoseg.inference.job import predict_archive
+
+    executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=2, threads_per_worker=1)
+    quiet = Console(file=io.StringIO())
+    scenes = [open_scene(chip) for chip in chips]
+    try:
+        predict_scene(scenes[0], spec, executor, work / "warm_chip.tif", OPTIONS)
+        shutil.rmtree(work / "job", ignore_errors=True)
+        job = timed(
+            partial(
+                predict_archive,
+                bundle,
+                [str(c) for c in chips],
+                work / "job",
+                OPTIONS,
+                console=quiet,
+                executor=executor,
+            )
+        )
+        one_by_one = timed(
+            lambda: [predict_scene(s, spec, executor, work / f"chip_{s.name}.tif", OPTIONS) for s in scenes]
+        )
+    finally:
+        executor.shutdown()
+    return {"archive job": job, "archive scene by scene": one_by_one}
+
+
+def interleaved_seconds(
+    bundle: Path, scene_path: Path, chips: list[Path], work: Path, repeats: int
+) -> dict[str, list[float]]:
+    """Per repeat, back to back: the bare model (2 threads, in this process), 2 workers x 1 thread, 1 worker,
+    and the archive of chips (bare model, job, scene by scene); then one run of 1 worker x 2 threads.
 
     The bare model runs on exactly the tiles the pipeline runs, pre-read. Each end-to-end run starts fresh
     actors and warms them (and the readers) on a small scene first, so actor start-up is excluded.
-    Interleaving puts the three on the same minute of the machine: its speed drifts by 10-30 % between
+    Interleaving puts the runs on the same minute of the machine: its speed drifts by 10-30 % between
     minutes, which separate blocks of runs would turn into a ratio error.
     """
     spec, model = load_bundle(bundle)
@@ -106,18 +145,24 @@ def interleaved_seconds(bundle: Path, scene_path: Path, work: Path, repeats: int
     warm = open_scene(make_scene(work / "warm.tif", 512))
     predictor = Predictor(spec, model.state_dict(), threads=2)
     norm = Normalisation.from_spec(spec)
-    batches = [read_tiles(scene, tiles, norm) for tiles in batched(OPTIONS.grid(scene), OPTIONS.batch_size)]
-    predictor.predict(batches[0].data)  # warm-up (oneDNN primitive cache)
 
-    def bare() -> None:
-        for batch in batches:
-            predictor.predict(batch.data)
+    def tiles_of(scenes: list[SceneInfo]) -> list[np.ndarray]:
+        return [read_tiles(s, t, norm).data for s in scenes for t in batched(OPTIONS.grid(s), OPTIONS.batch_size)]
 
-    times: dict[str, list[float]] = {"bare": [], "2 workers": [], "1 worker": []}
+    batches, chip_batches = tiles_of([scene]), tiles_of([open_scene(c) for c in chips])
+    predictor.predict(batches[0])  # warm-up (oneDNN primitive cache)
+
+    def bare(data: list[np.ndarray]) -> float:
+        return timed(lambda: [predictor.predict(batch) for batch in data])
+
+    times: dict[str, list[float]] = defaultdict(list)
     for _ in range(repeats):
-        times["bare"].append(timed(bare))
+        times["bare"].append(bare(batches))
         for key, workers in (("2 workers", 2), ("1 worker", 1)):
             times[key].append(end_to_end_seconds(spec, model, scene, warm, work / "e2e.tif", workers, threads=1))
+        times["archive bare"].append(bare(chip_batches))
+        for key, seconds in archive_seconds(spec, model, bundle, chips, work).items():
+            times[key].append(seconds)
     times["1 worker x 2 threads"] = [end_to_end_seconds(spec, model, scene, warm, work / "e2e.tif", 1, threads=2)]
     return times
 
@@ -211,21 +256,39 @@ def main() -> None:
         bundle = init_bundle(work / "bundle", "unet", 4, 6, base_channels=args.base, depth=4)
         tiny = init_bundle(work / "tiny", "unet", 4, 6, base_channels=4, depth=2)
         scene = make_scene(work / "scene.tif", args.size)
+        # As many pixels as the P1 scene, in chips of 512 x 512 (an archive of SpaceNet-like scenes).
+        chips = [make_scene(work / f"chip{i:02d}.tif", 512) for i in range(max(1, args.size**2 // 512**2))]
         small, large = make_scene(work / "small.tif", 1024), make_scene(work / "large.tif", 4096)
         rss_small = peak_rss_child(tiny, small, work / "small_out.tif")
         rss_large = peak_rss_child(tiny, large, work / "large_out.tif")
         read_s, stitch_write_s = host_stage_seconds(bundle, scene, work / "host.tif")
         naive, naive_rss = naive_seconds(bundle, scene, work)
         with ray_session(num_cpus=os.cpu_count()):
-            times = interleaved_seconds(bundle, scene, work, args.repeats)
+            times = interleaved_seconds(bundle, scene, chips, work, args.repeats)
     bare, e2e_2, e2e_1, e2e_1x2 = (
         statistics.median(times[k]) for k in ("bare", "2 workers", "1 worker", "1 worker x 2 threads")
     )
     p1 = statistics.median(b / e for b, e in zip(times["bare"], times["2 workers"], strict=True))
+    p1_job, p1_by_scene = (
+        statistics.median(b / e for b, e in zip(times["archive bare"], times[key], strict=True))
+        for key in ("archive job", "archive scene by scene")
+    )
     p3 = statistics.median(one / two for one, two in zip(times["1 worker"], times["2 workers"], strict=True))
     mpx = args.size**2 / 1e6
     rows = [
         ("P1 bare model / end-to-end (2 workers)", p1, ">= 0.90", f"{bare:.1f} s / {e2e_2:.1f} s"),
+        (
+            f"P1 archive of {len(chips)} x 512^2: bare / job (scenes streamed)",
+            p1_job,
+            ">= 0.90",
+            f"{statistics.median(times['archive bare']):.1f} s / {statistics.median(times['archive job']):.1f} s",
+        ),
+        (
+            "   the same, scene by scene (drained between scenes)",
+            p1_by_scene,
+            "(info)",
+            f"{statistics.median(times['archive scene by scene']):.1f} s",
+        ),
         (
             "P2 peak RSS 4096^2 / 1024^2 (16x pixels)",
             rss_large / rss_small,

@@ -121,14 +121,14 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
     class KillingExecutor:
         parallelism = 2
 
-        def run(self, scene, batches):
-            def batches_with_a_kill():
-                for i, tiles in enumerate(batches):
+        def run(self, work):
+            def work_with_a_kill():
+                for i, item in enumerate(work):
                     if i == 3:
                         ray.kill(executor.actors[0], no_restart=True)
-                    yield tiles
+                    yield item
 
-            return executor.run(scene, batches_with_a_kill())
+            return executor.run(work_with_a_kill())
 
     try:
         report = predict_scene(open_scene(scene_path), spec, KillingExecutor(), tmp_path / "killed.tif", OPTIONS)
@@ -284,19 +284,19 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
     ]
     second_started = threading.Event()
     overlapped: list[bool] = []
-    stitch, finish = scene.stitch_scene, scene.StitchedScene.finish
+    start, finish = scene.OpenScene.__init__, scene.StitchedScene.finish
 
-    def stitch_and_signal(scene_info, *args, **kwargs):
+    def start_and_signal(self, scene_info, *args, **kwargs):
         if scene_info.name == "p1":
             second_started.set()
-        return stitch(scene_info, *args, **kwargs)
+        start(self, scene_info, *args, **kwargs)
 
     def finish_after_next_start(self):
         if self.scene.name == "p0":  # publishing p0 must not hold back p1: it waits for p1 to start
             overlapped.append(second_started.wait(timeout=60))
         return finish(self)
 
-    monkeypatch.setattr(job, "stitch_scene", stitch_and_signal)
+    monkeypatch.setattr(scene.OpenScene, "__init__", start_and_signal)
     monkeypatch.setattr(scene.StitchedScene, "finish", finish_after_next_start)
     reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS)
     assert overlapped == [True]
@@ -319,3 +319,86 @@ def test_stitched_scene_publishes_nothing_until_finished(make_geotiff, bundle3, 
     report = stitched.finish()
     assert out.exists() and report.status == "ok" and report.tiles_run == report.tiles
     assert sorted(p.name for p in out.parent.iterdir()) == ["scene.tif"]
+
+
+class Lookahead:
+    """An executor with ``depth`` batches in flight, as a Ray pool has: it takes items ahead of its results.
+
+    Logs ``("in", key)`` per item taken and ``("out", key)`` per result; ``fail`` picks items whose result
+    becomes an error.
+    """
+
+    parallelism = 2
+
+    def __init__(self, inner, log, depth=3, fail=lambda item: False):
+        self.inner, self.log, self.depth, self.fail = inner, log, depth, fail
+
+    def run(self, work):
+        from collections import deque
+
+        from geoseg.errors import GeoSegError
+
+        queue = deque()
+
+        def deliver():
+            [(item, output)] = list(self.inner.run([queue.popleft()]))
+            self.log.append(("out", item.key))
+            return item, GeoSegError("corrupt block", item.scene.path) if self.fail(item) else output
+
+        for item in work:
+            self.log.append(("in", item.key))
+            queue.append(item)
+            if len(queue) > self.depth:
+                yield deliver()
+        while queue:
+            yield deliver()
+
+
+def _stream(bundle, paths, out_dir, log, **lookahead):
+    from geoseg.inference.scene import stitch_scenes
+
+    spec, model = load_bundle(bundle)
+    local = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
+    targets = [(p.stem, open_scene(p), out_dir / p.name) for p in paths]
+    outcomes = {}
+    for key, outcome in stitch_scenes(targets, spec, Lookahead(local, log, **lookahead), OPTIONS):
+        log.append(("settled", key))
+        outcomes[key] = outcome.finish() if not isinstance(outcome, Exception) else outcome
+    return outcomes
+
+
+def test_scenes_stream_through_the_executor_without_a_drain_between_them(make_geotiff, bundle3, tmp_path) -> None:
+    rng = np.random.default_rng(11)
+    shapes = [(150, 130), (70, 200), (100, 100)]
+    paths = [
+        make_geotiff(rng.integers(1, 255, (3, h, w)).astype(np.uint8), name=f"s{i}.tif")
+        for i, (h, w) in enumerate(shapes)
+    ]
+    log: list[tuple[str, str]] = []
+    outcomes = _stream(bundle3, paths, tmp_path / "stream", log)
+    assert [e for e in log if e[0] == "settled"] == [("settled", "s0"), ("settled", "s1"), ("settled", "s2")]
+    # The executor took the next scene's batches before the previous scene was stitched: no drain.
+    assert log.index(("in", "s1")) < log.index(("settled", "s0"))
+    assert log.index(("in", "s2")) < log.index(("settled", "s1"))
+    for path in paths:  # the same bytes as each scene alone
+        alone = _local(bundle3, path, tmp_path / "alone" / path.name)
+        assert outcomes[path.stem].tiles_run == alone.tiles_run
+        assert (tmp_path / "stream" / path.name).read_bytes() == (tmp_path / "alone" / path.name).read_bytes()
+
+
+def test_a_failing_batch_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -> None:
+    from geoseg.errors import GeoSegError
+    from geoseg.inference.scene import batched
+
+    rng = np.random.default_rng(12)
+    paths = [make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"f{i}.tif") for i in range(3)]
+    log: list[tuple[str, str]] = []
+    second_batch_of_f1 = lambda item: item.key == "f1" and item.tiles[0].index == OPTIONS.batch_size  # noqa: E731
+    outcomes = _stream(bundle3, paths, tmp_path / "out", log, depth=2, fail=second_batch_of_f1)
+    assert isinstance(outcomes["f1"], GeoSegError) and "corrupt block" in str(outcomes["f1"])
+    assert outcomes["f0"].status == outcomes["f2"].status == "ok"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.tif", "f2.tif"]  # no staging file of f1
+    # Once its second batch failed, no more of f1 was sent: only the batches the lookahead had already taken.
+    assert ("in", "f1") not in log[log.index(("settled", "f1")) :]
+    batches = len(list(batched(OPTIONS.grid(open_scene(paths[1])), OPTIONS.batch_size, parallel=2)))
+    assert log.count(("in", "f1")) <= 2 + 2 < batches

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from geoseg.inference.reader import Normalisation, read_tiles
-from geoseg.inference.scene import BatchOutput, PredictOptions, predict_batch
+from geoseg.inference.scene import BatchOutput, PredictOptions, WorkItem, predict_batch
 from geoseg.io.raster import SceneInfo
 from geoseg.tiling import Tile
 
@@ -149,41 +149,46 @@ class RayExecutor:
         """The nodes the live actors run on (for reports and tests)."""
         return set(ray.get([actor.node_id.remote() for actor in self.actors.values()]))
 
-    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
-        pending: dict[ray.ObjectRef, tuple[int, Sequence[Tile]]] = {}  # predict ref -> (actor slot, tiles)
-        batch_iter = iter(batches)
+    def run(self, work: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, BatchOutput | Exception]]:
+        pending: dict[ray.ObjectRef, tuple[int, WorkItem]] = {}  # predict ref -> (actor slot, item)
+        work_iter = iter(work)
 
-        def submit(tiles: Sequence[Tile]) -> None:
+        def submit(item: WorkItem) -> None:
             load = dict.fromkeys(self.actors, 0)
             for slot, _ in pending.values():
                 load[slot] += 1
             slot = min(load, key=load.__getitem__)
-            read_ref = _read.remote(scene, tiles, self.norm, self.options, self.nodata)
-            pending[self.actors[slot].predict.remote(read_ref)] = (slot, tiles)
+            read_ref = _read.remote(item.scene, item.tiles, self.norm, self.options, self.nodata)
+            pending[self.actors[slot].predict.remote(read_ref)] = (slot, item)
 
         exhausted = False
         try:
             while pending or not exhausted:
                 while not exhausted and len(pending) < self.max_in_flight * len(self.actors):
-                    tiles = next(batch_iter, None)
-                    if tiles is None:
+                    item = next(work_iter, None)
+                    if item is None:
                         exhausted = True
                         break
-                    submit(tiles)
+                    submit(item)
                 if not pending:
                     break
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                slot, tiles = pending.pop(ref)
+                slot, item = pending.pop(ref)
                 try:
-                    yield ray.get(ref)
+                    output: BatchOutput | Exception = ray.get(ref)
                 except ray.exceptions.RayActorError:
-                    lost = [tiles, *(pending.pop(r)[1] for r in [r for r, (s, _) in pending.items() if s == slot])]
+                    lost = [item, *(pending.pop(r)[1] for r in [r for r, (s, _) in pending.items() if s == slot])]
                     self._lose(slot)
                     for batch in lost:  # read again: the old read result may have lived on a lost node
                         submit(batch)
+                    continue
                 except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
-                    submit(tiles)
-        finally:  # the scene failed or its consumer stopped: drop the batches still queued on the actors
+                    submit(item)
+                    continue
+                except ray.exceptions.RayError as exc:  # the reader or the model failed on this batch
+                    output = exc
+                yield item, output
+        finally:  # the consumer stopped early: drop the batches still queued on the actors
             for ref in pending:
                 ray.cancel(ref)
 

@@ -9,6 +9,7 @@ under a temporary name and renamed, so a killed job never leaves a file that loo
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -33,7 +34,7 @@ from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, load_bundle
 from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.distributed import RayExecutor
-from geoseg.inference.scene import PredictOptions, SceneReport, StitchedScene, stitch_scene
+from geoseg.inference.scene import PredictOptions, SceneReport, StitchedScene, TileExecutor, stitch_scenes
 from geoseg.io.raster import open_scene
 from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
 from geoseg.io.writer import temp_sibling
@@ -142,11 +143,15 @@ def predict_archive(
     workers: int | None = None,
     ray_address: str | None = None,
     console: Console | None = None,
+    executor: TileExecutor | None = None,
 ) -> list[SceneReport]:
     """Predict every input scene into ``out_dir/<scene>.tif``; write ``manifest.json`` and ``report.json``.
 
     A scene that fails (unreadable, no CRS, wrong band count, ...) is reported with a one-line reason and
     the job moves on. Scenes already finished by an earlier run of the same job are skipped.
+
+    ``executor``: a warm pool to reuse (a notebook running several jobs, the benchmark); it must hold the
+    bundle's model, and ``workers``/``ray_address`` are then unused. By default the job starts its own.
     """
     console = console or Console(stderr=True, soft_wrap=True)
     bundle_dir = Path(bundle_dir)
@@ -175,12 +180,12 @@ def predict_archive(
             todo.append((path, name))
     started = time.perf_counter()
     if todo:
-        with ray_session(ray_address):
-            executor = RayExecutor(spec, model.state_dict(), options, workers)
-            try:
-                _run_scenes(todo, spec, executor, out_dir, options, manifest, fingerprint, reports, console)
-            finally:
-                executor.shutdown()
+        with contextlib.ExitStack() as stack:
+            if executor is None:
+                stack.enter_context(ray_session(ray_address))
+                executor = RayExecutor(spec, model.state_dict(), options, workers)
+                stack.callback(executor.shutdown)
+            _run_scenes(todo, spec, executor, out_dir, options, manifest, fingerprint, reports, console)
     ordered = [reports[name] for _, name in plan]
     summary = job_report(ordered, bundle_dir, options, workers, time.perf_counter() - started)
     write_json_atomic(out_dir / "report.json", summary)
@@ -191,7 +196,7 @@ def predict_archive(
 def _run_scenes(
     todo: list[tuple[Path, str]],
     spec: Any,
-    executor: RayExecutor,
+    executor: TileExecutor,
     out_dir: Path,
     options: PredictOptions,
     manifest: Manifest,
@@ -224,10 +229,10 @@ def _run_scenes(
             report = failed(path, name, exc)
         record(path, name, report)  # as soon as the files are in place: a crash later cannot lose them
 
-    scenes = {}
+    scenes, sources = {}, {}
     for path, name in todo:
         try:
-            scenes[name] = open_scene(path)
+            scenes[name], sources[name] = open_scene(path), path
         except GeoSegError as exc:
             record(path, name, failed(path, name, exc))
     total = sum(len(options.grid(scene)) for scene in scenes.values())
@@ -238,29 +243,25 @@ def _run_scenes(
         TextColumn("tiles"),
         TimeRemainingColumn(),
     )
+    settled: set[str] = set()
     try:
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("predict", total=total)
-            for path, name in todo:
-                if name not in scenes:
+            targets = ((name, scene, out_dir / f"{name}.tif") for name, scene in scenes.items())
+            stream = stitch_scenes(targets, spec, executor, options, progress=lambda n: progress.advance(task, n))
+            for name, outcome in stream:
+                settled.add(name)
+                if isinstance(outcome, Exception):  # one bad scene must not lose the others' work
+                    record(sources[name], name, failed(sources[name], name, outcome))
                     continue
                 progress.update(task, description=name)
-                try:
-                    stitched = stitch_scene(
-                        scenes[name],
-                        spec,
-                        executor,
-                        out_dir / f"{name}.tif",
-                        options,
-                        progress=lambda n: progress.advance(task, n),
-                    )
-                except Exception as exc:  # one bad scene must not lose the others' work
-                    record(path, name, failed(path, name, exc))
-                    continue
-                # The actors move on to the next scene while this one's COG is built, hashed and recorded.
+                # The actors are already on the next scene while this one's COG is built, hashed and recorded.
                 if publishing:
                     publishing.result()
-                publishing = publisher.submit(publish, path, name, stitched)
+                publishing = publisher.submit(publish, sources[name], name, outcome)
+    except Exception as exc:  # the pool itself failed (its actors kept dying): no scene left can run
+        for name in scenes.keys() - settled:
+            record(sources[name], name, failed(sources[name], name, exc))
     finally:  # also on Ctrl-C: a scene already stitched is published and recorded, not thrown away
         if publishing:
             publishing.result()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,6 +92,15 @@ class SceneReport:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class WorkItem:
+    """One batch of one scene, as handed to an executor. ``key`` names the scene in a stream of scenes."""
+
+    key: str
+    scene: SceneInfo
+    tiles: Sequence[Tile]
+
+
 class TileExecutor(Protocol):
     """Reads and predicts batches of tiles, yielding results in any order."""
 
@@ -99,7 +109,13 @@ class TileExecutor(Protocol):
         """How many batches it runs at once (its model workers)."""
         ...
 
-    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]: ...
+    def run(self, work: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, BatchOutput | Exception]]:
+        """Read and predict every item; yield each with its output, or with the error it raised.
+
+        An item's error concerns its scene only: the executor carries on with the rest. Errors of the
+        executor itself (no model worker left) are raised.
+        """
+        ...
 
 
 def predict_batch(predictor: Predictor, batch: TileBatch) -> BatchOutput:
@@ -129,9 +145,14 @@ class LocalExecutor:
     def parallelism(self) -> int:
         return 1
 
-    def run(self, scene: SceneInfo, batches: Iterable[Sequence[Tile]]) -> Iterator[BatchOutput]:
-        for tiles in batches:
-            yield predict_batch(self.predictor, read_tiles(scene, tiles, self.norm, self.options.pad_mode, self.nodata))
+    def run(self, work: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, BatchOutput | Exception]]:
+        for item in work:
+            try:
+                batch = read_tiles(item.scene, item.tiles, self.norm, self.options.pad_mode, self.nodata)
+                output: BatchOutput | Exception = predict_batch(self.predictor, batch)
+            except Exception as exc:  # this scene's problem (a corrupt block, ...): the stream goes on
+                output = exc
+            yield item, output
 
 
 def batched(grid: TileGrid, size: int, parallel: int = 1) -> Iterator[Sequence[Tile]]:
@@ -176,32 +197,136 @@ def stitch_scene(
 ) -> StitchedScene:
     """Run every tile of ``scene`` through ``executor`` into the staging files; :meth:`StitchedScene.finish`
     publishes them. On any error the staging files are removed and the error propagates."""
-    Normalisation.from_spec(spec).check(scene)
-    started = time.perf_counter()
-    grid = options.grid(scene)
-    class_ids = np.array([c.id for c in spec.classes])
-    names = [c.name for c in spec.classes]
-    prob_path = out_path.with_name(f"{out_path.stem}_probabilities.tif") if options.probabilities else None
-    read_s = model_s = 0.0
-    with contextlib.ExitStack() as stack:
-        writer = stack.enter_context(
-            ClassRasterWriter(out_path, scene, class_ids.tolist(), names, [c.color for c in spec.classes])
+    [(_, outcome)] = list(stitch_scenes([(scene.name, scene, out_path)], spec, executor, options, progress))
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def stitch_scenes(
+    targets: Iterable[tuple[str, SceneInfo, Path]],
+    spec: BundleSpec,
+    executor: TileExecutor,
+    options: PredictOptions,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[str, StitchedScene | Exception]]:
+    """Stream ``(key, scene, out_path)`` targets through one executor; yield each key with its stitched scene,
+    or with the error that failed it, as each completes.
+
+    The batches of all scenes form one stream, so the workers take the next scene's first batches while the
+    last ones of a scene are still running: no worker idles at scene boundaries, which in an archive of small
+    scenes (chips of a few hundred pixels) would otherwise cost a large share of the time. A scene that fails
+    is dropped from the stream (its staging files removed, no more of its batches sent); the others go on.
+    Scenes open at once are those with batches in flight, so at most two for scenes larger than the
+    executor's queue.
+    """
+    open_scenes: dict[str, OpenScene] = {}
+    settled: deque[tuple[str, StitchedScene | Exception]] = deque()
+
+    def work() -> Iterator[WorkItem]:
+        for key, scene, out_path in targets:
+            try:
+                open_scenes[key] = OpenScene(scene, spec, out_path, options)
+            except Exception as exc:  # bad bands, unwritable output folder, ...
+                settled.append((key, exc))
+                continue
+            for tiles in batched(open_scenes[key].grid, options.batch_size, executor.parallelism):
+                if key not in open_scenes:
+                    break  # the scene failed meanwhile: send no more of it
+                yield WorkItem(key, scene, tiles)
+
+    def drop(key: str, error: Exception) -> None:
+        open_scenes.pop(key).abort()
+        settled.append((key, error))
+
+    try:
+        for item, output in executor.run(work()):
+            current = open_scenes.get(item.key)
+            if current is None:
+                pass  # a batch of a scene that already failed
+            elif isinstance(output, Exception):
+                drop(item.key, output)
+            else:
+                try:
+                    current.add(output)
+                except Exception as exc:  # the staging file could not be written (disk full, ...)
+                    drop(item.key, exc)
+                else:
+                    if progress:
+                        progress(len(output.results))
+                    if current.done:
+                        settled.append((item.key, open_scenes.pop(item.key).stitched()))
+            while settled:
+                yield settled.popleft()
+        for key, current in list(open_scenes.items()):
+            missing = f"executor returned {current.tiles_stitched} of {current.tiles} tiles"
+            drop(key, RuntimeError(f"{current.scene.path}: {missing}"))
+        while settled:
+            yield settled.popleft()
+    finally:  # an executor failure or a consumer that stops early: no staging file is left behind
+        for current in open_scenes.values():
+            current.abort()
+
+
+class OpenScene:
+    """A scene being stitched: its staging writers, its stitcher and its running read/model times."""
+
+    def __init__(self, scene: SceneInfo, spec: BundleSpec, out_path: Path, options: PredictOptions) -> None:
+        Normalisation.from_spec(spec).check(scene)
+        self.started = time.perf_counter()
+        self.scene, self.spec, self.options, self.out_path = scene, spec, options, out_path
+        self.grid = options.grid(scene)
+        class_ids = np.array([c.id for c in spec.classes])
+        names = [c.name for c in spec.classes]
+        self.prob_path = out_path.with_name(f"{out_path.stem}_probabilities.tif") if options.probabilities else None
+        self.read_seconds = self.model_seconds = 0.0
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(
+                ClassRasterWriter(out_path, scene, class_ids.tolist(), names, [c.color for c in spec.classes])
+            )
+            prob_writer = (
+                stack.enter_context(ProbabilityRasterWriter(self.prob_path, scene, names)) if self.prob_path else None
+            )
+            self.stitcher = Stitcher(self.grid, class_ids, writer, prob_writer)
+            self.writers = stack.pop_all()  # open until stitched() hands them on, or abort()
+
+    @property
+    def tiles(self) -> int:
+        return len(self.grid)
+
+    @property
+    def tiles_stitched(self) -> int:
+        return self.stitcher.stats.tiles_run + self.stitcher.stats.tiles_skipped
+
+    @property
+    def done(self) -> bool:
+        return self.stitcher.done
+
+    def add(self, output: BatchOutput) -> None:
+        self.read_seconds += output.read_seconds
+        self.model_seconds += output.model_seconds
+        for result in output.results:
+            self.stitcher.add(result)
+
+    def abort(self) -> None:
+        """Remove the staging files."""
+        aborted = RuntimeError("scene aborted")
+        self.writers.__exit__(type(aborted), aborted, None)  # the writers' error path: drop, never publish
+
+    def stitched(self) -> StitchedScene:
+        return StitchedScene(
+            self.scene,
+            self.spec,
+            self.options,
+            self.out_path,
+            self.prob_path,
+            self.writers,
+            self.stitcher.stats,
+            self.tiles,
+            self.read_seconds,
+            self.model_seconds,
+            self.started,
         )
-        prob_writer = stack.enter_context(ProbabilityRasterWriter(prob_path, scene, names)) if prob_path else None
-        stitcher = Stitcher(grid, class_ids, writer, prob_writer)
-        for output in executor.run(scene, batched(grid, options.batch_size, executor.parallelism)):
-            read_s += output.read_seconds
-            model_s += output.model_seconds
-            for result in output.results:
-                stitcher.add(result)
-            if progress:
-                progress(len(output.results))
-        if not stitcher.done:
-            raise RuntimeError(f"{scene.path}: executor returned {stitcher.stats.tiles_run} of {len(grid)} tiles")
-        writers = stack.pop_all()  # stays open for finish(); on an error above, the writers abort instead
-    return StitchedScene(
-        scene, spec, options, out_path, prob_path, writers, stitcher.stats, len(grid), read_s, model_s, started
-    )
 
 
 @dataclass
