@@ -402,3 +402,28 @@ def test_a_failing_batch_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -
     assert ("in", "f1") not in log[log.index(("settled", "f1")) :]
     batches = len(list(batched(OPTIONS.grid(open_scene(paths[1])), OPTIONS.batch_size, parallel=2)))
     assert log.count(("in", "f1")) <= 2 + 2 < batches
+
+
+def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bundle3, tmp_path) -> None:
+    """An error of the executor itself (actors that keep dying) ends the job's stream: every scene not yet
+    finished is recorded as failed with that reason; finished ones stay published."""
+    spec, model = load_bundle(bundle3)
+    local = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
+
+    class DyingPool:
+        parallelism = 1
+
+        def run(self, work):
+            for item in work:
+                if item.key == "d1":
+                    raise RuntimeError("prediction actors kept dying; giving up")
+                yield from local.run([item])
+
+    rng = np.random.default_rng(13)
+    inputs = [str(make_geotiff(rng.integers(1, 255, (3, 80, 90)).astype(np.uint8), name=f"d{i}.tif")) for i in range(3)]
+    reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS, executor=DyingPool())
+    assert [r.status for r in reports] == ["ok", "failed", "failed"]
+    assert all("actors kept dying" in r.error and r.error.startswith(r.source) for r in reports[1:])
+    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["d0.tif", "manifest.json", "report.json"]
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())["scenes"]
+    assert [manifest[f"d{i}"]["status"] for i in range(3)] == ["ok", "failed", "failed"]

@@ -249,18 +249,19 @@ def _run_scenes(
             task = progress.add_task("predict", total=total)
             targets = ((name, scene, out_dir / f"{name}.tif") for name, scene in scenes.items())
             stream = stitch_scenes(targets, spec, executor, options, progress=lambda n: progress.advance(task, n))
-            for name, outcome in stream:
-                settled.add(name)
-                if isinstance(outcome, Exception):  # one bad scene must not lose the others' work
-                    record(sources[name], name, failed(sources[name], name, outcome))
-                    continue
-                progress.update(task, description=name)
-                # The actors are already on the next scene while this one's COG is built, hashed and recorded.
-                if publishing:
-                    publishing.result()
-                publishing = publisher.submit(publish, sources[name], name, outcome)
+            with contextlib.closing(stream):  # closed on Ctrl-C too: open scenes' staging files are removed
+                for name, outcome in stream:
+                    settled.add(name)
+                    if isinstance(outcome, Exception):  # one bad scene must not lose the others' work
+                        record(sources[name], name, failed(sources[name], name, outcome))
+                        continue
+                    progress.update(task, description=name)
+                    # The actors are already on the next scene while this one's COG is built, hashed and recorded.
+                    if publishing:
+                        publishing.result()
+                    publishing = publisher.submit(publish, sources[name], name, outcome)
     except Exception as exc:  # the pool itself failed (its actors kept dying): no scene left can run
-        for name in scenes.keys() - settled:
+        for name in [name for name in scenes if name not in settled]:
             record(sources[name], name, failed(sources[name], name, exc))
     finally:  # also on Ctrl-C: a scene already stitched is published and recorded, not thrown away
         if publishing:
