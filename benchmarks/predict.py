@@ -177,11 +177,15 @@ def interleaved_seconds(
 
 
 def tiles_of(spec: BundleSpec, paths: list[Path]) -> list[np.ndarray]:
-    """The model input of every batch the 2-worker pipeline runs for these scenes (the same batches: CPU time
-    per tile depends on batch size), read in advance."""
+    """The model input of every batch the 2-worker pipeline runs for these scenes, read in advance: the same
+    batches (CPU time per tile depends on batch size), so with the last scene's tail cut finer."""
     norm = Normalisation.from_spec(spec)
     scenes = [open_scene(path) for path in paths]
-    return [read_tiles(s, t, norm).data for s in scenes for t in batched(OPTIONS.grid(s), OPTIONS.batch_size, 2)]
+    return [
+        read_tiles(scene, tiles, norm).data
+        for i, scene in enumerate(scenes)
+        for tiles in batched(OPTIONS.grid(scene), OPTIONS.batch_size, 2 if i == len(scenes) - 1 else 1)
+    ]
 
 
 class TwoProcessModel:

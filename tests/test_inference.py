@@ -332,6 +332,7 @@ class Lookahead:
 
     def __init__(self, inner, log, depth=3, fail=lambda item: False):
         self.inner, self.log, self.depth, self.fail = inner, log, depth, fail
+        self.sizes: list[tuple[str, int]] = []  # (scene, batch size) per item taken
 
     def run(self, work):
         from collections import deque
@@ -347,6 +348,7 @@ class Lookahead:
 
         for item in work:
             self.log.append(("in", item.key))
+            self.sizes.append((item.key, len(item.tiles)))
             queue.append(item)
             if len(queue) > self.depth:
                 yield deliver()
@@ -360,11 +362,12 @@ def _stream(bundle, paths, out_dir, log, **lookahead):
     spec, model = load_bundle(bundle)
     local = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
     targets = [(p.stem, open_scene(p), out_dir / p.name) for p in paths]
+    executor = Lookahead(local, log, **lookahead)
     outcomes = {}
-    for key, outcome in stitch_scenes(targets, spec, Lookahead(local, log, **lookahead), OPTIONS):
+    for key, outcome in stitch_scenes(targets, spec, executor, OPTIONS):
         log.append(("settled", key))
         outcomes[key] = outcome.finish() if not isinstance(outcome, Exception) else outcome
-    return outcomes
+    return outcomes, executor.sizes
 
 
 def test_scenes_stream_through_the_executor_without_a_drain_between_them(make_geotiff, bundle3, tmp_path) -> None:
@@ -375,7 +378,12 @@ def test_scenes_stream_through_the_executor_without_a_drain_between_them(make_ge
         for i, (h, w) in enumerate(shapes)
     ]
     log: list[tuple[str, str]] = []
-    outcomes = _stream(bundle3, paths, tmp_path / "stream", log)
+    outcomes, sizes = _stream(bundle3, paths, tmp_path / "stream", log)
+    # Full batches until the last scene, whose tail alone is cut finer (nothing follows it to fill the workers).
+    for key in ("s0", "s1"):
+        batch_sizes = [n for k, n in sizes if k == key]
+        assert batch_sizes[:-1] == [OPTIONS.batch_size] * (len(batch_sizes) - 1)
+    assert max(n for k, n in sizes if k == "s2") == OPTIONS.batch_size // 2
     assert [e for e in log if e[0] == "settled"] == [("settled", "s0"), ("settled", "s1"), ("settled", "s2")]
     # The executor took the next scene's batches before the previous scene was stitched: no drain.
     assert log.index(("in", "s1")) < log.index(("settled", "s0"))
@@ -394,7 +402,7 @@ def test_a_failing_batch_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -
     paths = [make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"f{i}.tif") for i in range(3)]
     log: list[tuple[str, str]] = []
     second_batch_of_f1 = lambda item: item.key == "f1" and item.tiles[0].index == OPTIONS.batch_size  # noqa: E731
-    outcomes = _stream(bundle3, paths, tmp_path / "out", log, depth=2, fail=second_batch_of_f1)
+    outcomes, _ = _stream(bundle3, paths, tmp_path / "out", log, depth=2, fail=second_batch_of_f1)
     assert isinstance(outcomes["f1"], GeoSegError) and "corrupt block" in str(outcomes["f1"])
     assert outcomes["f0"].status == outcomes["f2"].status == "ok"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.tif", "f2.tif"]  # no staging file of f1

@@ -225,13 +225,18 @@ def stitch_scenes(
     settled: deque[tuple[str, StitchedScene | Exception]] = deque()
 
     def work() -> Iterator[WorkItem]:
-        for key, scene, out_path in targets:
+        remaining = iter(targets)
+        following = next(remaining, None)
+        while following is not None:
+            (key, scene, out_path), following = following, next(remaining, None)
             try:
                 open_scenes[key] = OpenScene(scene, spec, out_path, options)
             except Exception as exc:  # bad bands, unwritable output folder, ...
                 settled.append((key, exc))
                 continue
-            for tiles in batched(open_scenes[key].grid, options.batch_size, executor.parallelism):
+            # Only the last scene needs a finer tail: the next scene's batches fill the workers otherwise.
+            parallel = executor.parallelism if following is None else 1
+            for tiles in batched(open_scenes[key].grid, options.batch_size, parallel):
                 if key not in open_scenes:
                     break  # the scene failed meanwhile: send no more of it
                 yield WorkItem(key, scene, tiles)
