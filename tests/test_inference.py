@@ -284,19 +284,19 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
     ]
     second_started = threading.Event()
     overlapped: list[bool] = []
-    start, finish = scene.OpenScene.__init__, scene.StitchedScene.finish
+    add, finish = scene.OpenScene.add, scene.StitchedScene.finish
 
-    def start_and_signal(self, scene_info, *args, **kwargs):
-        if scene_info.name == "p1":
+    def add_and_signal(self, output):
+        add(self, output)
+        if self.scene.name == "p1":  # p1's tiles are being stitched
             second_started.set()
-        start(self, scene_info, *args, **kwargs)
 
     def finish_after_next_start(self):
-        if self.scene.name == "p0":  # publishing p0 must not hold back p1: it waits for p1 to start
+        if self.scene.name == "p0":  # publishing p0 must not hold back p1: it waits for p1's tiles
             overlapped.append(second_started.wait(timeout=60))
         return finish(self)
 
-    monkeypatch.setattr(scene.OpenScene, "__init__", start_and_signal)
+    monkeypatch.setattr(scene.OpenScene, "add", add_and_signal)
     monkeypatch.setattr(scene.StitchedScene, "finish", finish_after_next_start)
     reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS)
     assert overlapped == [True]
