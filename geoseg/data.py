@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from geoseg.config import TrainConfig
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import SceneInfo, open_scene, read_tile, same_projection, warp_to_grid
+from geoseg.io.raster import SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
 
 
@@ -116,8 +116,7 @@ class LabelSource:
         info = self.scene.info
         if src.crs is None:
             raise GeoSegError("label raster has no CRS", path)
-        same_grid = src.transform == info.transform and (src.width, src.height) == (info.width, info.height)
-        if same_grid and same_projection(src.crs, crs):
+        if on_grid(src, crs, info.transform, info.width, info.height):
             self._raster = src
         else:
             self._raster = warp_to_grid(src, crs, info.transform, info.width, info.height)

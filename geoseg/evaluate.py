@@ -12,7 +12,7 @@ from rasterio import features
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import warp_to_grid
+from geoseg.io.raster import on_grid, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.metrics import confusion_matrix, summarize
 from geoseg.vectorize import class_names_from_tags, polygonize
@@ -55,14 +55,9 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                 raise GeoSegError("cannot open truth raster", truth_path) from exc
             with truth_src:
                 names = class_names_from_tags(truth_src.tags()) | names
-                same_grid = (
-                    truth_src.crs == pred.crs
-                    and truth_src.transform == pred.transform
-                    and truth_src.shape == pred.shape
-                )
                 truth = (
                     truth_src
-                    if same_grid
+                    if on_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
                     else warp_to_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
                 )
                 for _, window in pred.block_windows(1):

@@ -60,6 +60,22 @@ def test_truth_on_another_grid_is_warped(make_geotiff) -> None:
     assert evaluate(pred_path, truth_path)["miou"] == 1.0
 
 
+def test_truth_tagged_with_another_datum_realisation_is_read_as_is(make_geotiff, monkeypatch) -> None:
+    """NAD83 vs NAD83(HARN) tags on one grid: the same grid for evaluation as for training labels (no warp)."""
+    import geoseg.evaluate
+
+    truth = np.kron(np.random.default_rng(1).integers(0, 3, (6, 5)), np.ones((5, 5), int)).astype(np.uint8)
+    truth_path = make_geotiff(truth, name="t.tif", crs="EPSG:3747")  # NAD83(HARN) / UTM 17N
+    pred_path = make_geotiff(truth, name="p.tif", crs="EPSG:26917")  # NAD83 / UTM 17N
+
+    def no_warp(*args, **kwargs):
+        raise AssertionError("truth on the same grid was warped")
+
+    monkeypatch.setattr(geoseg.evaluate, "warp_to_grid", no_warp)
+    result = evaluate(pred_path, truth_path)
+    assert result["miou"] == 1.0 and sum(map(sum, result["confusion_matrix"])) == truth.size
+
+
 def test_missing_truth_attribute(make_geotiff, tmp_path) -> None:
     path = make_geotiff(np.zeros((4, 4), np.uint8))
     frame = to_geodataframe(polygonize(str(path))).rename(columns={"class_id": "cls"})

@@ -65,6 +65,17 @@ def same_projection(a: CRS, b: CRS) -> bool:
     return bool(same_op and pa.ellipsoid == pb.ellipsoid)
 
 
+def on_grid(src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int, height: int) -> bool:
+    """Whether ``src``'s pixels are exactly this grid's, so it can be read without resampling.
+
+    Training labels and evaluation truth both ask this, so one pair of files is never "the same grid" for one
+    and warped for the other. CRSs differing only by datum realisation tag count as equal (:func:`same_projection`).
+    """
+    if src.crs is None or src.transform != transform or (src.width, src.height) != (width, height):
+        return False
+    return same_projection(src.crs, crs)
+
+
 def open_scene(path: str | Path) -> SceneInfo:
     """Read and check a scene's header; every problem is a one-line :class:`GeoSegError` naming the file."""
     path = Path(path)
