@@ -155,15 +155,23 @@ def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> N
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    manifest = job / "manifest.json"
+    journal = job / "manifest.jsonl"  # entries land here first; manifest.json is a periodic snapshot
     deadline = time.time() + 300
     while time.time() < deadline:
-        if manifest.exists() and '"status": "ok"' in manifest.read_text():
+        if journal.exists() and '"status": "ok"' in journal.read_text():
             break
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = json.loads(manifest.read_text())["scenes"]
+
+    def recorded(line: str) -> str | None:
+        try:
+            return json.loads(line)["scene"]
+        except json.JSONDecodeError:
+            return None  # a line the kill tore: that scene counts as unfinished
+
+    done_before = {recorded(line) for line in journal.read_text().splitlines()} - {None}
+    assert not (job / "manifest.json").exists()  # the rerun must find the finished scenes in the journal
     assert 1 <= len(done_before) < 5, "the job must be killed part-way"
     finished = {p.name for p in job.glob("*.tif")}
     assert finished == {f"{name}.tif" for name in done_before}  # nothing half-written under a final name

@@ -435,3 +435,27 @@ def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bu
     assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["d0.tif", "manifest.json", "report.json"]
     manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())["scenes"]
     assert [manifest[f"d{i}"]["status"] for i in range(3)] == ["ok", "failed", "failed"]
+
+
+def test_manifest_journal_survives_a_kill_and_is_compacted(tmp_path) -> None:
+    from geoseg.inference.job import Manifest
+    from geoseg.inference.scene import SceneReport
+
+    def failed(name):
+        return SceneReport(scene=name, source=f"/archive/{name}.tif", status="failed", error="no CRS")
+
+    manifest = Manifest(tmp_path, snapshot_seconds=3600)
+    for i in range(3):
+        manifest.record(failed(f"s{i}"), "fp")
+    assert not (tmp_path / "manifest.json").exists()  # not rewritten per scene: appended to the journal
+    with open(tmp_path / "manifest.jsonl", "a") as journal:
+        journal.write('{"scene": "s3", "sta')  # the line a kill tore
+    reloaded = Manifest(tmp_path)
+    assert sorted(reloaded.entries) == ["s0", "s1", "s2"]
+    assert not (tmp_path / "manifest.jsonl").exists()  # compacted into manifest.json on load
+    assert sorted(json.loads((tmp_path / "manifest.json").read_text())["scenes"]) == ["s0", "s1", "s2"]
+    reloaded.record(failed("s3"), "fp")
+    assert sorted(Manifest(tmp_path).entries) == ["s0", "s1", "s2", "s3"]
+    every_record = Manifest(tmp_path, snapshot_seconds=0)
+    every_record.record(failed("s4"), "fp")
+    assert "s4" in json.loads((tmp_path / "manifest.json").read_text())["scenes"]

@@ -1,7 +1,8 @@
 """An archive prediction job: many scenes, one Ray actor pool, a manifest that makes reruns resume.
 
 The job folder holds ``<scene>.tif`` per scene, ``manifest.json`` (one entry per scene: status, outputs,
-checksum, timings, and the fingerprint of the model + options that produced it) and ``report.json``.
+checksum, timings, and the fingerprint of the model + options that produced it; while a job runs, entries
+since the last snapshot are in the journal ``manifest.jsonl``) and ``report.json``.
 Rerunning the same command skips scenes whose entry is ``ok`` with the same fingerprint and whose output
 is still the file that was written (size and checksum); everything else is redone. Every file is written
 under a temporary name and renamed, so a killed job never leaves a file that looks finished.
@@ -41,6 +42,7 @@ from geoseg.io.writer import temp_sibling
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 MANIFEST = "manifest.json"
+JOURNAL = "manifest.jsonl"
 
 
 def expand_inputs(inputs: Iterable[str], stacks_dir: Path | None = None) -> list[Path]:
@@ -102,16 +104,40 @@ def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
 
 
 class Manifest:
-    """Per-scene state of a job folder, saved atomically after every scene."""
+    """Per-scene state of a job folder: ``manifest.json``, plus ``manifest.jsonl`` while a job runs.
 
-    def __init__(self, folder: Path) -> None:
+    Each entry is appended to the journal (``manifest.jsonl``, one line, flushed and fsynced) as soon as its
+    scene is settled; ``manifest.json`` is rewritten from all entries at most every ``snapshot_seconds`` and
+    when the job ends, and the journal is then removed. Rewriting the whole manifest after every scene would
+    cost O(scenes) per scene: 0.23 s per scene at 10 000 scenes here, days for an archive of 100 000 chips.
+    Loading replays the journal over the snapshot (last entry wins), so a killed job loses nothing it
+    recorded; a line torn by the kill is not valid JSON and is ignored, so that scene is simply redone.
+    """
+
+    def __init__(self, folder: Path, snapshot_seconds: float = 30.0) -> None:
         self.path = folder / MANIFEST
+        self.journal = folder / JOURNAL
+        self.snapshot_seconds = snapshot_seconds
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
                 self.entries = json.loads(self.path.read_text()).get("scenes", {})
             except (json.JSONDecodeError, AttributeError):
                 self.entries = {}  # unreadable manifest: redo everything rather than trust it
+        if self.journal.exists():
+            for line in self.journal.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    entry = json.loads(line)
+                    if isinstance(entry, dict) and isinstance(entry.get("scene"), str):
+                        self.entries[entry["scene"]] = entry
+            self.snapshot()  # a fresh journal: appending after a torn line would tear the next entry too
+        self._snapshot_at = time.monotonic()
+
+    def snapshot(self) -> None:
+        """Write ``manifest.json`` from every entry, then drop the journal (replaying it again is harmless)."""
+        write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
+        self.journal.unlink(missing_ok=True)
+        self._snapshot_at = time.monotonic()
 
     def finished(self, name: str, source: Path, fingerprint: str) -> dict[str, Any] | None:
         """The entry of a scene that needs no rerun, else None."""
@@ -132,7 +158,12 @@ class Manifest:
             if report.status == "ok" and path:
                 entry[f"{key}_bytes"] = Path(path).stat().st_size
         self.entries[report.scene] = entry
-        write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
+        with open(self.journal, "a") as journal:
+            journal.write(json.dumps(entry) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        if time.monotonic() - self._snapshot_at >= self.snapshot_seconds:
+            self.snapshot()
 
 
 def predict_archive(
@@ -185,7 +216,10 @@ def predict_archive(
                 stack.enter_context(ray_session(ray_address))
                 executor = RayExecutor(spec, model.state_dict(), options, workers)
                 stack.callback(executor.shutdown)
-            _run_scenes(todo, spec, executor, out_dir, options, manifest, fingerprint, reports, console)
+            try:
+                _run_scenes(todo, spec, executor, out_dir, options, manifest, fingerprint, reports, console)
+            finally:  # also on Ctrl-C: everything recorded lands in manifest.json
+                manifest.snapshot()
     ordered = [reports[name] for _, name in plan]
     summary = job_report(ordered, bundle_dir, options, workers, time.perf_counter() - started)
     write_json_atomic(out_dir / "report.json", summary)
