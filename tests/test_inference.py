@@ -284,7 +284,7 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
     ]
     second_started = threading.Event()
     overlapped: list[bool] = []
-    add, finish = scene.OpenScene.add, scene.StitchedScene.finish
+    add, finish = scene.SceneStitch.add, scene.SceneStitch.finish
 
     def add_and_signal(self, output):
         add(self, output)
@@ -296,8 +296,8 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
             overlapped.append(second_started.wait(timeout=60))
         return finish(self)
 
-    monkeypatch.setattr(scene.OpenScene, "add", add_and_signal)
-    monkeypatch.setattr(scene.StitchedScene, "finish", finish_after_next_start)
+    monkeypatch.setattr(scene.SceneStitch, "add", add_and_signal)
+    monkeypatch.setattr(scene.SceneStitch, "finish", finish_after_next_start)
     reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS)
     assert overlapped == [True]
     assert [r.status for r in reports] == ["ok", "ok"]

@@ -35,7 +35,7 @@ from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, load_bundle
 from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.distributed import RayExecutor
-from geoseg.inference.scene import PredictOptions, SceneReport, StitchedScene, TileExecutor, stitch_scenes
+from geoseg.inference.scene import PredictOptions, SceneReport, SceneStitch, TileExecutor, stitch_scenes
 from geoseg.io.raster import open_scene
 from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
 from geoseg.io.writer import temp_sibling
@@ -118,6 +118,7 @@ class Manifest:
         self.path = folder / MANIFEST
         self.journal = folder / JOURNAL
         self.snapshot_seconds = snapshot_seconds
+        self._snapshot_at = time.monotonic()
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             try:
@@ -131,7 +132,6 @@ class Manifest:
                     if isinstance(entry, dict) and isinstance(entry.get("scene"), str):
                         self.entries[entry["scene"]] = entry
             self.snapshot()  # a fresh journal: appending after a torn line would tear the next entry too
-        self._snapshot_at = time.monotonic()
 
     def snapshot(self) -> None:
         """Write ``manifest.json`` from every entry, then drop the journal (replaying it again is harmless)."""
@@ -255,7 +255,7 @@ def _run_scenes(
     def failed(path: Path, name: str, exc: BaseException) -> SceneReport:
         return SceneReport(scene=name, source=str(path), status="failed", error=scene_error(exc, path))
 
-    def publish(path: Path, name: str, stitched: StitchedScene) -> None:
+    def publish(path: Path, name: str, stitched: SceneStitch) -> None:
         try:
             report = stitched.finish()
             report.scene, report.sha256 = name, file_sha256(stitched.out_path)

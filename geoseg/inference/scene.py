@@ -19,7 +19,7 @@ import numpy as np
 from geoseg.inference.reader import Normalisation, TileBatch, read_tiles
 from geoseg.io.raster import PadMode, SceneInfo
 from geoseg.io.writer import ClassRasterWriter, ProbabilityRasterWriter
-from geoseg.stitch import Stitcher, StitchStats, TileResult
+from geoseg.stitch import Stitcher, TileResult
 from geoseg.tiling import Tile, TileGrid
 
 if TYPE_CHECKING:  # torch stays out of Ray reader processes, which import this module through the executor
@@ -195,8 +195,8 @@ def stitch_scene(
     out_path: Path,
     options: PredictOptions,
     progress: Callable[[int], None] | None = None,
-) -> StitchedScene:
-    """Run every tile of ``scene`` through ``executor`` into the staging files; :meth:`StitchedScene.finish`
+) -> SceneStitch:
+    """Run every tile of ``scene`` through ``executor`` into the staging files; :meth:`SceneStitch.finish`
     publishes them. On any error the staging files are removed and the error propagates."""
     [(_, outcome)] = list(stitch_scenes([(scene.name, scene, out_path)], spec, executor, options, progress))
     if isinstance(outcome, Exception):
@@ -210,7 +210,7 @@ def stitch_scenes(
     executor: TileExecutor,
     options: PredictOptions,
     progress: Callable[[int], None] | None = None,
-) -> Generator[tuple[str, StitchedScene | Exception], None, None]:
+) -> Generator[tuple[str, SceneStitch | Exception], None, None]:
     """Stream ``(key, scene, out_path)`` targets through one executor; yield each key with its stitched scene,
     or with the error that failed it, as each completes.
 
@@ -221,8 +221,8 @@ def stitch_scenes(
     Scenes open at once are those with batches in flight, so at most two for scenes larger than the
     executor's queue.
     """
-    open_scenes: dict[str, OpenScene] = {}
-    settled: deque[tuple[str, StitchedScene | Exception]] = deque()
+    open_scenes: dict[str, SceneStitch] = {}
+    settled: deque[tuple[str, SceneStitch | Exception]] = deque()
 
     def work() -> Iterator[WorkItem]:
         remaining = iter(targets)
@@ -230,7 +230,7 @@ def stitch_scenes(
         while following is not None:
             (key, scene, out_path), following = following, next(remaining, None)
             try:
-                open_scenes[key] = OpenScene(scene, spec, out_path, options)
+                open_scenes[key] = SceneStitch(scene, spec, out_path, options)
             except Exception as exc:  # bad bands, unwritable output folder, ...
                 settled.append((key, exc))
                 continue
@@ -261,11 +261,12 @@ def stitch_scenes(
                     if progress:
                         progress(len(output.results))
                     if current.done:
-                        settled.append((item.key, open_scenes.pop(item.key).stitched()))
+                        settled.append((item.key, open_scenes.pop(item.key)))
             while settled:
                 yield settled.popleft()
         for key, current in list(open_scenes.items()):
-            missing = f"executor returned {current.tiles_stitched} of {current.tiles} tiles"
+            stats = current.stats
+            missing = f"executor returned {stats.tiles_run + stats.tiles_skipped} of {len(current.grid)} tiles"
             drop(key, RuntimeError(f"{current.scene.path}: {missing}"))
         while settled:
             yield settled.popleft()
@@ -274,8 +275,14 @@ def stitch_scenes(
             current.abort()
 
 
-class OpenScene:
-    """A scene being stitched: its staging writers, its stitcher and its running read/model times."""
+class SceneStitch:
+    """One scene from its first batch to its published files: staging writers, stitcher, read/model times.
+
+    Opened when the scene enters the stream; once :attr:`done`, :meth:`finish` publishes it. Publishing
+    (COG build, optional polygons) needs no model, so an archive job runs :meth:`finish` in a background
+    thread while the actors start on the next scene instead of idling through it; :meth:`abort` removes the
+    staging files instead.
+    """
 
     def __init__(self, scene: SceneInfo, spec: BundleSpec, out_path: Path, options: PredictOptions) -> None:
         Normalisation.from_spec(spec).check(scene)
@@ -293,67 +300,28 @@ class OpenScene:
             prob_writer = (
                 stack.enter_context(ProbabilityRasterWriter(self.prob_path, scene, names)) if self.prob_path else None
             )
-            self.stitcher = Stitcher(self.grid, class_ids, writer, prob_writer)
-            self.writers = stack.pop_all()  # open until stitched() hands them on, or abort()
-
-    @property
-    def tiles(self) -> int:
-        return len(self.grid)
-
-    @property
-    def tiles_stitched(self) -> int:
-        return self.stitcher.stats.tiles_run + self.stitcher.stats.tiles_skipped
+            self._stitcher: Stitcher | None = Stitcher(self.grid, class_ids, writer, prob_writer)
+            self.writers = stack.pop_all()  # open until finish() or abort()
+        self.stats = self._stitcher.stats
 
     @property
     def done(self) -> bool:
-        return self.stitcher.done
+        return self._stitcher is None
 
     def add(self, output: BatchOutput) -> None:
         self.read_seconds += output.read_seconds
         self.model_seconds += output.model_seconds
+        if self._stitcher is None:
+            return  # already complete: duplicate tiles of a retried batch
         for result in output.results:
-            self.stitcher.add(result)
+            self._stitcher.add(result)
+        if self._stitcher.done:
+            self._stitcher = None  # frees its band: a scene waiting to be published holds none
 
     def abort(self) -> None:
         """Remove the staging files."""
         aborted = RuntimeError("scene aborted")
         self.writers.__exit__(type(aborted), aborted, None)  # the writers' error path: drop, never publish
-
-    def stitched(self) -> StitchedScene:
-        return StitchedScene(
-            self.scene,
-            self.spec,
-            self.options,
-            self.out_path,
-            self.prob_path,
-            self.writers,
-            self.stitcher.stats,
-            self.tiles,
-            self.read_seconds,
-            self.model_seconds,
-            self.started,
-        )
-
-
-@dataclass
-class StitchedScene:
-    """A scene whose tiles are all stitched into staging files, not yet published.
-
-    Publishing (COG build, optional polygons) needs no model, so an archive job runs :meth:`finish` in a
-    background thread while the actors start on the next scene instead of idling through it.
-    """
-
-    scene: SceneInfo
-    spec: BundleSpec
-    options: PredictOptions
-    out_path: Path
-    prob_path: Path | None
-    writers: contextlib.ExitStack
-    stats: StitchStats
-    tiles: int
-    read_seconds: float
-    model_seconds: float
-    started: float
 
     def finish(self) -> SceneReport:
         """Build the COGs and move them into place (then polygons when asked); returns the scene's report.
@@ -379,7 +347,7 @@ class StitchedScene:
             output=str(self.out_path),
             probabilities=str(self.prob_path) if self.prob_path else None,
             vectors=str(vectors) if vectors else None,
-            tiles=self.tiles,
+            tiles=len(self.grid),
             tiles_run=stats.tiles_run,
             tiles_skipped_nodata=stats.tiles_skipped,
             pixels=scene.width * scene.height,
