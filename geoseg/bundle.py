@@ -22,6 +22,7 @@ from torch import nn
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
+from geoseg.inference.tiling import ModelGeometry
 from geoseg.models import build_model
 
 SPEC_FILE = "bundle.json"
@@ -83,6 +84,14 @@ class BundleSpec(_Strict):
         description="Nodata value to assume when an input file declares none; a file's own nodata/mask always applies.",
     )
     ignore_index: int = Field(255, description="Label value ignored by the loss and the metrics.")
+    output_stride: int | None = Field(
+        None, description="The model's total down-sampling (tile strides are aligned to it); from the architecture."
+    )
+    receptive_field: int | None = Field(
+        None,
+        description="Radius in pixels of the input that can change one output pixel; prediction's default halo "
+        "covers it. Computed from the architecture.",
+    )
     metrics: dict[str, Any] = Field(default_factory=dict, description="Training/validation metrics.")
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -95,6 +104,13 @@ class BundleSpec(_Strict):
             )
         return value
 
+    def geometry(self) -> ModelGeometry:
+        """Output stride and receptive field: stored in the bundle, or computed from the architecture (bundles
+        written before they were recorded)."""
+        if self.output_stride is not None and self.receptive_field is not None:
+            return ModelGeometry(self.output_stride, self.receptive_field)
+        return model_geometry(self.build())
+
     def build(self) -> nn.Module:
         """An (untrained) model of this bundle's architecture."""
         return build_model(
@@ -105,9 +121,21 @@ class BundleSpec(_Strict):
         )
 
 
+def model_geometry(model: nn.Module) -> ModelGeometry:
+    """Output stride and receptive field of a built model (every registered architecture provides both)."""
+    stride, field = getattr(model, "output_stride", None), getattr(model, "receptive_field", None)
+    if not isinstance(stride, int) or not callable(field):
+        raise TypeError(f"{type(model).__name__} does not say its output stride and receptive field")
+    return ModelGeometry(stride, int(field()))
+
+
 def save_bundle(directory: str | Path, spec: BundleSpec, model: nn.Module) -> Path:
     """Write a bundle atomically: a half-written bundle never appears under ``directory``."""
     directory = Path(directory)
+    geometry = model_geometry(model)
+    spec = spec.model_copy(
+        update={"output_stride": geometry.output_stride, "receptive_field": geometry.receptive_field}
+    )
     staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.partial")
     staging.mkdir(parents=True)
     try:

@@ -84,7 +84,13 @@ def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_addre
 
 
 # Config keys that name a parameter differently from its long option.
-_PREDICT_PARAM_NAMES = {"model": "model_dir", "input": "inputs", "pad": "pad_mode", "vectorize": "vector_format"}
+_PREDICT_PARAM_NAMES = {
+    "model": "model_dir",
+    "input": "inputs",
+    "pad": "pad_mode",
+    "vectorize": "vector_format",
+    "compile": "compile_model",
+}
 
 
 def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
@@ -112,22 +118,23 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 @click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
 @click.argument("more_inputs", nargs=-1)
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="Job folder.")
-@click.option("--tile", type=click.IntRange(min=32), default=256, show_default=True)
+@click.option(
+    "--tile", type=click.IntRange(min=32), help="Tile side in pixels (default: from the model's receptive field)."
+)
 @click.option(
     "--halo",
     type=click.IntRange(min=0),
-    default=16,
-    show_default=True,
-    help="Pixels cropped from each tile side that has a neighbour.",
+    help="Pixels cropped from each tile side that has a neighbour (default: covers the model's receptive field).",
 )
 @click.option(
-    "--overlap",
-    type=click.IntRange(min=0),
-    default=16,
-    show_default=True,
-    help="Blend width between neighbouring tiles.",
+    "--overlap", type=click.IntRange(min=0), help="Blend width between neighbouring tiles (default 0: none needed)."
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--block",
+    type=click.IntRange(min=32),
+    help="Output block side: the unit of work (default 1024 px on CPU workers, 2048 on GPUs).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per model call (default: about 4 Mpx).")
 @click.option("--workers", type=click.IntRange(min=1), help="Model actors (default: one per GPU, else one per CPU).")
 @click.option(
     "--pad", "pad_mode", type=click.Choice(["reflect", "constant", "nodata"]), default="reflect", show_default=True
@@ -143,43 +150,45 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     type=click.Choice(["gpkg", "shp", "geojson", "fgb", "parquet"]),
     help="Also polygonize each class raster into <scene>.<format>.",
 )
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model in each worker (GPU jobs).")
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def predict(
     model_dir: Path,
     inputs: tuple[str, ...],
     more_inputs: tuple[str, ...],
     output: Path,
-    tile: int,
-    halo: int,
-    overlap: int,
-    batch_size: int,
+    tile: int | None,
+    halo: int | None,
+    overlap: int | None,
+    block: int | None,
+    batch_size: int | None,
     workers: int | None,
     pad_mode: str,
     probabilities: bool,
     vector_format: str | None,
+    compile_model: bool,
     ray_address: str | None,
 ) -> None:
     """Predict class rasters (COG) for every input scene; exit 1 if any scene failed."""
     from geoseg.inference.job import predict_archive
-    from geoseg.inference.scene import PredictOptions
+    from geoseg.inference.options import PredictOptions
 
     all_inputs = [*inputs, *more_inputs]
     if not all_inputs:
         raise GeoSegError("no --input given")
-    if tile - 2 * halo < max(1, 2 * overlap):
-        raise GeoSegError(
-            f"--tile {tile} is too small: need tile - 2*halo >= 2*overlap (halo {halo}, overlap {overlap})"
-        )
     options = PredictOptions(
         tile=tile,
         halo=halo,
         overlap=overlap,
+        block=block,
         batch_size=batch_size,
         pad_mode=pad_mode,  # type: ignore[arg-type]
         probabilities=probabilities,
         vector_format=vector_format,
     )
-    reports = predict_archive(model_dir, all_inputs, output, options, workers, ray_address, console)
+    reports = predict_archive(
+        model_dir, all_inputs, output, options, workers, ray_address, console, compile=compile_model
+    )
     failed = [r for r in reports if r.status == "failed"]
     console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {output / 'report.json'}")
     if failed:

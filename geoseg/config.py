@@ -171,6 +171,7 @@ class PredictConfig(_Strict):
     tile: int | None = Field(None, ge=32, description="Tile side in pixels.")
     halo: int | None = Field(None, ge=0, description="Pixels cropped from each tile side that has a neighbour.")
     overlap: int | None = Field(None, ge=0, description="Blend width between neighbouring tiles.")
+    block: int | None = Field(None, ge=32, description="Output block side in pixels: the unit of work.")
     batch_size: int | None = Field(None, ge=1, description="Tiles per model call.")
     workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else one per CPU).")
     pad: PadMode | None = Field(None, description="Padding at true image borders.")
@@ -178,6 +179,7 @@ class PredictConfig(_Strict):
     vectorize: Literal["gpkg", "shp", "geojson", "fgb", "parquet"] | None = Field(
         None, description="Also polygonize each class raster into this format."
     )
+    compile: bool | None = Field(None, description="torch.compile the model in each worker (GPU jobs).")
     ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
 
 

@@ -16,8 +16,9 @@ from geoseg.cluster import ray_session
 from geoseg.config import load_config
 from geoseg.data import split_scenes
 from geoseg.evaluate import evaluate
-from geoseg.inference.job import predict_archive, write_json_atomic
-from geoseg.inference.scene import PredictOptions
+from geoseg.inference.job import predict_archive
+from geoseg.inference.manifest import write_json_atomic
+from geoseg.inference.options import PredictOptions
 from geoseg.metrics import summarize
 from geoseg.quicklook import quicklook
 from geoseg.synth import make_archive
@@ -55,7 +56,7 @@ def run_demo(
         bundle = train(cfg, workdir / "train", console=console)
         train_seconds = time.perf_counter() - t0
         console.rule("[bold]3/5 predict (Ray actors)")
-        options = PredictOptions(tile=256, halo=16, overlap=16, batch_size=8)
+        options = PredictOptions()  # tiles, halo and blocks from the model's receptive field
         reports = predict_archive(
             bundle, [str(s.image) for s in archive], workdir / "predictions", options, console=console
         )

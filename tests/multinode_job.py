@@ -25,7 +25,8 @@ def main(scene_path: Path, bundle: Path, out_path: Path) -> None:
 
     from geoseg.bundle import load_bundle
     from geoseg.inference.distributed import RayExecutor
-    from geoseg.inference.scene import PredictOptions, predict_scene
+    from geoseg.inference.options import PredictOptions
+    from geoseg.inference.scene import run_scenes
     from geoseg.io import open_scene
 
     # Fast failure detection: a removed node is declared dead within ~1 s instead of the default ~30 s.
@@ -40,13 +41,13 @@ def main(scene_path: Path, bundle: Path, out_path: Path) -> None:
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         spec, model = load_bundle(bundle)
-        options = PredictOptions(tile=96, halo=8, overlap=8, batch_size=2)
         scene = open_scene(scene_path)
-        executor = RayExecutor(spec, model.state_dict(), options)
+        executor = RayExecutor(spec, model.state_dict())
+        options = PredictOptions(tile=96, halo=8, overlap=8, block=64, batch_size=2).resolved(spec.geometry())
         nodes_before = executor.node_ids()
         worker_ids = {w.node_id for w in workers}
         victim = next(w for w in workers if w.node_id in nodes_before)
-        total = len(options.grid(scene))
+        total = scene.width * scene.height
         done = 0
 
         def remove_a_worker_node_part_way(n: int) -> None:
@@ -56,7 +57,12 @@ def main(scene_path: Path, bundle: Path, out_path: Path) -> None:
                 cluster.remove_node(victim, allow_graceful=False)
 
         try:
-            report = predict_scene(scene, spec, executor, out_path, options, progress=remove_a_worker_node_part_way)
+            [(_, outcome)] = list(
+                run_scenes([("n", scene, out_path)], spec, executor, options, progress=remove_a_worker_node_part_way)
+            )
+            if isinstance(outcome, Exception):
+                raise outcome
+            report = outcome.finish()
             nodes_after = executor.node_ids()
         finally:
             executor.shutdown()

@@ -28,9 +28,10 @@ from bad_inputs import write_geotiff
 
 from geoseg.bundle import init_bundle, load_bundle
 from geoseg.cluster import LOOPBACK
-from geoseg.inference.predictor import Predictor
-from geoseg.inference.reader import Normalisation
-from geoseg.inference.scene import LocalExecutor, PredictOptions, predict_scene
+from geoseg.inference.executor import LocalExecutor
+from geoseg.inference.options import PredictOptions
+from geoseg.inference.scene import predict_scene
+from geoseg.inference.worker import ModelWorker
 from geoseg.io import open_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def test_ray_job_submit_runs_predict_on_a_real_head(ray_head: Head, tmp_path: Pa
 
 def _predict_locally(bundle: Path, scene: Path, out: Path, options: PredictOptions):
     spec, model = load_bundle(bundle)
-    executor = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), options)
+    executor = LocalExecutor(ModelWorker(spec, model.state_dict()))
     return predict_scene(open_scene(scene), spec, executor, out, options)
 
 
@@ -196,7 +197,7 @@ def test_a_scene_split_across_nodes_survives_losing_a_node(tmp_path: Path) -> No
     assert outcome["victim_removed"] and not outcome["victim_used_after"]
     assert outcome["actor_deaths"] >= 1  # the removed node took actors with unfinished batches down
     assert outcome["tiles_run"] == outcome["tiles"]
-    options = PredictOptions(tile=96, halo=8, overlap=8, batch_size=2)
+    options = PredictOptions(tile=96, halo=8, overlap=8, block=64, batch_size=2)
     _predict_locally(bundle, scene, tmp_path / "clean.tif", options)
     assert (tmp_path / "n.tif").read_bytes() == (tmp_path / "clean.tif").read_bytes()
 

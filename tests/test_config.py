@@ -30,10 +30,12 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
 
     seen = {}
     job = tmp_path / "job.yaml"
-    job.write_text("model: m\ninput: [a.tif, b.tif]\noutput: out\ntile: 128\npad: nodata\nvectorize: fgb\n")
+    job.write_text(
+        "model: m\ninput: [a.tif, b.tif]\noutput: out\ntile: 128\npad: nodata\nvectorize: fgb\ncompile: true\n"
+    )
 
-    def fake_predict_archive(bundle, inputs, out, options, workers, address, console):
-        seen.update(bundle=bundle, inputs=inputs, out=out, options=options, workers=workers)
+    def fake_predict_archive(bundle, inputs, out, options, workers, address, console, compile):
+        seen.update(bundle=bundle, inputs=inputs, out=out, options=options, workers=workers, compile=compile)
         return []
 
     monkeypatch.setattr("geoseg.inference.job.predict_archive", fake_predict_archive)
@@ -41,7 +43,7 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     assert seen["bundle"] == Path("m") and seen["inputs"] == ["a.tif", "b.tif"] and seen["out"] == Path("out")
     assert seen["options"].tile == 96 and seen["options"].pad_mode == "nodata"
-    assert seen["options"].vector_format == "fgb" and seen["workers"] == 3
+    assert seen["options"].vector_format == "fgb" and seen["workers"] == 3 and seen["compile"] is True
 
 
 def test_set_overrides_nested_keys_with_yaml_values() -> None:

@@ -10,14 +10,16 @@ import pytest
 import rasterio
 
 from geoseg.bundle import init_bundle, load_bundle
+from geoseg.inference.executor import LocalExecutor
 from geoseg.inference.job import predict_archive
-from geoseg.inference.predictor import Predictor
-from geoseg.inference.reader import Normalisation
-from geoseg.inference.scene import LocalExecutor, PredictOptions, predict_scene
+from geoseg.inference.options import PredictOptions
+from geoseg.inference.scene import predict_scene
+from geoseg.inference.worker import ModelWorker
 from geoseg.io import open_scene
 from geoseg.io.writer import CLASS_NODATA
 
-OPTIONS = PredictOptions(tile=96, halo=8, overlap=8, batch_size=4)
+# Small tiles and blocks, so that small test scenes have many of both.
+OPTIONS = PredictOptions(tile=96, halo=8, overlap=8, block=128, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,7 @@ def bundle5(tmp_path_factory):
 
 def _local(bundle, scene_path, out, options=OPTIONS):
     spec, model = load_bundle(bundle)
-    predictor = Predictor(spec, model.state_dict())
-    executor = LocalExecutor(predictor, Normalisation.from_spec(spec), options)
+    executor = LocalExecutor(ModelWorker(spec, model.state_dict()))
     return predict_scene(open_scene(scene_path), spec, executor, out, options)
 
 
@@ -53,18 +54,19 @@ def test_output_is_georeferenced_like_the_real_input(real_data, bundle3, tmp_pat
 
 @pytest.mark.realdata
 @pytest.mark.ray
-def test_ray_output_is_byte_identical_to_local_for_any_workers_and_batch(
+def test_ray_output_is_byte_identical_to_local_for_any_workers_batch_and_block(
     ray_local, real_data, bundle5, tmp_path
 ) -> None:
     source = real_data / "nc_landsat" / "landsat_multiband.tif"
     local = _local(bundle5, source, tmp_path / "local.tif")
     reference = (tmp_path / "local.tif").read_bytes()
-    for workers, batch in [(1, 1), (2, 5)]:
-        options = PredictOptions(tile=96, halo=8, overlap=8, batch_size=batch)
-        out = tmp_path / f"w{workers}b{batch}"
+    for workers, batch, block in [(1, 1, 64), (2, 5, 128), (2, 3, 10_000)]:
+        options = PredictOptions(tile=96, halo=8, overlap=8, block=block, batch_size=batch)
+        out = tmp_path / f"w{workers}b{batch}k{block}"
         [report] = predict_archive(bundle5, [str(source)], out, options, workers=workers)
-        assert report.status == "ok" and report.tiles == local.tiles
-        assert (out / "landsat_multiband.tif").read_bytes() == reference, (workers, batch)
+        assert report.status == "ok" and report.tiles == local.tiles and report.tiles_run == local.tiles_run
+        assert (report.seam_pixels, report.seam_disagreement) == (local.seam_pixels, local.seam_disagreement)
+        assert (out / "landsat_multiband.tif").read_bytes() == reference, (workers, batch, block)
 
 
 @pytest.mark.ray
@@ -116,19 +118,19 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
     scene_path = make_geotiff(np.random.default_rng(3).integers(1, 255, (3, 300, 260)).astype(np.uint8))
     clean = _local(bundle3, scene_path, tmp_path / "clean.tif")
     spec, model = load_bundle(bundle3)
-    executor = RayExecutor(spec, model.state_dict(), OPTIONS, workers=2)
+    executor = RayExecutor(spec, model.state_dict(), workers=2)
 
     class KillingExecutor:
-        parallelism = 2
+        parallelism, readers, gpu = 2, 1, False
 
-        def run(self, work):
+        def run(self, work, options):
             def work_with_a_kill():
                 for i, item in enumerate(work):
                     if i == 3:
                         ray.kill(executor.actors[0], no_restart=True)
                     yield item
 
-            return executor.run(work_with_a_kill())
+            return executor.run(work_with_a_kill(), options)
 
     try:
         report = predict_scene(open_scene(scene_path), spec, KillingExecutor(), tmp_path / "killed.tif", OPTIONS)
@@ -141,16 +143,19 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
 
 @pytest.mark.realdata
 def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path) -> None:
+    from geoseg.io.normalisation import Normalisation
+
     """With a halo covering the receptive field, tiling + blending reproduces whole-image inference."""
     import torch
 
     bundle = init_bundle(tmp_path / "b", "unet", 5, 4, base_channels=4, depth=3, seed=4)
     source = real_data / "nc_landsat" / "landsat_multiband.tif"
-    options = PredictOptions(tile=160, halo=48, overlap=16, batch_size=3)
+    options = PredictOptions(tile=160, halo=48, overlap=16, block=100, batch_size=3)
     report = _local(bundle, source, tmp_path / "tiled.tif", options)
     spec, model = load_bundle(bundle)
     norm = Normalisation.from_spec(spec)
     halo = options.halo
+    assert halo is not None
     with rasterio.open(source) as src:
         from rasterio.windows import Window
 
@@ -169,26 +174,52 @@ def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path)
     assert report.seam_pixels > 0 and report.seam_disagreement is not None and report.seam_disagreement < 1e-3
 
 
-@pytest.mark.parametrize(("tiles_wide", "size", "parallel"), [(11, 4, 1), (11, 4, 2), (3, 4, 2), (1, 5, 4), (9, 1, 3)])
-def test_batches_cover_every_tile_once_in_order_with_a_finer_tail(tiles_wide, size, parallel) -> None:
-    from geoseg.inference.scene import batched
-    from geoseg.tiling import TileGrid
+@pytest.mark.parametrize(("rows", "cols", "readers"), [(1, 1, 4), (9, 3, 2), (40, 2, 3), (7, 5, 1)])
+def test_scene_blocks_come_once_each_in_stripes_read_in_raster_order(rows, cols, readers) -> None:
+    from geoseg.inference.scene import MIN_STRIPE_ROWS, scene_work
+    from geoseg.inference.tiling import BlockGrid, TileGrid
 
-    grid = TileGrid(tiles_wide * 64, 5 * 64, tile=64)
-    batches = list(batched(grid, size, parallel))
-    assert [t.index for batch in batches for t in batch] == list(range(len(grid)))
-    assert all(1 <= len(batch) <= size for batch in batches)
-    if parallel == 1:
-        assert all(len(batch) == size for batch in batches[:-1])
-    elif len(grid) > 2 * parallel * size:  # the last 2 x parallel batches' worth of tiles come in half batches
-        tail = [len(batch) for batch in batches][-((2 * parallel * size) // max(1, size // 2)) :]
-        assert sum(tail) == 2 * parallel * size and max(tail) == max(1, size // 2)
+    blocks = BlockGrid(TileGrid(cols * 64, rows * 64, tile=64), 64)
+    items = list(scene_work("s", None, blocks, readers))  # type: ignore[arg-type]
+    assert sorted(i.block.index for i in items) == list(range(rows * cols))
+    stripes = sorted({i.stripe for i in items})
+    assert len(stripes) == max(1, min(readers, rows // MIN_STRIPE_ROWS))
+    for stripe in stripes:  # each stripe is a run of whole block rows, in raster order
+        mine = [i.block.index for i in items if i.stripe == stripe]
+        assert mine == list(range(mine[0], mine[0] + len(mine))) and len(mine) % cols == 0
+    if len(stripes) > 1:  # interleaved: every reader gets work from the start
+        assert {i.stripe for i in items[: len(stripes)]} == set(stripes)
 
 
 def test_stride_is_aligned_to_the_model_downsampling() -> None:
     assert PredictOptions(tile=256, halo=16, overlap=16).effective_overlap() == 32  # stride 192 = 6 x 32
     assert PredictOptions(tile=160, halo=48, overlap=16).effective_overlap() == 32  # stride 32
     assert PredictOptions(tile=64, halo=8, overlap=8).effective_overlap() == 16  # core 48: stride 32
+    assert PredictOptions(tile=352, halo=16, overlap=0).effective_overlap(64) == 0  # depth 6: stride 320 = 5 x 64
+    assert PredictOptions(tile=320, halo=16, overlap=0).effective_overlap(64) == 32  # core 288 -> stride 256
+
+
+def test_defaults_follow_the_model_receptive_field() -> None:
+    from types import SimpleNamespace
+
+    from geoseg.inference.job import halo_notes
+    from geoseg.inference.tiling import ModelGeometry
+
+    large, chip = SimpleNamespace(width=20_000, height=9_000), SimpleNamespace(width=300, height=650)
+    small = PredictOptions().resolved(ModelGeometry(output_stride=2, receptive_field=9))
+    assert (small.halo, small.overlap, small.block, small.tile_for(large)) == (16, 0, 1024, 1024 + 32)
+    assert small.tile_for(chip) == 672 + 32  # a chip gets one tile just covering it (aligned to 32)
+    assert small.grid(chip).stride == 672 and len(small.grid(chip)) == 1
+    depth4 = PredictOptions().resolved(ModelGeometry(output_stride=16, receptive_field=107), gpu=True)
+    assert depth4.halo == 112 and depth4.overlap == 0 and depth4.block == 2048
+    grid = depth4.grid(large)
+    assert grid.tile == 1024 + 224 and grid.overlap == 0 and grid.stride % 32 == 0
+    resnet = PredictOptions().resolved(ModelGeometry(output_stride=32, receptive_field=573))
+    assert resnet.halo == 128  # capped; the report says so
+    assert halo_notes(resnet, 573) and "below the model's receptive field (573 px)" in halo_notes(resnet, 573)[0]
+    mine = PredictOptions(tile=200, halo=20, overlap=4, block=300).resolved(ModelGeometry(4, 107))
+    assert (mine.tile_for(large), mine.tile_for(chip), mine.halo, mine.block) == (200, 200, 20, 300)
+    assert halo_notes(depth4, 107) == []
 
 
 def test_probability_raster(make_geotiff, bundle3, tmp_path) -> None:
@@ -219,7 +250,7 @@ def test_rerun_resumes_and_changed_options_redo(ray_local, make_geotiff, bundle3
     second = predict_archive(bundle3, inputs, out, OPTIONS)
     assert [r.status for r in second] == ["skipped", "ok", "skipped"]
     assert {r.scene: r.sha256 for r in second} == digests
-    third = predict_archive(bundle3, inputs, out, PredictOptions(tile=64, halo=8, overlap=8, batch_size=4))
+    third = predict_archive(bundle3, inputs, out, PredictOptions(tile=64, halo=8, overlap=8, block=128, batch_size=4))
     assert [r.status for r in third] == ["ok", "ok", "ok"]
 
 
@@ -276,7 +307,7 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
 ) -> None:
     import threading
 
-    from geoseg.inference import job, scene
+    from geoseg.inference import distributed, job, scene
 
     rng = np.random.default_rng(8)
     inputs = [
@@ -284,20 +315,20 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
     ]
     second_started = threading.Event()
     overlapped: list[bool] = []
-    add, finish = scene.SceneStitch.add, scene.SceneStitch.finish
+    add, publish = scene.SceneRun.add, distributed.RayExecutor.publish
 
-    def add_and_signal(self, output):
-        add(self, output)
-        if self.scene.name == "p1":  # p1's tiles are being stitched
+    def add_and_signal(self, result):
+        add(self, result)
+        if self.scene.name == "p1":  # p1's blocks are being written
             second_started.set()
 
-    def finish_after_next_start(self):
-        if self.scene.name == "p0":  # publishing p0 must not hold back p1: it waits for p1's tiles
+    def publish_after_next_start(self, staged):
+        if staged.classes[1].name == "p0.tif":  # publishing p0 must not hold back p1: it waits for p1's blocks
             overlapped.append(second_started.wait(timeout=60))
-        return finish(self)
+        return publish(self, staged)
 
-    monkeypatch.setattr(scene.SceneStitch, "add", add_and_signal)
-    monkeypatch.setattr(scene.SceneStitch, "finish", finish_after_next_start)
+    monkeypatch.setattr(scene.SceneRun, "add", add_and_signal)
+    monkeypatch.setattr(distributed.RayExecutor, "publish", publish_after_next_start)
     reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS)
     assert overlapped == [True]
     assert [r.status for r in reports] == ["ok", "ok"]
@@ -307,34 +338,34 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
         assert job.file_sha256(tmp_path / "job" / f"{report.scene}.tif") == report.sha256
 
 
-def test_stitched_scene_publishes_nothing_until_finished(make_geotiff, bundle3, tmp_path) -> None:
-    from geoseg.inference.scene import stitch_scene
+def test_a_predicted_scene_publishes_nothing_until_finished(make_geotiff, bundle3, tmp_path) -> None:
+    from geoseg.inference.scene import run_scene
 
     path = make_geotiff(np.random.default_rng(9).integers(1, 255, (3, 70, 80)).astype(np.uint8))
     spec, model = load_bundle(bundle3)
-    executor = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
+    executor = LocalExecutor(ModelWorker(spec, model.state_dict()))
     out = tmp_path / "out" / "scene.tif"
-    stitched = stitch_scene(open_scene(path), spec, executor, out, OPTIONS)
+    options = OPTIONS.resolved(spec.geometry())
+    predicted = run_scene(open_scene(path), spec, executor, out, options)
     assert not out.exists()  # only staging files so far: a crash here leaves nothing that looks finished
-    report = stitched.finish()
+    report = predicted.finish()
     assert out.exists() and report.status == "ok" and report.tiles_run == report.tiles
     assert sorted(p.name for p in out.parent.iterdir()) == ["scene.tif"]
 
 
 class Lookahead:
-    """An executor with ``depth`` batches in flight, as a Ray pool has: it takes items ahead of its results.
+    """An executor with ``depth`` blocks in flight, as a Ray pool has: it takes items ahead of its results.
 
     Logs ``("in", key)`` per item taken and ``("out", key)`` per result; ``fail`` picks items whose result
     becomes an error.
     """
 
-    parallelism = 2
+    parallelism, readers, gpu = 2, 1, False
 
     def __init__(self, inner, log, depth=3, fail=lambda item: False):
         self.inner, self.log, self.depth, self.fail = inner, log, depth, fail
-        self.sizes: list[tuple[str, int]] = []  # (scene, batch size) per item taken
 
-    def run(self, work):
+    def run(self, work, options):
         from collections import deque
 
         from geoseg.errors import GeoSegError
@@ -342,13 +373,12 @@ class Lookahead:
         queue = deque()
 
         def deliver():
-            [(item, output)] = list(self.inner.run([queue.popleft()]))
+            [(item, output)] = list(self.inner.run([queue.popleft()], options))
             self.log.append(("out", item.key))
             return item, GeoSegError("corrupt block", item.scene.path) if self.fail(item) else output
 
         for item in work:
             self.log.append(("in", item.key))
-            self.sizes.append((item.key, len(item.tiles)))
             queue.append(item)
             if len(queue) > self.depth:
                 yield deliver()
@@ -357,17 +387,17 @@ class Lookahead:
 
 
 def _stream(bundle, paths, out_dir, log, **lookahead):
-    from geoseg.inference.scene import stitch_scenes
+    from geoseg.inference.scene import run_scenes
 
     spec, model = load_bundle(bundle)
-    local = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
+    local = LocalExecutor(ModelWorker(spec, model.state_dict()))
     targets = [(p.stem, open_scene(p), out_dir / p.name) for p in paths]
     executor = Lookahead(local, log, **lookahead)
     outcomes = {}
-    for key, outcome in stitch_scenes(targets, spec, executor, OPTIONS):
+    for key, outcome in run_scenes(targets, spec, executor, OPTIONS.resolved(spec.geometry())):
         log.append(("settled", key))
         outcomes[key] = outcome.finish() if not isinstance(outcome, Exception) else outcome
-    return outcomes, executor.sizes
+    return outcomes
 
 
 def test_scenes_stream_through_the_executor_without_a_drain_between_them(make_geotiff, bundle3, tmp_path) -> None:
@@ -378,14 +408,9 @@ def test_scenes_stream_through_the_executor_without_a_drain_between_them(make_ge
         for i, (h, w) in enumerate(shapes)
     ]
     log: list[tuple[str, str]] = []
-    outcomes, sizes = _stream(bundle3, paths, tmp_path / "stream", log)
-    # Full batches until the last scene, whose tail alone is cut finer (nothing follows it to fill the workers).
-    for key in ("s0", "s1"):
-        batch_sizes = [n for k, n in sizes if k == key]
-        assert batch_sizes[:-1] == [OPTIONS.batch_size] * (len(batch_sizes) - 1)
-    assert max(n for k, n in sizes if k == "s2") == OPTIONS.batch_size // 2
+    outcomes = _stream(bundle3, paths, tmp_path / "stream", log)
     assert [e for e in log if e[0] == "settled"] == [("settled", "s0"), ("settled", "s1"), ("settled", "s2")]
-    # The executor took the next scene's batches before the previous scene was stitched: no drain.
+    # The executor took the next scene's blocks before the previous scene was finished: no drain.
     assert log.index(("in", "s1")) < log.index(("settled", "s0"))
     assert log.index(("in", "s2")) < log.index(("settled", "s1"))
     for path in paths:  # the same bytes as each scene alone
@@ -394,38 +419,38 @@ def test_scenes_stream_through_the_executor_without_a_drain_between_them(make_ge
         assert (tmp_path / "stream" / path.name).read_bytes() == (tmp_path / "alone" / path.name).read_bytes()
 
 
-def test_a_failing_batch_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -> None:
+def test_a_failing_block_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -> None:
     from geoseg.errors import GeoSegError
-    from geoseg.inference.scene import batched
 
     rng = np.random.default_rng(12)
     paths = [make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"f{i}.tif") for i in range(3)]
     log: list[tuple[str, str]] = []
-    second_batch_of_f1 = lambda item: item.key == "f1" and item.tiles[0].index == OPTIONS.batch_size  # noqa: E731
-    outcomes, _ = _stream(bundle3, paths, tmp_path / "out", log, depth=2, fail=second_batch_of_f1)
+    second_block_of_f1 = lambda item: item.key == "f1" and item.block.index == 1  # noqa: E731
+    outcomes = _stream(bundle3, paths, tmp_path / "out", log, depth=2, fail=second_block_of_f1)
     assert isinstance(outcomes["f1"], GeoSegError) and "corrupt block" in str(outcomes["f1"])
     assert outcomes["f0"].status == outcomes["f2"].status == "ok"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.tif", "f2.tif"]  # no staging file of f1
-    # Once its second batch failed, no more of f1 was sent: only the batches the lookahead had already taken.
+    # Once its second block failed, no more of f1 was sent: only the blocks the lookahead had already taken.
     assert ("in", "f1") not in log[log.index(("settled", "f1")) :]
-    batches = len(list(batched(OPTIONS.grid(open_scene(paths[1])), OPTIONS.batch_size, parallel=2)))
-    assert log.count(("in", "f1")) <= 2 + 2 < batches
+    spec, _ = load_bundle(bundle3)
+    blocks = len(OPTIONS.resolved(spec.geometry()).blocks(open_scene(paths[1])))
+    assert log.count(("in", "f1")) <= 2 + 2 < blocks
 
 
 def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bundle3, tmp_path) -> None:
     """An error of the executor itself (actors that keep dying) ends the job's stream: every scene not yet
     finished is recorded as failed with that reason; finished ones stay published."""
     spec, model = load_bundle(bundle3)
-    local = LocalExecutor(Predictor(spec, model.state_dict()), Normalisation.from_spec(spec), OPTIONS)
+    local = LocalExecutor(ModelWorker(spec, model.state_dict()))
 
     class DyingPool:
-        parallelism = 1
+        parallelism, readers, gpu = 1, 1, False
 
-        def run(self, work):
+        def run(self, work, options):
             for item in work:
                 if item.key == "d1":
                     raise RuntimeError("prediction actors kept dying; giving up")
-                yield from local.run([item])
+                yield from local.run([item], options)
 
     rng = np.random.default_rng(13)
     inputs = [str(make_geotiff(rng.integers(1, 255, (3, 80, 90)).astype(np.uint8), name=f"d{i}.tif")) for i in range(3)]
@@ -438,15 +463,15 @@ def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bu
 
 
 def test_manifest_journal_survives_a_kill_and_is_compacted(tmp_path) -> None:
-    from geoseg.inference.job import Manifest
-    from geoseg.inference.scene import SceneReport
+    from geoseg.inference.manifest import Manifest
+    from geoseg.inference.report import SceneReport, Status
 
     def failed(name):
-        return SceneReport(scene=name, source=f"/archive/{name}.tif", status="failed", error="no CRS")
+        return SceneReport(scene=name, source=f"/archive/{name}.tif", status=Status.FAILED, error="no CRS")
 
     manifest = Manifest(tmp_path, snapshot_seconds=3600)
     for i in range(3):
-        manifest.record(failed(f"s{i}"), "fp")
+        manifest.record(failed(f"s{i}"), "fp", "id")
     assert not (tmp_path / "manifest.json").exists()  # not rewritten per scene: appended to the journal
     with open(tmp_path / "manifest.jsonl", "a") as journal:
         journal.write('{"scene": "s3", "sta')  # the line a kill tore
@@ -454,8 +479,128 @@ def test_manifest_journal_survives_a_kill_and_is_compacted(tmp_path) -> None:
     assert sorted(reloaded.entries) == ["s0", "s1", "s2"]
     assert not (tmp_path / "manifest.jsonl").exists()  # compacted into manifest.json on load
     assert sorted(json.loads((tmp_path / "manifest.json").read_text())["scenes"]) == ["s0", "s1", "s2"]
-    reloaded.record(failed("s3"), "fp")
+    reloaded.record(failed("s3"), "fp", "id")
     assert sorted(Manifest(tmp_path).entries) == ["s0", "s1", "s2", "s3"]
     every_record = Manifest(tmp_path, snapshot_seconds=0)
-    every_record.record(failed("s4"), "fp")
+    every_record.record(failed("s4"), "fp", "id")
     assert "s4" in json.loads((tmp_path / "manifest.json").read_text())["scenes"]
+
+
+@pytest.mark.realdata
+def test_blocks_on_workers_reproduce_a_whole_raster_blend_of_the_model_bit_for_bit(
+    real_data, bundle5, tmp_path
+) -> None:
+    """The reference reads every tile alone (numpy normalisation, as training does), runs the model on it and
+    blends the whole raster at once, as geoseg did before blocks; the pipeline must give the same classes,
+    probabilities and seam counts. (One tile per model call on both sides: oneDNN may pick another algorithm
+    for another batch size, which changes the last bit of a probability.)"""
+    import torch
+    from test_blend import whole_raster_blend
+
+    from geoseg.io.normalisation import Normalisation
+    from geoseg.io.raster import read_tile
+
+    source = real_data / "nc_landsat" / "landsat_multiband.tif"
+    options = PredictOptions(tile=96, halo=8, overlap=8, block=160, batch_size=1, probabilities=True)
+    report = _local(bundle5, source, tmp_path / "blocks.tif", options)
+    spec, model = load_bundle(bundle5)
+    worker, norm = ModelWorker(spec, model.state_dict()), Normalisation.from_spec(spec)
+    scene = open_scene(source)
+    grid = options.resolved(spec.geometry()).grid(scene)
+
+    with rasterio.open(source) as src:
+
+        def tile_inputs(tile):
+            raw, valid = read_tile(src, tile.read, list(norm.band_indexes))
+            norm.mask_assumed_nodata(raw, valid, src.nodata)
+            if not valid.any():
+                return None, valid
+            x = torch.from_numpy(norm.apply(raw, valid)[None]).contiguous(memory_format=torch.channels_last)
+            return worker.probabilities(x)[0].numpy(), valid
+
+        reference = whole_raster_blend(grid, np.array([c.id for c in spec.classes]), tile_inputs)
+    with rasterio.open(report.output) as out, rasterio.open(report.probabilities) as probs:
+        np.testing.assert_array_equal(out.read(1), reference["classes"])
+        np.testing.assert_array_equal(probs.read(), reference["probabilities"])
+    assert (report.seam_pixels, round(report.seam_disagreement * report.seam_pixels)) == reference["seam"]
+    assert report.blocks > 4 and report.seam_pixels > 1000
+
+
+def _calibrated_depth4_unet(tmp_path, image: np.ndarray):
+    """A depth-4, base-8 U-Net whose output is not trivial: seed-0 weights, batch-norm statistics calibrated
+    on the image itself (an untrained bundle's default statistics give a near-constant map that shows no seam)."""
+    import torch
+
+    from geoseg.bundle import ArchitectureSpec, BandSpec, BundleSpec, default_classes, save_bundle
+
+    bands = image.shape[0]
+    mean, std = image.reshape(bands, -1).mean(1), image.reshape(bands, -1).std(1) + 1e-6
+    spec = BundleSpec(
+        architecture=ArchitectureSpec(name="unet", kwargs={"base_channels": 8, "depth": 4}),
+        bands=[
+            BandSpec(name=f"b{i}", index=i + 1, mean=float(m), std=float(s))
+            for i, (m, s) in enumerate(zip(mean, std, strict=True))
+        ],
+        input_band_count=bands,
+        classes=default_classes(5),
+    )
+    torch.manual_seed(0)
+    model = spec.build()
+    x = torch.from_numpy(((image - mean[:, None, None]) / std[:, None, None]).astype(np.float32))
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average over the calibration passes
+    with torch.no_grad():
+        for r in range(0, x.shape[1] - 256, 384):
+            for c in range(0, x.shape[2] - 256, 384):
+                model(x[None, :, r : r + 256, c : c + 256])
+    return save_bundle(tmp_path / "calibrated", spec, model.eval())
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_default_options_reproduce_whole_image_inference(real_data, tmp_path) -> None:
+    from geoseg.io.normalisation import Normalisation
+
+    """Real Landsat pixels mirrored into a 2600 x 2300 scene (several default tiles a side): with the defaults
+    (halo from the receptive field, no overlap), tiled prediction equals whole-image inference (one tile, the
+    same border padding) on >= 0.9999 of the pixels; a halo below the receptive field does measurably worse."""
+    import torch
+    from rasterio.windows import Window
+
+    from geoseg.io.raster import read_tile
+
+    with rasterio.open(real_data / "nc_landsat" / "landsat_multiband.tif") as src:
+        image, valid = read_tile(src, Window(0, 0, src.width, src.height))
+        profile = {k: src.profile[k] for k in ("crs", "transform")}
+    # Real texture and spectra, mirrored to a scene several default tiles wide; the nodata collar is filled
+    # with each band's mean so that every pixel is scored.
+    image = np.where(valid, image, np.nanmean(np.where(valid, image, np.nan), axis=(1, 2), keepdims=True))
+    image = np.pad(image, ((0, 0), (0, 2300 - image.shape[1]), (0, 2600 - image.shape[2])), mode="symmetric")
+    image = image.astype(np.float32)
+    scene_path = tmp_path / "mosaic.tif"
+    with rasterio.open(
+        scene_path, "w", driver="GTiff", width=2600, height=2300, count=5, dtype="float32", tiled=True, **profile
+    ) as dst:
+        dst.write(image)
+    bundle = _calibrated_depth4_unet(tmp_path, image)
+    spec, model = load_bundle(bundle)
+    defaults = PredictOptions().resolved(spec.geometry())
+    assert defaults.halo >= spec.receptive_field == 107 and len(defaults.grid(open_scene(scene_path))) >= 4
+
+    halo = defaults.halo
+    padded, _ = read_tile(rasterio.open(scene_path), Window(-halo, -halo, 2600 + 2 * halo, 2300 + 2 * halo))
+    norm = Normalisation.from_spec(spec)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(norm.apply(padded, np.ones(padded.shape[1:], bool)))[None])
+    whole = logits[0, :, halo:-halo, halo:-halo].argmax(0).numpy().astype(np.uint8)
+    assert len(np.unique(whole)) >= 3  # the map is not trivial: seams would show
+
+    def agreement(options):
+        report = _local(bundle, scene_path, tmp_path / "tiled.tif", options)
+        with rasterio.open(report.output) as out:
+            return (out.read(1) == whole).mean()
+
+    assert agreement(PredictOptions()) >= 0.9999
+    assert agreement(PredictOptions(tile=256, halo=16, overlap=16)) < 0.999  # the old defaults: visible seams

@@ -10,9 +10,9 @@ from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
-from geoseg.io import ClassRasterWriter, open_scene, read_tile
+from geoseg.io import open_scene, read_tile
 from geoseg.io.raster import same_projection
-from geoseg.io.writer import CLASS_NODATA
+from geoseg.io.writer import CLASS_NODATA, class_staging, publish_cog
 
 
 def test_open_scene_reads_the_header(make_geotiff) -> None:
@@ -78,14 +78,20 @@ def test_read_tile_single_pixel_raster(make_geotiff) -> None:
     assert (tile == 7).all() and valid.all()
 
 
-def test_writer_produces_a_georeferenced_cog_with_colours(make_geotiff, tmp_path) -> None:
+@pytest.mark.parametrize("tile", [256, 100])  # block-aligned internal tiles (compressed), or not (uncompressed)
+def test_writer_produces_a_georeferenced_cog_with_colours(make_geotiff, tmp_path, tile) -> None:
     scene = open_scene(make_geotiff(np.ones((1, 700, 600), np.uint8)))
     out = tmp_path / "out" / "classes.tif"
     classes = (np.arange(700 * 600).reshape(700, 600) % 3).astype(np.uint8)
     classes[:10] = CLASS_NODATA
-    with ClassRasterWriter(out, scene, [0, 1, 2], ["a", "b", "c"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)]) as w:
-        for row in range(0, 700, 300):
-            w.write_rows(row, classes[row : row + 300])
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    with class_staging(out, scene, [0, 1, 2], ["a", "b", "c"], colors, tile) as w:
+        windows = [(r, c) for r in range(0, 700, tile) for c in range(0, 600, tile)]
+        for r, c in reversed(windows):  # blocks arrive in any order
+            part = classes[r : r + tile, c : c + tile]
+            w.write(Window(c, r, part.shape[1], part.shape[0]), part)
+    assert not out.exists()  # only the staging file until it is published
+    publish_cog(w.staging, out, "nearest")
     with rasterio.open(out) as dst:
         assert dst.crs == scene.crs and dst.transform == scene.transform
         assert dst.nodata == CLASS_NODATA and dst.dtypes == ("uint8",)
@@ -100,8 +106,8 @@ def test_writer_produces_a_georeferenced_cog_with_colours(make_geotiff, tmp_path
 def test_writer_leaves_nothing_when_aborted(make_geotiff, tmp_path) -> None:
     scene = open_scene(make_geotiff(np.ones((1, 50, 50), np.uint8)))
     out = tmp_path / "classes.tif"
-    with pytest.raises(RuntimeError), ClassRasterWriter(out, scene, [0], ["a"], [(0, 0, 0)]) as writer:
-        writer.write_rows(0, np.zeros((10, 50), np.uint8))
+    with pytest.raises(RuntimeError), class_staging(out, scene, [0], ["a"], [(0, 0, 0)], 64) as writer:
+        writer.write(Window(0, 0, 50, 10), np.zeros((10, 50), np.uint8))
         raise RuntimeError("crash mid-scene")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 

@@ -98,3 +98,60 @@ def test_resnet_unet_bad_weights_file_is_a_clear_error(tmp_path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(GeoSegError, match=r"broken\.pth: cannot load encoder weights"):
         ResNetUNet(in_channels=3, num_classes=2, encoder="resnet18", weights=path)
+
+
+def _gradient_radius(model: torch.nn.Module, size: int, stride: int) -> int:
+    """Receptive-field radius measured, not derived: with all weights positive every path is live, so the input
+    pixels with a non-zero gradient of one output pixel are exactly those that can change it (worst position
+    on the pooling grid, along one axis)."""
+    model = model.eval().double()
+    for parameter in model.parameters():
+        parameter.data.fill_(0.01)
+    radius, centre = 0, size // 2 // stride * stride
+    for x in range(stride):
+        row = torch.ones(1, 1, 1, size, dtype=torch.float64, requires_grad=True)
+        model(row.expand(1, 1, size, size))[0, 0, centre + x, centre + x].backward()
+        reached = torch.nonzero(row.grad[0, 0, 0]).flatten()
+        radius = max(radius, centre + x - int(reached.min()), int(reached.max()) - centre - x)
+    return radius
+
+
+@pytest.mark.parametrize(("depth", "upsample"), [(1, "transpose"), (2, "bilinear"), (3, "transpose"), (3, "bilinear")])
+def test_unet_receptive_field_is_exact(depth: int, upsample: str) -> None:
+    model = build_model("unet", in_channels=1, num_classes=1, base_channels=1, depth=depth, upsample=upsample)
+    assert model.output_stride == 2**depth
+    assert model.receptive_field() == _gradient_radius(model, 256, 2**depth)
+
+
+def test_known_receptive_fields() -> None:
+    """The depth-4 U-Net's ~107 px that tiles must cover, and the ResNet encoders' far larger fields."""
+    unet = build_model("unet", in_channels=1, num_classes=1, base_channels=1, depth=4)
+    assert unet.receptive_field() == 107
+    fields = {
+        e: build_model("resnet_unet", in_channels=3, num_classes=2, encoder=e).receptive_field()
+        for e in ("resnet18", "resnet34")
+    }
+    assert fields == {"resnet18": 341, "resnet34": 573}
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ARCHITECTURES, ids=IDS)
+def test_folded_batch_norms_change_nothing_but_rounding(name: str, kwargs: dict) -> None:
+    import copy
+
+    from geoseg.models.fuse import fold_batch_norms
+
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=5, num_classes=4, **kwargs).eval()
+    for module in model.modules():  # statistics far from the defaults, so a wrong fold cannot hide
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    folded = fold_batch_norms(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 5, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(build_model(name, in_channels=5, num_classes=4, **kwargs).train())

@@ -30,12 +30,12 @@ def test_docker_images_pin_the_project_versions() -> None:
         assert re.search(r"^FROM \S+:\S+", text, re.M), "base images are tagged"
 
 
-def test_docker_images_keep_ray_reader_processes_like_the_local_ray() -> None:
-    from geoseg.cluster import WORKER_KEEPALIVE_ENV
+def test_docker_images_set_the_process_environment_of_the_local_ray() -> None:
+    from geoseg.cluster import MODEL_PROCESS_ENV, WORKER_KEEPALIVE_ENV
 
     for dockerfile in sorted((REPO / "docker").glob("Dockerfile*")):
         env = dict(re.findall(r"^ENV (\S+)=(\S+)$", dockerfile.read_text(), re.M))
-        for key, value in WORKER_KEEPALIVE_ENV.items():
+        for key, value in (WORKER_KEEPALIVE_ENV | MODEL_PROCESS_ENV).items():
             assert env.get(key) == value, (dockerfile.name, key)
 
 

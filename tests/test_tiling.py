@@ -1,4 +1,5 @@
-"""Tile geometry: full coverage, halo, blend weights that sum to one, any raster size."""
+"""Tile and block geometry: full coverage, halo, blend weights that sum to one, blocks that partition the
+output and run every tile covering it, any raster size."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from geoseg.tiling import TileGrid
+from geoseg.inference.tiling import BlockGrid, TileGrid
 
 
 def _coverage(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
@@ -67,3 +68,59 @@ def test_bad_geometry_is_rejected() -> None:
         TileGrid(100, 100, tile=32, halo=16)
     with pytest.raises(ValueError, match="at least 1x1"):
         TileGrid(0, 10, tile=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(1, 400),
+    height=st.integers(1, 400),
+    halo=st.integers(0, 8),
+    overlap=st.integers(0, 10),
+    block=st.integers(1, 300),
+)
+def test_blocks_partition_the_output_and_run_every_tile_that_covers_it(width, height, halo, overlap, block) -> None:
+    grid = TileGrid(width, height, 48, halo, min(overlap, (48 - 2 * halo) // 2))
+    blocks = BlockGrid(grid, block)
+    owner = np.full((height, width), -1)
+    owned_tiles: list[int] = []
+    for b in blocks:
+        out = b.output
+        window = (
+            slice(int(out.row_off), int(out.row_off + out.height)),
+            slice(int(out.col_off), int(out.col_off + out.width)),
+        )
+        assert (owner[window] == -1).all()  # no pixel in two blocks
+        owner[window] = b.index
+        run = {t.index for t in blocks.tiles(b)}
+        owned_tiles += [t.index for t in blocks.tiles(b) if blocks.owns(b, t)]
+        for tile in grid:  # every tile whose core touches the block's output is run by the block
+            r0, c0 = int(tile.core.row_off), int(tile.core.col_off)
+            touches = (
+                r0 < out.row_off + out.height
+                and r0 + tile.core.height > out.row_off
+                and c0 < out.col_off + out.width
+                and c0 + tile.core.width > out.col_off
+            )
+            assert touches == (tile.index in run), (b, tile)
+        first = next(blocks.tiles(b))  # the read window is the union of the run tiles' windows
+        assert (b.read.row_off, b.read.col_off) == (first.read.row_off, first.read.col_off)
+        assert b.tile_offset(first) == (0, 0)
+    assert (owner >= 0).all()
+    assert sorted(owned_tiles) == list(range(len(grid)))  # each tile counted once
+
+
+def test_blocks_repeat_a_tile_only_where_tiles_overlap() -> None:
+    blended = BlockGrid(TileGrid(1000, 1000, 96, 8, 16), 256)
+    exact = BlockGrid(TileGrid(1000, 1000, 96, 8, 0), 256)
+    assert blended.tiles_per_block == 256 // 64 and exact.tiles_per_block == 256 // 80
+    repeated = sum(len(b.tile_rows) * len(b.tile_cols) for b in blended) - len(blended.grid)
+    assert repeated > 0
+    assert sum(len(b.tile_rows) * len(b.tile_cols) for b in exact) == len(exact.grid)
+
+
+def test_block_grid_is_lazy_for_huge_rasters() -> None:
+    blocks = BlockGrid(TileGrid(200_000, 150_000, tile=1056, halo=16), 2048)
+    assert len(blocks) == blocks.rows * blocks.cols > 7000
+    last = blocks[-1]
+    assert last.output.col_off + last.output.width == 200_000
+    assert last.output.row_off + last.output.height == 150_000

@@ -1,170 +1,286 @@
-"""Ray orchestration of prediction: CPU reader tasks feed model actors, one per GPU (or CPU slice).
+"""Ray orchestration of prediction: reader actors decode blocks, model actors predict and blend them.
 
-Readers are plain tasks, so decoding overlaps with the model and scales with cluster CPUs; their output
-object refs go straight to an actor, which Ray resolves there (no detour through the driver). The driver
-keeps a bounded number of batches in flight and feeds results to the scene's stitcher. Actors restart after
-a crash and their tasks are retried (``max_restarts``/``max_task_retries``); the stitcher ignores duplicate
-tiles, so a retried batch can never be counted twice.
+Where the pixels go. Every node that holds model actors also holds reader actors. A reader reads the blocks
+of its stripes (runs of block rows) in raster order, keeping the file open and GDAL's block cache warm, so
+each source block is decoded once, with GDAL's own threads decoding one window's source blocks in parallel
+(``GDAL_NUM_THREADS``). Its raw block goes into the node's object store and straight to a model actor on the
+same node (no network hop, no detour through the driver), which normalises, predicts, blends and reduces it
+to uint8 (:mod:`geoseg.inference.worker`). The driver receives 1 byte per pixel and writes it; a finished
+scene's COG is built by a task beside the workers (:func:`geoseg.inference.scene.publish_scene`).
+
+Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries``, so that the driver knows
+exactly which blocks were lost, restarts are bounded per job, and a pool never waits on a replacement that no
+node can hold: a dead model actor is replaced while the live nodes have room for it (else the pool shrinks);
+a dead reader is replaced on its node if the node lives (else its stripes move to the other readers); every
+block they held is read and predicted again. The driver drops duplicate blocks, so the output stays
+byte-identical.
 """
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from geoseg.inference.reader import Normalisation, read_tiles
-from geoseg.inference.scene import BatchOutput, PredictOptions, WorkItem, predict_batch
-from geoseg.io.raster import SceneInfo
-from geoseg.tiling import Tile
+from geoseg.cluster import MODEL_PROCESS_ENV
+from geoseg.inference.executor import BlockResult, WorkItem
+from geoseg.inference.options import PredictOptions
+from geoseg.inference.reader import BlockPixels, read_block
+from geoseg.inference.scene import Published, StagedScene, publish_scene
+from geoseg.inference.tiling import Block, BlockGrid
+from geoseg.io.normalisation import Normalisation
+from geoseg.io.raster import PadMode, SceneInfo
 
 if TYPE_CHECKING:
     from geoseg.bundle import BundleSpec
 
-READER_CPUS = 0.25  # readers mostly wait on I/O; small so they always fit beside CPU actors
+READER_CPUS = 0.5  # the room every CPU node keeps beside its model actors: one reader (which waits on I/O a lot)
+GPU_READER_CPUS = 4  # on GPU nodes, one reader per 4 free CPUs, each decoding with 4 GDAL threads
+IN_FLIGHT_CPU, IN_FLIGHT_GPU = 2, 6  # blocks submitted per model actor: enough reads ahead to keep it busy
+SHARED_SCENES = 64  # scenes whose header and grid are kept in the object store for the calls of a stream
 
 
-@ray.remote(num_cpus=READER_CPUS)
-def _read(
-    scene: SceneInfo, tiles: Sequence[Tile], norm: Normalisation, options: PredictOptions, nodata: float | None
-) -> Any:
-    return read_tiles(scene, tiles, norm, options.pad_mode, nodata)
+class _Reader:
+    def __init__(self, norm: Normalisation, threads: int) -> None:
+        os.environ["GDAL_NUM_THREADS"] = str(threads)  # GDAL decodes the source blocks of a window in parallel
+        self.norm = norm
 
-
-def cpu_actor_share(node_cpus: Sequence[float], workers: int) -> float:
-    """The largest CPU share per model actor that still places ``workers`` actors on these nodes.
-
-    Every node keeps room for two reader tasks beside its actors (actors holding every CPU starve the readers:
-    deadlock), and no actor is sized to span nodes, which Ray could never place.
-    """
-    room = [c - 2 * READER_CPUS for c in node_cpus if c - 2 * READER_CPUS > 0]
-    shares = sorted({r / k for r in room for k in range(1, workers + 1)}, reverse=True)
-    for share in shares:
-        if actor_capacity(node_cpus, share) >= workers:
-            return share
-    return READER_CPUS  # more actors than the cluster holds: the smallest share; Ray queues the rest
-
-
-def actor_capacity(node_cpus: Sequence[float], share: float) -> int:
-    """How many actors of ``share`` CPUs fit on these nodes beside their reader room."""
-    return sum(int((c - 2 * READER_CPUS) / share + 1e-9) for c in node_cpus if c - 2 * READER_CPUS > 0)
-
-
-def _alive_node_resources(key: str) -> list[float]:
-    return [float(n["Resources"].get(key, 0)) for n in ray.nodes() if n.get("Alive")]
-
-
-class _PredictActor:
-    def __init__(self, spec_json: str, state_dict: dict[str, Any], threads: int) -> None:
-        # Imported here, not at module level: reader tasks import this module too, and a reader process that
-        # Ray (re)starts would otherwise spend seconds of CPU importing torch, on the cores the model needs.
-        from geoseg.bundle import BundleSpec
-        from geoseg.inference.predictor import Predictor
-
-        self.predictor = Predictor(BundleSpec.model_validate_json(spec_json), state_dict, threads=threads)
-
-    def predict(self, batch: Any) -> BatchOutput:
-        return predict_batch(self.predictor, batch)
+    def read(self, scene: SceneInfo, block: Block, pad_mode: PadMode) -> BlockPixels:
+        return read_block(scene, block, self.norm, pad_mode)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
 
-class RayExecutor:
-    """A pool of model actors sized to the cluster.
+class _Model:
+    def __init__(self, spec_json: str, state_dict: dict[str, Any], threads: int, compile: bool) -> None:
+        # Imported here, not at module level: reader processes import this module too, and a reader that Ray
+        # (re)starts would otherwise spend seconds of CPU importing torch, on the cores the model needs.
+        from geoseg.bundle import BundleSpec
+        from geoseg.inference.worker import ModelWorker
 
-    An actor that dies (node lost, OOM kill) is replaced while the live cluster has room for it, else its
-    slot is dropped and the pool shrinks; either way its unfinished batches are read again and resubmitted,
-    up to ``max_restarts`` deaths per job. The stitcher drops duplicate tiles, so the output stays
-    byte-identical. Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries`` so
-    that the driver knows exactly which batches were lost, restarts are bounded per job, and a pool never
-    waits on a replacement that no node can hold.
+        spec = BundleSpec.model_validate_json(spec_json)
+        self.worker = ModelWorker(spec, state_dict, threads=threads, compile=compile)
+
+    def run(self, blocks: BlockGrid, block: Block, pixels: BlockPixels, options: PredictOptions) -> BlockResult:
+        return self.worker.run(blocks, block, pixels, options)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(num_cpus=0)
+def _publish(staged: StagedScene) -> Published:
+    # No CPU reserved: publishing is mostly GDAL's own threads and the disk, and it must never wait for a CPU
+    # that the model actors hold.
+    return publish_scene(staged)
+
+
+def cpu_actor_share(node_cpus: Sequence[float], workers: int) -> float:
+    """The largest CPU share per model actor that still places ``workers`` actors on these nodes.
+
+    Every node keeps room for its reader beside its actors (actors holding every CPU starve the reader:
+    deadlock), and no actor is sized to span nodes, which Ray could never place.
+    """
+    room = [c - READER_CPUS for c in node_cpus if c - READER_CPUS > 0]
+    shares = sorted({r / k for r in room for k in range(1, workers + 1)}, reverse=True)
+    for share in shares:
+        if actor_capacity(node_cpus, share) >= workers:
+            return share
+    return READER_CPUS / 2  # more actors than the cluster holds: the smallest share; Ray queues the rest
+
+
+def actor_capacity(node_cpus: Sequence[float], share: float) -> int:
+    """How many actors of ``share`` CPUs fit on these nodes beside their reader room."""
+    return sum(int((c - READER_CPUS) / share + 1e-9) for c in node_cpus if c - READER_CPUS > 0)
+
+
+def _alive_nodes() -> dict[str, dict[str, float]]:
+    return {n["NodeID"]: n["Resources"] for n in ray.nodes() if n.get("Alive")}
+
+
+def _on(node: str) -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+
+
+class RayExecutor:
+    """A pool of model actors sized to the cluster, with reader actors on the same nodes.
 
     Args:
         spec, state_dict: the bundle, shipped through the object store (workers need no access to its path).
-        workers: number of actors; default one per GPU, else one per CPU (one torch thread each).
-        max_in_flight: batches submitted but not yet stitched, per actor (bounds driver memory).
+        workers: number of model actors; default one per GPU, else one per CPU (one torch thread each).
+        max_restarts: actor deaths survived per job.
         threads_per_worker: torch threads per CPU actor; default the whole CPUs of its share.
+        compile: ``torch.compile`` the model in each actor.
     """
 
     def __init__(
         self,
         spec: BundleSpec,
         state_dict: dict[str, Any],
-        options: PredictOptions,
         workers: int | None = None,
-        max_in_flight: int = 2,
         max_restarts: int = 8,
         threads_per_worker: int | None = None,
+        compile: bool = False,
     ) -> None:
-        gpus = int(sum(_alive_node_resources("GPU")))
-        node_cpus = _alive_node_resources("CPU")
+        nodes = _alive_nodes()
+        gpus = int(sum(r.get("GPU", 0) for r in nodes.values()))
+        node_cpus = [r.get("CPU", 0.0) for r in nodes.values()]
         self.workers = workers or (gpus if gpus else max(1, int(sum(node_cpus))))
         self._gpu = bool(gpus)
         if gpus:
             self._share = 1.0
-            self._actor_cls = ray.remote(num_gpus=1, num_cpus=1)(_PredictActor)
+            self._actor_cls = ray.remote(num_gpus=1, num_cpus=1)(_Model)
             self._threads = 1
         else:
             self._share = cpu_actor_share(node_cpus, self.workers)
-            self._actor_cls = ray.remote(num_cpus=self._share)(_PredictActor)
-            # Threads are whole CPUs; the small reader reserve does not cost an actor a thread.
-            self._threads = threads_per_worker or max(1, int(self._share + 2 * READER_CPUS / self.workers))
+            self._actor_cls = ray.remote(num_cpus=self._share)(_Model)
+            # Threads are whole CPUs; the reader's small reserve does not cost an actor a thread.
+            self._threads = threads_per_worker or max(1, int(self._share + READER_CPUS / self.workers))
+        self._compile = compile
         self._spec_json = spec.model_dump_json()
         self._state_ref = ray.put({k: v.cpu() for k, v in state_dict.items()})
+        self.norm = Normalisation.from_spec(spec)
         self.actors: dict[int, Any] = {slot: self._start_actor() for slot in range(self.workers)}
         self._next_slot = self.workers
-        self.norm = Normalisation.from_spec(spec)
-        self.nodata = spec.input_nodata
-        self.options = options
-        self.max_in_flight = max_in_flight
+        self._actor_node = dict(
+            zip(self.actors, ray.get([a.node_id.remote() for a in self.actors.values()]), strict=True)
+        )
+        self.reader_actors: dict[int, tuple[Any, str]] = {}
+        self._next_reader = 0
+        for node in sorted(set(self._actor_node.values())):
+            for _ in range(self._readers_for(nodes.get(node, {}))):
+                self._start_reader(node, nodes.get(node, {}))
+        self.max_in_flight = IN_FLIGHT_GPU if self._gpu else IN_FLIGHT_CPU
         self.restarts_left = max_restarts
         self.restarts = 0
+        self._driver_node = ray.get_runtime_context().get_node_id()
 
+    # -- pool membership ---------------------------------------------------------------------------------
     def _start_actor(self) -> Any:
-        return self._actor_cls.remote(self._spec_json, self._state_ref, self._threads)
+        env = {"env_vars": MODEL_PROCESS_ENV}
+        return self._actor_cls.options(runtime_env=env).remote(
+            self._spec_json, self._state_ref, self._threads, self._compile
+        )
+
+    def _readers_for(self, resources: dict[str, float]) -> int:
+        if not self._gpu:
+            return 1
+        free = resources.get("CPU", 0.0) - resources.get("GPU", 0.0)  # each GPU actor holds one CPU
+        return max(1, int(free // GPU_READER_CPUS))
+
+    def _start_reader(self, node: str, resources: dict[str, float]) -> None:
+        cpus = GPU_READER_CPUS if self._gpu else READER_CPUS
+        threads = GPU_READER_CPUS if self._gpu else max(1, int(resources.get("CPU", 1)))
+        actor = ray.remote(num_cpus=cpus)(_Reader).options(scheduling_strategy=_on(node)).remote(self.norm, threads)
+        self.reader_actors[self._next_reader] = (actor, node)
+        self._next_reader += 1
 
     def _capacity(self) -> int:
+        nodes = _alive_nodes()
         if self._gpu:
-            return int(sum(_alive_node_resources("GPU")))
-        return actor_capacity(_alive_node_resources("CPU"), self._share)
+            return int(sum(r.get("GPU", 0) for r in nodes.values()))
+        return actor_capacity([r.get("CPU", 0.0) for r in nodes.values()], self._share)
 
-    def _lose(self, slot: int) -> None:
-        """Drop a dead actor; start a replacement when a live node can hold it (or when none is left)."""
+    def _count_death(self) -> None:
         if self.restarts_left <= 0:
             raise RuntimeError("prediction actors kept dying; giving up (see the Ray logs)")
         self.restarts_left -= 1
         self.restarts += 1
+
+    def _lose_model(self, slot: int) -> None:
+        """Drop a dead model actor; start a replacement when a live node can hold it (or when none is left)."""
+        self._count_death()
         ray.kill(self.actors.pop(slot), no_restart=True)
+        self._actor_node.pop(slot, None)
         if not self.actors or len(self.actors) < min(self.workers, self._capacity()):
-            self.actors[self._next_slot] = self._start_actor()
+            actor = self._start_actor()
+            self.actors[self._next_slot] = actor
+            self._actor_node[self._next_slot] = ray.get(actor.node_id.remote())
             self._next_slot += 1
+            node = self._actor_node[self._next_slot - 1]
+            if not any(n == node for _, n in self.reader_actors.values()):
+                self._start_reader(node, _alive_nodes().get(node, {}))
+
+    def _lose_reader(self, index: int) -> None:
+        """Drop a dead reader; replace it on its node if that node is alive, and keep at least one reader."""
+        self._count_death()
+        actor, node = self.reader_actors.pop(index)
+        ray.kill(actor, no_restart=True)
+        alive = _alive_nodes()
+        if node in alive:
+            self._start_reader(node, alive[node])
+        elif not self.reader_actors:
+            target = next(iter(self._actor_node.values()), next(iter(alive)))
+            self._start_reader(target, alive.get(target, {}))
 
     @property
     def parallelism(self) -> int:
         return len(self.actors)
 
+    @property
+    def readers(self) -> int:
+        return len(self.reader_actors)
+
+    @property
+    def gpu(self) -> bool:
+        return self._gpu
+
     def node_ids(self) -> set[str]:
-        """The nodes the live actors run on (for reports and tests)."""
+        """The nodes the live model actors run on (for reports and tests)."""
         return set(ray.get([actor.node_id.remote() for actor in self.actors.values()]))
 
-    def run(self, work: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, BatchOutput | Exception]]:
-        pending: dict[ray.ObjectRef, tuple[int, WorkItem]] = {}  # predict ref -> (actor slot, item)
+    def publish(self, staged: StagedScene) -> Published:
+        """Publish a scene in a task on the driver's node (its staging files are there), off the driver."""
+        return ray.get(_publish.options(scheduling_strategy=_on(self._driver_node)).remote(staged))
+
+    # -- the stream ----------------------------------------------------------------------------------------
+    def run(
+        self, work: Iterable[WorkItem], options: PredictOptions
+    ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
+        pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # predict ref -> (model slot, reader, item)
+        ordinals: dict[str, int] = {}
+        # A scene's header and grid, and the options, go to the object store once, not pickled into every call
+        # (the CRS alone is a WKT string): the driver's CPU per block stays near Ray's own cost of two calls.
+        shared: OrderedDict[str, tuple[ray.ObjectRef, ray.ObjectRef]] = OrderedDict()
+        options_ref = ray.put(options)
         work_iter = iter(work)
 
+        def refs(item: WorkItem) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+            if item.key not in shared:
+                shared[item.key] = (ray.put(item.scene), ray.put(item.blocks))
+                while len(shared) > SHARED_SCENES:
+                    shared.popitem(last=False)
+            shared.move_to_end(item.key)
+            return shared[item.key]
+
         def submit(item: WorkItem) -> None:
+            ordinal = ordinals.setdefault(item.key, len(ordinals))
+            keys = sorted(self.reader_actors)
+            reader = keys[(ordinal + item.stripe) % len(keys)]
+            reader_actor, node = self.reader_actors[reader]
             load = dict.fromkeys(self.actors, 0)
-            for slot, _ in pending.values():
+            for slot, _, _ in pending.values():
                 load[slot] += 1
-            slot = min(load, key=load.__getitem__)
-            read_ref = _read.remote(item.scene, item.tiles, self.norm, self.options, self.nodata)
-            pending[self.actors[slot].predict.remote(read_ref)] = (slot, item)
+            local = [s for s in load if self._actor_node.get(s) == node] or list(load)
+            slot = min(local, key=load.__getitem__)
+            scene_ref, blocks_ref = refs(item)
+            read_ref = reader_actor.read.remote(scene_ref, item.block, options.pad_mode)
+            ref = self.actors[slot].run.remote(blocks_ref, item.block, read_ref, options_ref)
+            pending[ref] = (slot, reader, item)
+
+        def resubmit(lost: list[WorkItem]) -> None:
+            for item in lost:  # read again: the old read result may have lived on a lost node
+                submit(item)
 
         exhausted = False
         try:
             while pending or not exhausted:
-                while not exhausted and len(pending) < self.max_in_flight * len(self.actors):
+                while not exhausted and len(pending) < self.max_in_flight * max(1, len(self.actors)):
                     item = next(work_iter, None)
                     if item is None:
                         exhausted = True
@@ -172,26 +288,47 @@ class RayExecutor:
                     submit(item)
                 if not pending:
                     break
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                slot, item = pending.pop(ref)
+                [ref], _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
+                slot, reader, item = pending.pop(ref)
                 try:
-                    output: BatchOutput | Exception = ray.get(ref)
-                except ray.exceptions.RayActorError:
-                    lost = [item, *(pending.pop(r)[1] for r in [r for r, (s, _) in pending.items() if s == slot])]
-                    self._lose(slot)
-                    for batch in lost:  # read again: the old read result may have lived on a lost node
-                        submit(batch)
+                    output: BlockResult | Exception = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    resubmit(self._recover(exc, slot, reader, item, pending))
                     continue
                 except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
                     submit(item)
                     continue
-                except ray.exceptions.RayError as exc:  # the reader or the model failed on this batch
+                except ray.exceptions.RayError as exc:  # the reader or the model failed on this block
                     output = exc
                 yield item, output
-        finally:  # the consumer stopped early: drop the batches still queued on the actors
+        finally:  # the consumer stopped early: drop the blocks still queued
             for ref in pending:
                 ray.cancel(ref)
 
+    def _recover(
+        self,
+        exc: ray.exceptions.RayActorError,
+        slot: int,
+        reader: int,
+        item: WorkItem,
+        pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]],
+    ) -> list[WorkItem]:
+        """After an actor died: replace it and return every block it held (to be read and predicted again)."""
+        dead = getattr(exc, "actor_id", None)
+        reader_ids = {i: a._actor_id.hex() for i, (a, _) in self.reader_actors.items()}
+        if dead is not None and dead in reader_ids.values():
+            index = next(i for i, h in reader_ids.items() if h == dead)
+            lost_refs = [r for r, (_, rd, _) in pending.items() if rd == index]
+            self._lose_reader(index)
+        else:
+            lost_refs = [r for r, (s, _, _) in pending.items() if s == slot]
+            if slot in self.actors:
+                self._lose_model(slot)
+        lost = [item, *(pending.pop(r)[2] for r in lost_refs)]
+        return lost
+
     def shutdown(self) -> None:
         for actor in self.actors.values():
+            ray.kill(actor)
+        for actor, _ in self.reader_actors.values():
             ray.kill(actor)

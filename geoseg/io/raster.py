@@ -11,7 +11,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -139,20 +139,34 @@ class OpenDatasets:
             self._open.popitem()[1].close()
 
 
+# Pixel types handed to the model worker as they are: torch converts them to float32 exactly as GDAL does, and
+# 16-bit imagery then travels at half the bytes of float32. Everything else is read as float32 by GDAL.
+NATIVE_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32"})
+
+
+def pixel_dtype(dtype: str) -> str:
+    """The type a band of ``dtype`` is read in for the model: itself when torch takes it, else float32."""
+    return dtype if dtype in NATIVE_DTYPES else "float32"
+
+
 def read_tile(
     src: rasterio.DatasetReader,
     window: Window,
     bands: list[int] | None = None,
     pad_mode: PadMode = "reflect",
+    native: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``window`` (which may extend past the raster) as float32 ``[bands, h, w]`` plus a validity mask.
+    """Read ``window`` (which may extend past the raster) as ``[bands, h, w]`` plus a validity mask ``[h, w]``.
 
-    Only the part of the window inside the raster is read from disk. The rest is filled by ``pad_mode``:
-    ``reflect`` mirrors the image (good context for the model at scene borders), ``constant`` fills zeros,
-    ``nodata`` marks the padding invalid. The mask is False where the source says nodata (nodata value,
-    internal mask or alpha band, via GDAL's mask flags), where a value is NaN/inf, and in ``nodata`` padding.
+    Pixels are float32, or with ``native`` the source type when :func:`pixel_dtype` keeps it (converted to
+    float32 later, with the same result). Only the part of the window inside the raster is read from disk. The
+    rest is filled by ``pad_mode``: ``reflect`` mirrors the image (good context for the model at scene
+    borders), ``constant`` fills zeros, ``nodata`` marks the padding invalid. The mask is False where the source
+    says nodata (nodata value, internal mask or alpha band, via GDAL's mask flags), where a value is NaN/inf,
+    and in ``nodata`` padding.
     """
     bands = bands or list(range(1, src.count + 1))
+    dtype = pixel_dtype(np.result_type(*[src.dtypes[b - 1] for b in bands]).name) if native else "float32"
     row0, col0 = int(window.row_off), int(window.col_off)
     height, width = int(window.height), int(window.width)
     top, left = max(0, -row0), max(0, -col0)
@@ -160,20 +174,50 @@ def read_tile(
     right = max(0, col0 + width - src.width)
     if min(width - left - right, height - top - bottom) <= 0:
         raise ValueError(f"window {window} does not intersect the {src.width}x{src.height} raster")
+    inner = Window(col0 + left, row0 + top, width - left - right, height - top - bottom)
     if pad_mode == "reflect" and (top or bottom or left or right):
         # Mirror the *image* about its edges (not the window's inner part), so a pixel's padding is the same
         # whichever window it is read through: batching cannot change the output.
         rows = reflect_index(np.arange(row0, row0 + height), src.height)
         cols = reflect_index(np.arange(col0, col0 + width), src.width)
-        r0, c0 = int(rows.min()), int(cols.min())
-        data, valid = _read(src, bands, Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1))
+        if top < inner.height and bottom < inner.height and left < inner.width and right < inner.width:
+            return _reflect_margins(
+                *_read(src, bands, inner, dtype),
+                rows - int(inner.row_off),
+                cols - int(inner.col_off),
+                (top, bottom, left, right),
+            )
+        r0, c0 = int(rows.min()), int(cols.min())  # a raster smaller than the padding: mirrored more than once
+        inside = Window(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+        data, valid = _read(src, bands, inside, dtype)
         return data[:, rows - r0][:, :, cols - c0], valid[rows - r0][:, cols - c0]
-    data, valid = _read(src, bands, Window(col0 + left, row0 + top, width - left - right, height - top - bottom))
+    data, valid = _read(src, bands, inner, dtype)
     if top or bottom or left or right:
         pads = ((top, bottom), (left, right))
         data = np.pad(data, ((0, 0), *pads), mode="constant")
         valid = np.pad(valid, pads, mode="constant", constant_values=pad_mode == "constant")
     return data, valid
+
+
+def _reflect_margins(
+    data: np.ndarray, valid: np.ndarray, rows: np.ndarray, cols: np.ndarray, pads: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The window from its inner part (read) and mirrored margins: only the margins are gathered, the inner
+    part is one copy (gathering the whole window through index arrays cost a border block ~5 ns per pixel)."""
+    top, bottom, left, right = pads
+    height, width = len(rows), len(cols)
+    out = np.empty((data.shape[0], height, width), dtype=data.dtype)
+    mask = np.empty((height, width), dtype=bool)
+    inner_rows, inner_cols = slice(top, height - bottom), slice(left, width - right)
+    out[:, inner_rows, inner_cols] = data
+    mask[inner_rows, inner_cols] = valid
+    for margin in (slice(0, top), slice(height - bottom, height)):  # rows first, over the inner columns
+        out[:, margin, inner_cols] = out[:, rows[margin] + top, inner_cols]
+        mask[margin, inner_cols] = mask[rows[margin] + top, inner_cols]
+    for margin in (slice(0, left), slice(width - right, width)):  # then columns, over every row
+        out[:, :, margin] = out[:, :, cols[margin] + left]
+        mask[:, margin] = mask[:, cols[margin] + left]
+    return out, mask
 
 
 def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
@@ -185,10 +229,12 @@ def reflect_index(index: np.ndarray, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
-def _read(src: rasterio.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _read(
+    src: rasterio.DatasetReader, bands: list[int], window: Window, dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
     try:
-        data = src.read(bands, window=window, out_dtype="float32")
-        valid = np.all(src.read_masks(bands, window=window) > 0, axis=0)
+        data = src.read(bands, window=window, out_dtype=dtype)
+        valid = _valid(src, bands, window, data)
     except RasterioIOError as exc:  # GDAL's own reason is in the chained error; rasterio's says "see previous"
         detail = str(exc.__cause__ or exc).strip().splitlines()[-1]
         raise GeoSegError(
@@ -196,8 +242,30 @@ def _read(src: rasterio.DatasetReader, bands: list[int], window: Window) -> tupl
             f"(truncated or corrupt file? GDAL: {detail})",
             src.name,
         ) from exc
-    valid &= np.all(np.isfinite(data), axis=0)
+    if data.dtype.kind == "f":
+        valid &= np.all(np.isfinite(data), axis=0)
     return data, valid
+
+
+def _valid(src: rasterio.DatasetReader, bands: list[int], window: Window, data: np.ndarray) -> np.ndarray:
+    """All bands valid, by GDAL's mask semantics; computed from the pixels when that is the same and cheaper.
+
+    Integer bands whose only mask is their nodata value are compared with it here (GDAL's nodata mask is
+    exactly that comparison, and a nodata value the type cannot hold masks nothing); bands without any mask
+    are all valid; everything else (float nodata, internal masks, alpha bands) asks GDAL.
+    """
+    flags = [src.mask_flag_enums[b - 1] for b in bands]
+    if all(f == [MaskFlags.all_valid] for f in flags):
+        return np.ones(data.shape[1:], dtype=bool)
+    if data.dtype.kind in "iu" and all(f == [MaskFlags.nodata] for f in flags):
+        valid = np.ones(data.shape[1:], dtype=bool)
+        limits = np.iinfo(data.dtype)
+        for i, band in enumerate(bands):
+            nodata = src.nodatavals[band - 1]
+            if nodata is not None and float(nodata).is_integer() and limits.min <= nodata <= limits.max:
+                valid &= data[i] != np.asarray(nodata).astype(data.dtype)
+        return valid
+    return np.all(src.read_masks(bands, window=window) > 0, axis=0)
 
 
 def warp_to_grid(src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int, height: int) -> WarpedVRT:

@@ -106,6 +106,65 @@ class ResNetUNet(nn.Module):
             y = decoder(y, features.pop())
         return self.head(y)[..., :height, :width]
 
+    output_stride = 32
+
+    def receptive_field(self) -> int:
+        """Radius in pixels of the input that can influence one output pixel (the worst position); exact, by
+        propagating each layer's input interval back from one output pixel (see :meth:`UNet.receptive_field`).
+
+        ResNet encoders see far: 200-450 px. Their *effective* field is much smaller, so prediction caps its
+        default halo and says so in the report rather than paying a halo this wide.
+        """
+        stages = [self.stem, nn.Sequential(self.pool, self.layers[0]), *self.layers[1:]]
+
+        def encoder(level: int, a: int, b: int) -> tuple[int, int]:
+            if level == 0:
+                return a - 2, b + 2  # full-resolution DoubleConv
+            for stage in reversed(stages[: level]):
+                a, b = _needs(stage, a, b)
+            return a, b
+
+        def decoder(level: int, a: int, b: int) -> tuple[int, int]:
+            if level == len(stages):
+                return encoder(level, a, b)
+            a, b = a - 2, b + 2  # DoubleConv over [upsampled, skip]
+            # Bilinear x2 (align_corners=False) reads floor(y/2 - 1/4) and the next pixel. The stem halves the
+            # resolution too, so every level is twice the next.
+            up = decoder(level + 1, (2 * a - 1) // 4, (2 * b - 1) // 4 + 1)
+            skip = encoder(level, a, b)
+            return min(skip[0], up[0]), max(skip[1], up[1])
+
+        radius = 0
+        for x in range(self.output_stride):
+            low, high = decoder(0, x, x)
+            radius = max(radius, x - low, high - x)
+        return radius
+
+
+def _needs(module: nn.Module, a: int, b: int) -> tuple[int, int]:
+    """The input interval (one axis) that output pixels ``[a, b]`` of ``module`` are computed from."""
+    if isinstance(module, nn.Conv2d | nn.MaxPool2d):
+        k, s, p, d = (_first(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation))
+        return a * s - p, b * s - p + (k - 1) * d
+    if isinstance(module, tvm.resnet.BasicBlock):  # the shortcut (1x1) needs a subset of the main path
+        return _needs(module.conv1, *_needs(module.conv2, a, b))
+    if isinstance(module, tvm.resnet.Bottleneck):
+        return _needs(module.conv1, *_needs(module.conv2, *_needs(module.conv3, a, b)))
+    if isinstance(module, nn.Sequential):
+        for child in reversed(list(module)):
+            a, b = _needs(child, a, b)
+        return a, b
+    return a, b  # BatchNorm, ReLU: per pixel
+
+
+def _first(value: object) -> int:
+    """One axis of a (square) kernel, stride, padding or dilation given as an int or a tuple."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, tuple) and isinstance(value[0], int):
+        return value[0]
+    raise ValueError(f"cannot take the receptive field through a layer with {value!r}")
+
 
 def _out_channels(layer: nn.Module) -> int:
     """Channels out of a ResNet stage: those of its last BatchNorm (bn3 for bottlenecks, bn2 for basic)."""

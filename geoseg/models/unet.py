@@ -78,6 +78,7 @@ class UNet(nn.Module):
         if upsample not in ("transpose", "bilinear"):
             raise ValueError(f"upsample must be 'transpose' or 'bilinear', got {upsample!r}")
         self.depth = depth
+        self.bilinear = upsample == "bilinear"
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.inc = DoubleConv(in_channels, widths[0], norm)
         self.downs = nn.ModuleList(DoubleConv(widths[i], widths[i + 1], norm) for i in range(depth))
@@ -99,3 +100,39 @@ class UNet(nn.Module):
         for up in self.ups:
             y = up(y, skips.pop())
         return self.head(y)[..., :height, :width]
+
+    @property
+    def output_stride(self) -> int:
+        """Total down-sampling: tiles whose offsets are multiples of it see the same pooling grid."""
+        return int(2**self.depth)
+
+    def receptive_field(self) -> int:
+        """Radius in pixels of the input that can influence one output pixel (the worst position).
+
+        Exact for this architecture: the input interval each layer needs is propagated back from one output
+        pixel (3x3 convs widen it by one pixel per side, 2x2 pooling doubles it, the transposed conv halves
+        it, skips take the union), for every position on the pooling grid.
+        """
+
+        def encoder(level: int, a: int, b: int) -> tuple[int, int]:
+            a, b = a - 2, b + 2  # DoubleConv
+            if level == 0:
+                return a, b
+            return encoder(level - 1, 2 * a, 2 * b + 1)  # 2x2 max-pool, stride 2
+
+        def decoder(level: int, a: int, b: int) -> tuple[int, int]:
+            if level == self.depth:
+                return encoder(level, a, b)
+            a, b = a - 2, b + 2  # DoubleConv over [skip, up]
+            if self.bilinear:  # bilinear x2 (align_corners=False) reads floor(y/2 - 1/4) and the next pixel
+                up = decoder(level + 1, (2 * a - 1) // 4, (2 * b - 1) // 4 + 1)
+            else:  # 2x2 transposed conv, stride 2: output y comes from input y // 2
+                up = decoder(level + 1, a // 2, b // 2)
+            skip = encoder(level, a, b)
+            return min(skip[0], up[0]), max(skip[1], up[1])
+
+        radius = 0
+        for x in range(self.output_stride):
+            low, high = decoder(0, x, x)
+            radius = max(radius, x - low, high - x)
+        return radius

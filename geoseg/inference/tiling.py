@@ -1,4 +1,4 @@
-"""Overlapping tiles over a scene, as a lazy sequence of small value objects.
+"""Overlapping tiles over a scene, and the blocks of tiles that are the unit of work, as lazy sequences.
 
 Geometry along one axis (the other is the same), with tile size ``T``, halo ``h`` and blend overlap ``o``:
 each tile *reads* ``T`` pixels, discards ``h`` on each side (the pixels whose receptive field reaches the
@@ -7,6 +7,15 @@ pixels from pixel 0, so neighbouring cores overlap by ``o`` pixels where their p
 The first tile reads from ``-h``: at true image borders the halo lies outside the raster and is filled by
 padding, so border pixels are never cropped away for lack of a neighbour. A raster smaller than one tile
 still gets one (padded) tile.
+
+Blocks group ``k x k`` neighbouring tiles into one unit of work: a block is read as one window (so the source
+blocks under neighbouring tiles are decoded once), predicted, blended and reduced to uint8 on the model
+worker. A block *finalises* the pixels of its output window, the ``k`` tile strides of its own tiles; the
+pixels in the first ``overlap`` columns and rows of that window are also covered by the last tile of the
+previous block, so a block runs that tile too (when ``overlap > 0``). Every output pixel therefore sees, in
+exactly one block, exactly the tiles that cover it, in the same order and with the same weights as a
+whole-raster blend: the output does not depend on the block size. The price of an overlap is one repeated
+tile row and column per block (``1/k`` more model work per axis); with ``overlap = 0`` blocks repeat nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +28,14 @@ from typing import overload
 
 import numpy as np
 from rasterio.windows import Window
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What tiling needs to know about a model, computed from its architecture (see the bundle)."""
+
+    output_stride: int  # total down-sampling: tile offsets that are multiples of it see the same pooling grid
+    receptive_field: int  # radius in px of the input that can change one output pixel (worst position)
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,18 @@ class _Axis:
     def core_span(self, i: int) -> tuple[int, int]:
         start = i * self.stride
         return start, min(start + self.core, self.length)
+
+    def blocks(self, k: int) -> int:
+        return math.ceil(self.count / k)
+
+    def block_span(self, b: int, k: int) -> tuple[int, int, range, range]:
+        """Output pixels ``[start, stop)`` of block ``b``, the tiles it owns and the tiles it runs."""
+        owned = range(b * k, min((b + 1) * k, self.count))
+        start = b * k * self.stride
+        stop = self.length if owned.stop == self.count else owned.stop * self.stride
+        # With an overlap, the first ``overlap`` output pixels are shared with the previous block's last tile.
+        first = owned.start - 1 if owned.start > 0 and self.overlap > 0 else owned.start
+        return start, stop, owned, range(first, owned.stop)
 
 
 class TileGrid(Sequence[Tile]):
@@ -153,3 +182,89 @@ class TileGrid(Sequence[Tile]):
         if o and has_after:
             weights[length - o :] *= self._ramp[:o][::-1]
         return weights
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of tiles: the output pixels it finalises, the tiles it runs and the window it reads.
+
+    ``tile_rows``/``tile_cols`` are the tiles run (grid rows and columns, in order); ``owned_rows`` and
+    ``owned_cols`` the tiles counted for this block in reports (each tile is owned by exactly one block).
+    ``read`` is the union of the run tiles' read windows and may extend past the raster (padding).
+    """
+
+    index: int
+    row: int
+    col: int
+    output: Window
+    read: Window
+    tile_rows: range
+    tile_cols: range
+    owned_rows: range
+    owned_cols: range
+
+    def tile_offset(self, tile: Tile) -> tuple[int, int]:
+        """Where ``tile``'s read window starts inside this block's read window."""
+        return int(tile.read.row_off - self.read.row_off), int(tile.read.col_off - self.read.col_off)
+
+
+class BlockGrid(Sequence[Block]):
+    """The blocks of ``grid``, ``tiles_per_block`` tiles a side, in row-major order, computed on demand.
+
+    Args:
+        grid: the scene's tiles.
+        block: requested block side in output pixels; rounded to a whole number of tile strides (at least one).
+    """
+
+    def __init__(self, grid: TileGrid, block: int) -> None:
+        self.grid = grid
+        self.tiles_per_block = max(1, block // grid.stride)
+        k = self.tiles_per_block
+        self.rows, self.cols = grid._y.blocks(k), grid._x.blocks(k)
+
+    @property
+    def size(self) -> int:
+        """Side of a full block's output window in pixels."""
+        return self.tiles_per_block * self.grid.stride
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    @overload
+    def __getitem__(self, index: int) -> Block: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Block]: ...
+
+    def __getitem__(self, index: int | slice) -> Block | Sequence[Block]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row, col = divmod(index, self.cols)
+        g, k = self.grid, self.tiles_per_block
+        y0, y1, owned_rows, tile_rows = g._y.block_span(row, k)
+        x0, x1, owned_cols, tile_cols = g._x.block_span(col, k)
+        first = g[tile_rows.start * g.cols + tile_cols.start].read
+        last = g[(tile_rows.stop - 1) * g.cols + tile_cols.stop - 1].read
+        read = Window(
+            first.col_off,
+            first.row_off,
+            last.col_off + last.width - first.col_off,
+            last.row_off + last.height - first.row_off,
+        )
+        output = Window(x0, y0, x1 - x0, y1 - y0)
+        return Block(index, row, col, output, read, tile_rows, tile_cols, owned_rows, owned_cols)
+
+    def __iter__(self) -> Iterator[Block]:
+        return (self[i] for i in range(len(self)))
+
+    def tiles(self, block: Block) -> Iterator[Tile]:
+        """The tiles ``block`` runs, in the grid's (row-major) order."""
+        for r in block.tile_rows:
+            for c in block.tile_cols:
+                yield self.grid[r * self.grid.cols + c]
+
+    def owns(self, block: Block, tile: Tile) -> bool:
+        return tile.row in block.owned_rows and tile.col in block.owned_cols

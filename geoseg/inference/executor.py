@@ -1,0 +1,107 @@
+"""Executors: where blocks are read and predicted. The job (driver) only hands out blocks and writes results.
+
+An executor takes a stream of :class:`WorkItem` (one block of one scene each) and yields every item with its
+:class:`~geoseg.inference.blend.BlockResult`, or with the error that failed it, in any order. Two exist and
+give the same bytes: :class:`LocalExecutor` (everything in this process: tests, notebooks, debugging) and
+:class:`geoseg.inference.distributed.RayExecutor` (reader actors and model actors on a Ray cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from geoseg.inference.options import PredictOptions
+from geoseg.inference.reader import read_block
+from geoseg.inference.tiling import Block, BlockGrid
+from geoseg.io.normalisation import Normalisation
+from geoseg.io.raster import SceneInfo
+
+if TYPE_CHECKING:  # torch stays out of reader processes, which import this module
+    from geoseg.inference.worker import ModelWorker
+
+
+@dataclass
+class BlockResult:
+    """A finished block: uint8 classes over its output window, counts for the report, stage times."""
+
+    index: int
+    classes: np.ndarray  # [height, width] uint8 class ids, CLASS_NODATA where nothing valid was seen
+    probabilities: np.ndarray | None = None  # [classes + 1, height, width] uint8: p x 254 per class, confidence
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per model output index
+    tiles_run: int = 0
+    tiles_skipped: int = 0
+    seam_pixels: int = 0
+    seam_disagreements: int = 0
+    read_seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One block of one scene. ``key`` names the scene in a stream of scenes; ``stripe`` is the run of block
+    rows that one reader reads in order (its blocks share decoded source blocks; see the reader)."""
+
+    key: str
+    scene: SceneInfo
+    blocks: BlockGrid
+    block: Block
+    stripe: int = 0
+
+
+class BlockExecutor(Protocol):
+    """Reads and predicts blocks, yielding results in any order."""
+
+    @property
+    def parallelism(self) -> int:
+        """How many blocks it predicts at once (its model workers)."""
+        ...
+
+    @property
+    def readers(self) -> int:
+        """How many readers it has (a scene is read as this many stripes at most)."""
+        ...
+
+    @property
+    def gpu(self) -> bool:
+        """Whether its model workers run on GPUs (defaults such as the block size follow)."""
+        ...
+
+    def run(
+        self, work: Iterable[WorkItem], options: PredictOptions
+    ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
+        """Read and predict every item; yield each with its result, or with the error it raised.
+
+        An item's error concerns its scene only: the executor carries on with the rest. Errors of the
+        executor itself (no model worker left) are raised.
+        """
+        ...
+
+
+class LocalExecutor:
+    """Everything in this process, one block after another."""
+
+    parallelism = 1
+    readers = 1
+
+    def __init__(self, worker: ModelWorker) -> None:
+        self.worker = worker
+        self.norm = Normalisation.from_spec(worker.spec)
+
+    @property
+    def gpu(self) -> bool:
+        return self.worker.device.type == "cuda"
+
+    def run(
+        self, work: Iterable[WorkItem], options: PredictOptions
+    ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
+        for item in work:
+            try:
+                pixels = read_block(item.scene, item.block, self.norm, options.pad_mode)
+                output: BlockResult | Exception = self.worker.run(item.blocks, item.block, pixels, options)
+            except Exception as exc:  # this scene's problem (a corrupt block, ...): the stream goes on
+                output = exc
+            yield item, output

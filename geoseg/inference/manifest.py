@@ -1,0 +1,119 @@
+"""The job manifest: which scenes are finished, by which model and options, from which source bytes.
+
+``manifest.json`` holds one entry per scene (its report, the fingerprint of the model + options that produced
+it, the identity of its source files, and its outputs' sizes); while a job runs, entries since the last
+snapshot are appended to the journal ``manifest.jsonl``. A rerun skips a scene only if all of that still holds:
+same fingerprint, same source identity (a replaced input is redone), and outputs of the recorded sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from geoseg import __version__
+from geoseg.inference.report import SceneReport, Status
+from geoseg.io.writer import temp_sibling
+
+MANIFEST = "manifest.json"
+JOURNAL = "manifest.jsonl"
+_PROBE = 64 * 1024
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    staging = temp_sibling(path)
+    staging.write_text(json.dumps(payload, indent=2))
+    os.replace(staging, path)
+
+
+def source_identity(paths: list[Path]) -> str:
+    """A cheap key of the bytes a scene is read from: per file its size, modification time and a hash of its
+    first and last 64 KiB (a header rewritten in place changes it even when size and time are kept).
+
+    GDAL virtual paths (``/vsis3/...``) that are not local files are keyed by name; their stores version
+    objects themselves.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(str(path).encode())
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            digest.update(f.read(_PROBE))
+            if stat.st_size > _PROBE:
+                f.seek(max(_PROBE, stat.st_size - _PROBE))
+                digest.update(f.read(_PROBE))
+    return digest.hexdigest()[:16]
+
+
+class Manifest:
+    """Per-scene state of a job folder: ``manifest.json``, plus ``manifest.jsonl`` while a job runs.
+
+    Each entry is appended to the journal (``manifest.jsonl``, one line, flushed and fsynced) as soon as its
+    scene is settled; ``manifest.json`` is rewritten from all entries at most every ``snapshot_seconds`` and
+    when the job ends, and the journal is then removed. Rewriting the whole manifest after every scene would
+    cost O(scenes) per scene: 0.23 s per scene at 10 000 scenes here, days for an archive of 100 000 chips.
+    Loading replays the journal over the snapshot (last entry wins), so a killed job loses nothing it
+    recorded; a line torn by the kill is not valid JSON and is ignored, so that scene is simply redone.
+    """
+
+    def __init__(self, folder: Path, snapshot_seconds: float = 30.0) -> None:
+        self.path = folder / MANIFEST
+        self.journal = folder / JOURNAL
+        self.snapshot_seconds = snapshot_seconds
+        self._snapshot_at = time.monotonic()
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text()).get("scenes", {})
+            except (json.JSONDecodeError, AttributeError):
+                self.entries = {}  # unreadable manifest: redo everything rather than trust it
+        if self.journal.exists():
+            for line in self.journal.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    entry = json.loads(line)
+                    if isinstance(entry, dict) and isinstance(entry.get("scene"), str):
+                        self.entries[entry["scene"]] = entry
+            self.snapshot()  # a fresh journal: appending after a torn line would tear the next entry too
+
+    def snapshot(self) -> None:
+        """Write ``manifest.json`` from every entry, then drop the journal (replaying it again is harmless)."""
+        write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
+        self.journal.unlink(missing_ok=True)
+        self._snapshot_at = time.monotonic()
+
+    def finished(self, name: str, source: str, identity: str, fingerprint: str) -> SceneReport | None:
+        """The report of a scene that needs no rerun (status ``skipped``), else None."""
+        entry = self.entries.get(name)
+        if not entry or entry.get("status") != Status.OK or entry.get("fingerprint") != fingerprint:
+            return None
+        if entry.get("source") != source or entry.get("source_identity") != identity:
+            return None
+        for key in ("output", "probabilities"):
+            output, size = entry.get(key), entry.get(f"{key}_bytes")
+            if output and (not Path(output).exists() or Path(output).stat().st_size != size):
+                return None
+        report = SceneReport.from_dict(entry)
+        report.status = Status.SKIPPED
+        return report
+
+    def record(self, report: SceneReport, fingerprint: str, identity: str) -> None:
+        entry: dict[str, Any] = report.to_dict() | {"fingerprint": fingerprint, "source_identity": identity}
+        for key, path in (("output", report.output), ("probabilities", report.probabilities)):
+            if report.status == Status.OK and path:
+                entry[f"{key}_bytes"] = Path(path).stat().st_size
+        self.entries[report.scene] = entry
+        with open(self.journal, "a") as journal:
+            journal.write(json.dumps(entry) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        if time.monotonic() - self._snapshot_at >= self.snapshot_seconds:
+            self.snapshot()
