@@ -136,8 +136,14 @@ def save_bundle(directory: str | Path, spec: BundleSpec, model: nn.Module) -> Pa
     spec = spec.model_copy(
         update={"output_stride": geometry.output_stride, "receptive_field": geometry.receptive_field}
     )
+    # Only a bundle is ever replaced: any other file or folder under that name is the user's, and stays.
+    if directory.exists() and not (directory.is_dir() and (directory / SPEC_FILE).is_file()):
+        raise GeoSegError("exists and is not a model bundle; refusing to replace it", directory)
     staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.partial")
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise GeoSegError(f"cannot create the bundle ({exc.strerror or exc})", directory) from None
     try:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, staging / WEIGHTS_FILE)
@@ -155,8 +161,10 @@ def load_spec(directory: str | Path) -> BundleSpec:
     path = Path(directory) / SPEC_FILE
     try:
         return BundleSpec.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise GeoSegError(f"not a model bundle (no {SPEC_FILE})", directory) from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise GeoSegError(f"cannot read the bundle spec ({getattr(exc, 'strerror', None) or exc})", path) from None
     except json.JSONDecodeError as exc:
         raise GeoSegError(f"corrupt bundle spec: {exc}", path) from exc
     except ValidationError as exc:

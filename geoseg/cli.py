@@ -256,21 +256,42 @@ def vectorize(
 @click.option("--pred", type=click.Path(path_type=Path), required=True)
 @click.option("--truth", type=click.Path(path_type=Path), required=True, help="Class raster or polygons.")
 @click.option("--class-field", default="class_id", show_default=True, help="Class attribute of truth polygons.")
-@click.option("--out", type=click.Path(path_type=Path), help="Write the metrics JSON here.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the metrics JSON here (folders are created).")
 def evaluate(pred: Path, truth: Path, class_field: str, out: Path | None) -> None:
     """Per-class IoU/F1/precision/recall, mIoU and pixel accuracy of a prediction."""
     from geoseg.evaluate import evaluate as run_evaluate
+    from geoseg.inference.manifest import write_json_atomic
 
+    if out is not None:  # checked before the work, not after the metrics are printed
+        if out.is_dir():
+            raise GeoSegError("is a folder; --out takes a file name", out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeoSegError(f"cannot create the folder for --out ({exc.strerror or exc})", out.parent) from exc
     metrics = run_evaluate(pred, truth, class_field)
+
+    def number(value: float | None, width: int = 8) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"  # undefined is not 0
+
     click.echo(f"{'class':<16}{'IoU':>8}{'F1':>8}{'prec':>8}{'recall':>8}{'support':>12}")
     for name, row in metrics["per_class"].items():
         click.echo(
-            f"{name:<16}{row['iou'] or 0:>8.3f}{row['f1'] or 0:>8.3f}{row['precision'] or 0:>8.3f}"
-            f"{row['recall'] or 0:>8.3f}{row['support']:>12}"
+            f"{name:<16}{number(row['iou'])}{number(row['f1'])}{number(row['precision'])}{number(row['recall'])}"
+            f"{row['support']:>12}"
         )
-    click.echo(f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_accuracy']:.4f}")
+    click.echo(f"mIoU {number(metrics['miou'], 0)}  pixel accuracy {number(metrics['pixel_accuracy'], 0)}")
+    if "objects" in metrics:
+        o = metrics["objects"]
+        click.echo(
+            f"objects (IoU >= {o['iou_threshold']}): precision {o['precision']:.3f}  recall {o['recall']:.3f}  "
+            f"F1 {o['f1']:.3f}  ({o['matched']} of {o['truth']} truth, {o['predicted']} predicted)"
+        )
     if out:
-        out.write_text(json.dumps(metrics, indent=2))
+        try:
+            write_json_atomic(out, metrics)
+        except OSError as exc:
+            raise GeoSegError(f"cannot write the metrics ({exc.strerror or exc})", out) from exc
 
 
 @cli.command()
@@ -299,13 +320,16 @@ def demo(workdir: Path, overrides: tuple[str, ...]) -> None:
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="geoseg", standalone_mode=False)
     except click.exceptions.Abort:
         console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a bad option or a missing argument: one line too, exit 1
+        context = getattr(exc, "ctx", None)
+        where = f" (see {context.command_path} --help)" if context is not None else ""
+        message = exc.format_message().replace("\n", " ")
+        console.print(f"geoseg: error: {message}{where}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
     except GeoSegError as exc:
         if debug:
             raise

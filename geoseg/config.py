@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import PadMode
-from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
+from geoseg.io.sources import STACK_SEPARATOR, base_name, parse_stack
+from geoseg.io.stack import build_stack_vrt
 
 
 class _Strict(BaseModel):
@@ -115,9 +116,9 @@ class TrainConfig(_Strict):
         pairs = []
         for source in self.data.scenes:
             if STACK_SEPARATOR in source.image:
-                bands = [root / part for part in source.image.split(STACK_SEPARATOR)]
+                stack = parse_stack(source.image, root)
                 folder = Path(self.data.stacks_dir or root)
-                image = build_stack_vrt(bands, folder / f"{stack_name(bands)}.vrt")
+                image = build_stack_vrt(stack.bands, folder / f"{base_name(stack)}.vrt")
                 pairs.append((image, root / source.labels.format(stem=image.stem), source.label_field))
                 continue
             pattern = str(root / source.image)

@@ -142,11 +142,9 @@ class LabelSource:
             labels = np.where(ok, self.lut[np.clip(raw, 0, len(self.lut) - 1).astype(np.int64)], self.ignore_index)
         return labels.astype(np.int64)
 
-    def coarse(self, region: Window, max_side: int = 512) -> tuple[np.ndarray, tuple[float, float]]:
-        """Label indices over ``region`` at reduced resolution (nearest) and the pixels per coarse cell.
-
-        Used to find where each class is without reading the labels at full resolution.
-        """
+    def coarse_values(self, region: Window, max_side: int = 512) -> tuple[np.ndarray, tuple[float, float]]:
+        """Raw label values over ``region`` at reduced resolution (nearest; -1 where there is no label) and the
+        pixels per coarse cell: where each class is, without reading the labels at full resolution."""
         if self._frame is None and self._raster is None:
             self._open()
         height, width = int(region.height), int(region.width)
@@ -165,10 +163,61 @@ class LabelSource:
         else:
             raw = self._raster.read(1, window=region, out_shape=shape, resampling=Resampling.nearest)
             valid = self._raster.read_masks(1, window=region, out_shape=shape, resampling=Resampling.nearest) > 0
-            ok = valid & (raw >= 0) & (raw < len(self.lut)) & (raw == np.round(raw))
+            ok = valid & (raw >= 0) & (raw == np.round(raw))
             values = np.where(ok, raw, -1).astype(np.int64)
-        labels = np.where(values >= 0, self.lut[np.clip(values, 0, len(self.lut) - 1)], self.ignore_index)
+        return values.astype(np.int64), cell
+
+    def coarse(self, region: Window, max_side: int = 512) -> tuple[np.ndarray, tuple[float, float]]:
+        """Label indices over ``region`` at reduced resolution (see :meth:`coarse_values`)."""
+        values, cell = self.coarse_values(region, max_side)
+        known = (values >= 0) & (values < len(self.lut))
+        labels = np.where(known, self.lut[np.clip(values, 0, len(self.lut) - 1)], self.ignore_index)
         return labels, cell
+
+    def check(self, region: Window, role: str) -> dict[int, int]:
+        """Refuse labels that give no usable pixel in ``region`` (one line naming the file and why); returns the
+        label ids found outside the classes (coarse pixel counts), which training ignores.
+
+        The coarse look finds regions of a few pixels only at the scale of its cells, so when it finds no
+        usable label the region is read at full resolution before the labels are refused.
+        """
+        path = self.scene.labels
+        try:
+            values, _ = self.coarse_values(region)
+        except GeoSegError:
+            raise
+        except Exception as exc:  # a CRS that cannot be transformed, a corrupt file, ...
+            cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise GeoSegError(f"cannot bring the labels onto {self.scene.info.path} ({cause})", path) from exc
+        known = (
+            (values >= 0)
+            & (values < len(self.lut))
+            & (self.lut[np.clip(values, 0, len(self.lut) - 1)] != self.ignore_index)
+        )
+        if not known.any():
+            full = self._usable_at_full_resolution(region)
+            if not full:
+                found = sorted(set(np.unique(values[values >= 0]).tolist()))
+                cause = (
+                    f"its ids {found[:8]} are none of the config's classes"
+                    if found
+                    else f"no label covers the {role} part of {self.scene.info.path}"
+                )
+                raise GeoSegError(f"labels give no usable pixel for {role}: {cause}", path)
+        unknown = values[(values >= 0) & ~known]
+        ids, counts = np.unique(unknown, return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist(), strict=True))
+
+    def _usable_at_full_resolution(self, region: Window, step: int = 2048) -> bool:
+        top, left = int(region.row_off), int(region.col_off)
+        for row in range(top, top + int(region.height), step):
+            for col in range(left, left + int(region.width), step):
+                window = Window(
+                    col, row, min(step, left + int(region.width) - col), min(step, top + int(region.height) - row)
+                )
+                if (self.read(window) != self.ignore_index).any():
+                    return True
+        return False
 
 
 def _box(bounds: tuple[float, float, float, float]) -> Any:

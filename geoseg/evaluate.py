@@ -8,31 +8,96 @@ from typing import Any
 import numpy as np
 import rasterio
 import shapely
+from affine import Affine
 from rasterio import features
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import on_grid, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
-from geoseg.metrics import confusion_matrix, summarize
+from geoseg.metrics import summarize
 from geoseg.vectorize import class_names_from_tags, polygonize
 
-MAX_CLASSES = 256  # any uint8 id; nodata comes from the rasters' masks, not from a reserved value
+
+def _open(path: Path, role: str) -> rasterio.DatasetReader:
+    """Open a class raster (``role``: prediction or truth) with one-line errors for what makes it unusable."""
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        cause = str(exc).split(": ", 1)[-1] if str(exc) else "cannot be read"
+        raise GeoSegError(f"cannot open the {role} raster ({cause})", path) from exc
+    if src.transform == Affine.identity():
+        gcps = bool(src.gcps[0])
+        src.close()
+        if gcps:
+            raise GeoSegError(f"the {role} is georeferenced by ground control points only: warp it first", path)
+        raise GeoSegError(f"the {role} has no geotransform: its pixels have no position", path)
+    if src.crs is None:
+        src.close()
+        raise GeoSegError(f"the {role} has no CRS", path)
+    if np.dtype(src.dtypes[0]).kind not in "uif":
+        src.close()
+        raise GeoSegError(f"the {role} has pixel type {src.dtypes[0]}, not class ids", path)
+    return src
+
+
+def _class_ids(values: np.ndarray, valid: np.ndarray, path: Path, role: str) -> np.ndarray:
+    """Class ids as int64, exactly: fractional values and (in truth) negative ids are refused, not rounded or
+    wrapped; NaN is no class and leaves ``valid``."""
+    if values.dtype.kind == "f":
+        valid &= ~np.isnan(values)
+        ids = values[valid]
+        if not np.all(np.isfinite(ids) & (ids == np.round(ids))):
+            raise GeoSegError(f"the {role} holds fractional values: not a class raster", path)
+    ids = values[valid]
+    if ids.size and ids.min() < 0:
+        raise GeoSegError(
+            f"the {role} holds negative class ids ({int(ids.min())}) and no nodata value: declare its nodata "
+            "(gdal_edit.py -a_nodata) or remap its ids",
+            path,
+        )
+    return np.where(valid, values, 0).astype(np.int64)
+
+
+class _Confusion:
+    """Counts of (truth id, predicted id) pairs over any ids, exactly (not capped at 255)."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[int, int], int] = {}
+
+    def add(self, truth: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> None:
+        keys = np.stack([truth[valid], pred[valid]], axis=1)
+        if not len(keys):
+            return
+        unique, counts = np.unique(keys, axis=0, return_counts=True)
+        for (t, p), n in zip(unique.tolist(), counts.tolist(), strict=True):
+            self.pairs[(t, p)] = self.pairs.get((t, p), 0) + n
+
+    def matrix(self) -> tuple[np.ndarray, list[int]]:
+        """The confusion matrix over ``0..max id`` when every id fits a class raster (0-255), else over the ids
+        seen; and the id of each row/column."""
+        ids = sorted({i for pair in self.pairs for i in pair})
+        if ids and ids[-1] <= 255:
+            ids = list(range(ids[-1] + 1))
+        index = {c: k for k, c in enumerate(ids)}
+        cm = np.zeros((len(ids), len(ids)), dtype=np.int64)
+        for (t, p), n in self.pairs.items():
+            cm[index[t], index[p]] += n
+        return cm, ids
 
 
 def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "class_id") -> dict[str, Any]:
     """Metrics of ``pred_path`` against ``truth_path``; truth is brought onto the prediction's grid.
 
     Raster truth on another grid is warped (nearest) on the fly; vector truth is rasterised per window.
-    Pixels that are nodata in either raster are left out.
+    Pixels that are nodata in either raster (or NaN) are left out; class ids are taken exactly, whatever
+    their range (ids above 255 have their own rows; the matrix then lists its ``class_ids``).
     """
     pred_path, truth_path = Path(pred_path), Path(truth_path)
-    cm = np.zeros((MAX_CLASSES, MAX_CLASSES), dtype=np.int64)
-    try:
-        pred = rasterio.open(pred_path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise GeoSegError("cannot open prediction raster", pred_path) from exc
-    with pred:
+    confusion = _Confusion()
+    with _open(pred_path, "prediction") as pred:
+        if pred.count != 1:
+            raise GeoSegError(f"the prediction has {pred.count} bands; a class raster has one", pred_path)
         names = class_names_from_tags(pred.tags())
         if is_vector(truth_path):
             truth_frame = read_class_polygons(truth_path, class_field, pred.crs)
@@ -47,13 +112,11 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                     dtype="int32",
                 )
                 valid = (t >= 0) & (pred.read_masks(1, window=window) > 0)
-                cm += confusion_matrix(p, t, MAX_CLASSES, valid)
+                confusion.add(t.astype(np.int64), _class_ids(p, valid, pred_path, "prediction"), valid)
         else:
-            try:
-                truth_src = rasterio.open(truth_path)
-            except rasterio.errors.RasterioIOError as exc:
-                raise GeoSegError("cannot open truth raster", truth_path) from exc
-            with truth_src:
+            with _open(truth_path, "truth") as truth_src:
+                if truth_src.count != 1:
+                    raise GeoSegError(f"the truth has {truth_src.count} bands; a class raster has one", truth_path)
                 names = class_names_from_tags(truth_src.tags()) | names
                 truth = (
                     truth_src
@@ -65,16 +128,15 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                     t = truth.read(1, window=window)
                     valid = truth.read_masks(1, window=window) > 0
                     valid &= pred.read_masks(1, window=window) > 0
-                    if t.dtype.kind == "f":
-                        t = np.where(valid, t, 0).astype(np.int64)
-                    cm += confusion_matrix(p, t, MAX_CLASSES, valid)
-    used = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
-    if not len(used):
-        raise GeoSegError("prediction and truth share no valid pixels", truth_path)
-    size = int(used.max()) + 1
-    metrics = summarize(cm[:size, :size], names)
-    if len(used) == 2:  # binary (buildings vs background): also score whole objects, SpaceNet style
-        metrics["objects"] = object_f1(pred_path, truth_path, int(used.max()), class_field)
+                    t_ids = _class_ids(t, valid, truth_path, "truth")
+                    confusion.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
+    cm, ids = confusion.matrix()
+    if not confusion.pairs:
+        raise GeoSegError("prediction and truth share no valid pixels (no overlap, or all nodata)", truth_path)
+    metrics = summarize(cm, names, ids)
+    present = [i for i, c in enumerate(ids) if cm[i].sum() + cm[:, i].sum()]
+    if len(present) == 2:  # binary (buildings vs background): also score whole objects, SpaceNet style
+        metrics["objects"] = object_f1(pred_path, truth_path, ids[present[-1]], class_field)
     return metrics
 
 

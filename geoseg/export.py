@@ -69,8 +69,14 @@ class PolygonWriter:
             raise GeoSegError(f"unknown vector format {suffix!r}; use one of {', '.join(FORMATS)}", self.out)
         self.driver, wgs84 = FORMATS[suffix]
         self.to_crs = "EPSG:4326" if wgs84 else to_crs
-        if not self.out.parent.exists() or not os.access(self.out.parent, os.W_OK):
-            raise GeoSegError("output folder does not exist or is not writable", self.out.parent)
+        if self.out.is_dir():
+            raise GeoSegError("is a folder; name the output file (for example polygons.gpkg)", self.out)
+        try:  # like predict's --output, a missing folder is made
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeoSegError(f"cannot create the output folder ({exc.strerror or exc})", self.out.parent) from None
+        if not os.access(self.out.parent, os.W_OK):
+            raise GeoSegError("output folder is not writable", self.out.parent)
         self.staging = self.out.parent / f".{self.out.name}.{uuid.uuid4().hex[:8]}.partial"
         self.staging.mkdir()
         self.target = self.staging / self.out.name

@@ -18,12 +18,16 @@ def confusion_matrix(
     return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def summarize(cm: np.ndarray, class_names: dict[int, str] | None = None) -> dict[str, Any]:
+def summarize(
+    cm: np.ndarray, class_names: dict[int, str] | None = None, class_ids: list[int] | None = None
+) -> dict[str, Any]:
     """Per-class IoU/F1/precision/recall, mIoU, pixel accuracy.
 
     Classes that occur neither in truth nor in prediction are left out of the means (their IoU is
     undefined, and counting them as 0 or 1 would bias mIoU with the number of classes in the legend).
+    ``class_ids``: the class id of each row/column (default: the row index).
     """
+    ids = class_ids if class_ids is not None else list(range(len(cm)))
     cm = cm.astype(np.float64)
     tp = np.diag(cm)
     support, predicted = cm.sum(axis=1), cm.sum(axis=0)
@@ -36,8 +40,8 @@ def summarize(cm: np.ndarray, class_names: dict[int, str] | None = None) -> dict
         f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), np.nan)
     names = class_names or {}
     per_class = {
-        names.get(i, str(i)): {
-            "id": i,
+        names.get(ids[i], str(ids[i])): {
+            "id": ids[i],
             "iou": _num(iou[i]),
             "f1": _num(f1[i]),
             "precision": _num(precision[i]),
@@ -55,6 +59,7 @@ def summarize(cm: np.ndarray, class_names: dict[int, str] | None = None) -> dict
         "pixels": int(total),
         "per_class": per_class,
         "confusion_matrix": cm.astype(np.int64).tolist(),
+        "class_ids": list(ids),
     }
 
 

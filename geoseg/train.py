@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -33,7 +34,7 @@ from torch.utils.data import DataLoader
 from geoseg.bundle import ArchitectureSpec, BandSpec, BundleSpec, save_bundle
 from geoseg.cluster import ray_session
 from geoseg.config import TrainConfig
-from geoseg.data import PatchDataset, band_statistics, split_scenes
+from geoseg.data import LabelSource, PatchDataset, TrainScene, band_statistics, split_scenes
 from geoseg.errors import GeoSegError
 from geoseg.losses import build_loss
 from geoseg.metrics import summarize
@@ -160,7 +161,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         for x, y in train_loader:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x.to(device))
-            loss = loss_fn(logits.float(), y.to(device))
+            y = y.to(device)
+            # A batch with no labelled pixel gives a zero loss, not NaN (a mean over nothing), which would turn
+            # every weight into NaN; every rank still steps, so DDP stays in lockstep.
+            loss = loss_fn(logits.float(), y) if bool((y != IGNORE_INDEX).any()) else logits.float().sum() * 0.0
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimizer.param_groups:
@@ -307,25 +311,54 @@ def bundle_spec(
     )
 
 
-def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, console: Console | None = None) -> Path:
-    """Train per ``cfg``; writes ``output/bundle``, ``output/metrics.json`` and ``output/curves.png``."""
-    console = console or Console(stderr=True)
-    # Workers run in their own working directories: hand them absolute paths.
-    output = Path(output).resolve()
+def _prepare(
+    cfg: TrainConfig, output: Path, console: Console
+) -> tuple[TrainConfig, BundleSpec, list[TrainScene], list[TrainScene]]:
+    """Everything checked before Ray starts: scenes, bands, labels that give usable pixels, band statistics."""
     stacks = Path(cfg.data.stacks_dir).resolve() if cfg.data.stacks_dir else output / "stacks"
     data = {"root": str(Path(cfg.data.root).resolve()), "stacks_dir": str(stacks)}
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
-    output.mkdir(parents=True, exist_ok=True)
     train_scenes, val_scenes = split_scenes(cfg)
     first = train_scenes[0].info
     for scene in train_scenes + val_scenes:
         if scene.info.count != first.count:
             raise GeoSegError(f"has {scene.info.count} bands, other scenes have {first.count}", scene.info.path)
+    class_ids = [c.id for c in cfg.classes]
+    for role, scenes in (("training", train_scenes), ("validation", val_scenes)):
+        usable = 0
+        for scene in scenes:
+            try:
+                unknown = LabelSource(scene, class_ids, IGNORE_INDEX).check(scene.region, role)
+            except GeoSegError:
+                if len(scenes) == 1:
+                    raise
+                continue  # another scene of this side may carry the labels
+            usable += 1
+            if unknown:
+                ids = ", ".join(str(i) for i in sorted(unknown)[:8])
+                console.print(f"note: {scene.labels}: label ids {ids} are not among the classes; they are ignored")
+        if not usable:
+            raise GeoSegError(f"no {role} scene has labels that give a usable pixel", scenes[0].labels)
     bands = list(range(1, first.count + 1))
     mean, std = band_statistics(train_scenes, bands, cfg.data.nodata)
     with rasterio.open(first.path) as src:
         names = [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
-    spec = bundle_spec(cfg, mean, std, names, first.count)
+    return cfg, bundle_spec(cfg, mean, std, names, first.count), train_scenes, val_scenes
+
+
+def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, console: Console | None = None) -> Path:
+    """Train per ``cfg``; writes ``output/bundle``, ``output/metrics.json`` and ``output/curves.png``."""
+    console = console or Console(stderr=True)
+    # Workers run in their own working directories: hand them absolute paths.
+    output = Path(output).resolve()
+    created = [p for p in (output, *output.parents) if not p.exists()]  # folders this run makes
+    try:
+        cfg, spec, train_scenes, val_scenes = _prepare(cfg, output, console)
+    except BaseException:
+        if created:  # a run refused before training leaves nothing behind (stack VRTs included)
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
+    output.mkdir(parents=True, exist_ok=True)
     console.print(
         f"training {cfg.model.arch} on {len(train_scenes)} scene(s), validating on "
         f"{len(val_scenes)} ({cfg.data.split} split), {cfg.scaling.workers} Ray Train worker(s)"

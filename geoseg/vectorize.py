@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -114,15 +115,23 @@ def chunk_windows(width: int, height: int, chunk: int) -> Iterator[Window]:
             yield Window(col, row, min(chunk, width - col), min(chunk, height - row))
 
 
+_INT32 = np.iinfo(np.int32)
+
+
 def _categorical(data: np.ndarray, mask: np.ndarray, path: str) -> np.ndarray:
+    """Class ids as ``features.shapes`` takes them (at most 32-bit signed), exactly: values that do not fit are
+    refused with a message, never wrapped (a uint32 id of 3e9 would become a negative class id)."""
     if data.dtype.kind == "f":
         # Many class rasters are stored as float (GRASS exports, for one); fine while every value is whole.
         values = data[mask]
         if not np.all(np.isfinite(values) & (values == np.round(values))):
             raise GeoSegError("not a categorical raster: it holds fractional values", path)
+    values = data[mask]
+    if values.size and (values.min() < _INT32.min or values.max() > _INT32.max):
+        worst = values.max() if values.max() > _INT32.max else values.min()
+        raise GeoSegError(f"class id {worst:.0f} does not fit the 32-bit ids polygons carry (|id| < 2^31)", path)
+    if data.dtype.kind == "f" or data.dtype.itemsize > 4 or data.dtype == np.uint32:
         return np.where(mask, data, 0).astype(np.int32)
-    if data.dtype.itemsize > 4 or data.dtype == np.uint32:
-        return data.astype(np.int32)  # features.shapes takes at most 32-bit signed values
     return data
 
 
@@ -283,6 +292,28 @@ def drop_collinear(geom: Any) -> Any:
     return rebuilt[0] if len(rebuilt) == 1 else shapely.MultiPolygon(list(rebuilt))
 
 
+def open_class_raster(path: str | Path) -> rasterio.DatasetReader:
+    """Open a class raster to polygonize: one band of numbers with a CRS; one-line errors otherwise."""
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        cause = str(exc).split(": ", 1)[-1] if str(exc) else "cannot be read"
+        raise GeoSegError(f"cannot open as a raster ({cause})", path) from exc
+    problem = None
+    if src.count != 1:
+        problem = f"has {src.count} bands; a class raster has one band of class ids"
+    elif np.dtype(src.dtypes[0]).kind not in "uif":
+        problem = f"not a categorical raster: pixel type {src.dtypes[0]}"
+    elif src.crs is None:
+        problem = "no CRS: polygons would have no location"
+    elif src.transform == Affine.identity():
+        problem = "no geotransform: polygons would have no location"
+    if problem:
+        src.close()
+        raise GeoSegError(problem, path)
+    return src
+
+
 def class_names_from_tags(tags: dict[str, str]) -> dict[int, str]:
     """``class_<id>=<name>`` tags written by geoseg's class rasters."""
     return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
@@ -313,16 +344,7 @@ def iter_polygonize(
         raise GeoSegError(f"chunk must be >= 1 pixel, got {chunk}")
     if connectivity not in (4, 8):
         raise GeoSegError(f"connectivity must be 4 or 8, got {connectivity}")
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
-        raise GeoSegError("cannot open as a raster", path) from exc
-    with src:
-        dtype = np.dtype(src.dtypes[0])
-        if dtype.kind not in "uif":
-            raise GeoSegError(f"not a categorical raster: pixel type {dtype.name}", path)
-        if src.crs is None:
-            raise GeoSegError("no CRS: polygons would have no location", path)
+    with open_class_raster(path) as src:
         transform, crs, names = src.transform, src.crs, class_names_from_tags(src.tags())
         width, height = src.width, src.height
         windows = list(chunk_windows(width, height, chunk))

@@ -13,7 +13,15 @@ import rasterio
 from geoseg.cluster import ray_session
 from geoseg.export import PolygonWriter, to_geodataframe
 from geoseg.refine import drop_small, fill_holes, simplify_shared_edges
-from geoseg.vectorize import ClassPolygons, Connectivity, MapFn, concat, iter_polygonize, polygonize
+from geoseg.vectorize import (
+    ClassPolygons,
+    Connectivity,
+    MapFn,
+    concat,
+    iter_polygonize,
+    open_class_raster,
+    polygonize,
+)
 
 PARALLEL_MIN_CHUNKS = 4  # below this, starting Ray costs more than it saves
 
@@ -58,7 +66,7 @@ def vectorize_raster(
     simplification needs all polygons together and is the one option that holds them all.
     """
     confidence = confidence_source(mask) if options.confidence else None
-    with rasterio.open(mask) as src:
+    with open_class_raster(mask) as src:  # one-line errors before any work (or Ray) starts
         chunks = math.ceil(src.width / options.chunk) * math.ceil(src.height / options.chunk)
     args = (str(mask), options.chunk, set(options.skip_classes), options.connectivity, confidence)
     parallel = (workers is None or workers > 1) and chunks >= PARALLEL_MIN_CHUNKS

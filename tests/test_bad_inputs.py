@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,369 @@ def test_label_raster_on_another_grid_is_warped(tmp_path: Path) -> None:
     far = tmp_path / "far.tif"
     write_geotiff(far, classes, transform=rasterio.Affine(10, 0, 900_000, 0, -10, 5_800_000))
     _one_line_error(run("evaluate", "--pred", str(pred), "--truth", str(far)), str(far), "share no valid pixels")
+
+
+def _scene(path: Path, height: int = 70, width: int = 90, bands: int = 3, seed: int = 0, **profile: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(seed).integers(1, 200, (bands, height, width)).astype(np.uint8)
+    write_geotiff(path, data, **profile)
+    return path
+
+
+def test_an_output_folder_holding_the_inputs_is_refused_before_anything_is_written(bundle: Path, tmp_path) -> None:
+    folder = tmp_path / "d"
+    scene = _scene(folder / "a.tif")
+    before = scene.read_bytes()
+    result = run("predict", "--model", str(bundle), *TILING, "--output", str(folder), str(folder))
+    _one_line_error(result, str(folder / "a.tif"), "the job would write over the input")
+    assert scene.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.tif"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_colliding_names_bad_stacks_and_replaced_inputs(bundle: Path, tmp_path) -> None:
+    from affine import Affine
+
+    ok = _scene(tmp_path / "ok.tif")
+    x, xp = _scene(tmp_path / "p" / "x.tif", seed=1), _scene(tmp_path / "p" / "x_probabilities.tif", seed=2)
+    stacks = [
+        "+".join(str(_scene(tmp_path / f / f"B0{k}.tif", bands=1, seed=k)) for k in (2, 3, 4)) for f in ("a", "bb")
+    ]
+    missing = "+".join(
+        [
+            str(_scene(tmp_path / "s" / "b1.tif", bands=1)),
+            str(_scene(tmp_path / "s" / "b2.tif", bands=1)),
+            str(tmp_path / "s" / "missing.tif"),
+        ]
+    )
+    coarse = Affine(20, 0, 500_000, 0, -20, 5_800_000)
+    odd_first = "+".join(
+        [
+            str(_scene(tmp_path / "r" / "c1.tif", 35, 45, bands=1, transform=coarse)),
+            str(_scene(tmp_path / "r" / "c2.tif", bands=1)),
+            str(_scene(tmp_path / "r" / "c3.tif", bands=1)),
+        ]
+    )
+    inputs = [str(ok), str(x), str(xp), *stacks, missing, odd_first]
+    job = tmp_path / "job"
+    args = ["predict", "--model", str(bundle), *TILING, "--probabilities", "--output", str(job), *inputs]
+
+    first = run(*args)
+    assert first.returncode == 1 and "Traceback" not in first.stderr
+    report = {s["source"]: s for s in json.loads((job / "report.json").read_text())["scenes"]}
+    assert "missing.tif: band 3 of the stack cannot be opened as a raster" in report[missing]["error"]
+    assert (
+        "c1.tif: band 1 of the stack is not on the other bands' grid: its pixels are 20 x 20"
+        in report[odd_first]["error"]
+    )
+    good = [str(ok), str(x), str(xp), *stacks]
+    assert all(report[s]["status"] == "ok" for s in good)
+    outputs = [Path(report[s][k]) for s in good for k in ("output", "probabilities")]
+    assert len({p.name.casefold() for p in outputs}) == 10 and all(p.parent == job for p in outputs)
+    with rasterio.open(report[str(x)]["probabilities"]) as a, rasterio.open(report[str(xp)]["output"]) as b:
+        assert a.count == 5 and b.count == 1  # x's probabilities and x_probabilities' classes: two files
+
+    # Rerun: every finished scene settles (skipped), the two bad stacks fail again, nothing else changes.
+    again = json.loads((job / "report.json").read_text()) if run(*args).returncode == 1 else None
+    assert again is not None
+    statuses = {s["source"]: s["status"] for s in again["scenes"]}
+    assert all(statuses[s] == "skipped" for s in good) and statuses[missing] == statuses[odd_first] == "failed"
+
+    # An input replaced by another scene under the same name is redone, not skipped.
+    _scene(ok, height=200, width=150, seed=9)
+    third = run(*args)
+    scenes = {s["source"]: s for s in json.loads((job / "report.json").read_text())["scenes"]}
+    assert third.returncode == 1 and scenes[str(ok)]["status"] == "ok"
+    assert all(scenes[s]["status"] == "skipped" for s in good[1:])
+    with rasterio.open(scenes[str(ok)]["output"]) as out:
+        assert out.shape == (200, 150)
+
+
+def _tmpfs(folder: Path, size: str, *options: str) -> None:
+    """Mount a small tmpfs at ``folder`` (a real file system that fills up or turns read-only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "disk"
+    _tmpfs(folder, "3m")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_real_full_disk_fails_one_scene_with_its_cause_and_leaves_no_partial_file(
+    bundle: Path, tmp_path: Path, small_disk: Path
+) -> None:
+    small = [_scene(tmp_path / "s0.tif"), _scene(tmp_path / "s2.tif", seed=2)]
+    big = _scene(tmp_path / "s1.tif", 1700, 1700)  # its staging raster alone is larger than the 3 MB disk
+    job = small_disk / "job"
+    args = ["predict", "--model", str(bundle), *TILING, "--output", str(job), *map(str, [*small, big])]
+    result = run(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    report = {s["scene"]: s for s in json.loads((job / "report.json").read_text())["scenes"]}
+    # The big scene fails with the real cause, named in one line; a small scene either finished or was being
+    # written while the disk was full, and then says so too. Nothing half-written is left.
+    assert report["s1"]["status"] == "failed" and report["s1"]["error"].startswith(f"{big}: No space left on device")
+    for entry in report.values():
+        assert entry["status"] == "ok" or "No space left on device" in entry["error"], entry
+        assert "\n" not in (entry["error"] or "")
+    finished = sorted(f"{n}.tif" for n, e in report.items() if e["status"] == "ok")
+    assert finished and sorted(p.name for p in job.iterdir()) == sorted(["manifest.json", "report.json", *finished])
+    for name in finished:
+        with rasterio.open(job / name) as src:
+            assert src.read(1).shape == (70, 90)
+    # Once there is room again, a rerun redoes exactly the scenes that failed.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert run(*args).returncode == 0
+    rerun = {s["scene"]: s["status"] for s in json.loads((job / "report.json").read_text())["scenes"]}
+    assert rerun == {n: "skipped" if e["status"] == "ok" else "ok" for n, e in report.items()}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_job_folder_turned_read_only_is_one_line(bundle: Path, tmp_path: Path, small_disk: Path) -> None:
+    job = small_disk / "job"
+    scene = _scene(tmp_path / "s0.tif")
+    assert run("predict", "--model", str(bundle), *TILING, "--output", str(job), str(scene)).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    more = _scene(tmp_path / "s1.tif", seed=1)
+    result = run("predict", "--model", str(bundle), *TILING, "--output", str(job), str(scene), str(more))
+    _one_line_error(result, str(job), "cannot write to the job folder (Read-only file system)")
+
+
+def _input_corpus(root: Path) -> dict[str, Path]:
+    """Files a user hands geoseg by mistake or in odd shapes, written on demand."""
+    import geopandas as gpd
+    import shapely
+    from affine import Affine
+    from rasterio.control import GroundControlPoint
+
+    root.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {"missing": root / "missing.tif", "folder": root / "a folder"}
+    files["folder"].mkdir()
+    files["html"] = root / "html.tif"
+    files["html"].write_text("<html>404</html>")
+    classes = np.random.default_rng(0).integers(0, 3, (1, 40, 50)).astype(np.uint8)
+
+    def put(name: str, data: np.ndarray, **profile: object) -> None:
+        files[name] = root / f"{name}.tif"
+        write_geotiff(files[name], data, **profile)
+
+    big = classes.astype("uint32")
+    big[0, 0, 0] = 3_000_000_000
+    put("classes", classes)
+    put("rgb", np.repeat(classes, 3, axis=0))
+    put("complex", classes.astype("complex64"))
+    put("no_crs", classes, crs=None)
+    put("negative", classes.astype("int16") - 1)
+    put("fraction", classes.astype("float32") + 0.5)
+    put("uint32_big", big)
+    put("far_labels", classes, transform=Affine(10, 0, 900_000, 0, -10, 5_800_000))
+    put("unknown_ids", classes + 7)
+    files["image"] = _scene(root / "image.tif", 40, 50)
+    local = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    files["local_image"] = _scene(root / "local_image.tif", 40, 50, crs=rasterio.crs.CRS.from_wkt(local))
+    corners = [(0, 0, 500_000, 5_800_000), (40, 50, 500_500, 5_799_600), (0, 50, 500_500, 5_800_000)]
+    files["gcp_only"] = root / "gcp_only.tif"
+    profile = {"driver": "GTiff", "count": 1, "height": 40, "width": 50, "dtype": "uint8", "crs": "EPSG:32633"}
+    with rasterio.open(files["gcp_only"], "w", gcps=[GroundControlPoint(*c) for c in corners], **profile) as dst:
+        dst.write(classes)
+    files["string_field"] = root / "string_field.gpkg"
+    box = shapely.box(500_000, 5_799_700, 500_300, 5_800_000)
+    gpd.GeoDataFrame({"class_id": ["yes"], "other": [1]}, geometry=[box], crs="EPSG:32633").to_file(
+        files["string_field"]
+    )
+    files["bad_yaml"] = root / "bad.yaml"
+    files["bad_yaml"].write_text("data: [unclosed\n")
+    return files
+
+
+def _train_config(root: Path, labels: Path, image: Path) -> Path:
+    config = root / f"train_{labels.stem}_{image.stem}.yaml"
+    config.write_text(
+        "data:\n"
+        f"  root: {root}\n"
+        f"  scenes: [{{image: {image.name}, labels: {labels.name}}}]\n"
+        "  split: region\n  val_fraction: 0.5\n  patch_size: 32\n  patches_per_epoch: 8\n"
+        "classes: [{id: 0, name: a, color: [1, 1, 1]}, {id: 1, name: b, color: [2, 2, 2]}, "
+        "{id: 2, name: c, color: [3, 3, 3]}]\n"
+        "model: {arch: unet, kwargs: {base_channels: 2, depth: 1}}\noptim: {epochs: 1, batch_size: 2}\n"
+        "scaling: {workers: 1}\n"
+    )
+    return config
+
+
+def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -> None:
+    """Each command, over every input it cannot use: one line naming the file and the cause, exit 1; never a
+    traceback, never "unexpected error", never exit 2; and nothing left behind that looks like an output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = _input_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    a_file = f["classes"]
+    cases: list[tuple[list[str], str, str]] = [  # (arguments, the file the line names, the cause)
+        (
+            ["vectorize", str(f["missing"]), "--output", str(out / "v.gpkg")],
+            str(f["missing"]),
+            "cannot open as a raster",
+        ),
+        (["vectorize", str(f["html"]), "--output", str(out / "v.gpkg")], str(f["html"]), "cannot open as a raster"),
+        (["vectorize", str(f["folder"]), "--output", str(out / "v.gpkg")], str(f["folder"]), "cannot open as a raster"),
+        (["vectorize", str(f["rgb"]), "--output", str(out / "v.gpkg")], str(f["rgb"]), "has 3 bands"),
+        (["vectorize", str(f["complex"]), "--output", str(out / "v.gpkg")], str(f["complex"]), "complex64"),
+        (["vectorize", str(f["no_crs"]), "--output", str(out / "v.gpkg")], str(f["no_crs"]), "no CRS"),
+        (
+            ["vectorize", str(f["uint32_big"]), "--output", str(out / "v.gpkg"), "--workers", "1"],
+            str(f["uint32_big"]),
+            "class id 3000000000 does not fit",
+        ),
+        (["vectorize", str(f["fraction"]), "--output", str(out / "v.gpkg")], str(f["fraction"]), "fractional"),
+        (["vectorize", str(a_file), "--output", str(f["folder"]), "--format", "gpkg"], str(f["folder"]), "is a folder"),
+        (
+            ["evaluate", "--pred", str(f["missing"]), "--truth", str(a_file)],
+            str(f["missing"]),
+            "cannot open the prediction",
+        ),
+        (["evaluate", "--pred", str(a_file), "--truth", str(f["missing"])], str(f["missing"]), "cannot open the truth"),
+        (
+            ["evaluate", "--pred", str(a_file), "--truth", str(f["negative"])],
+            str(f["negative"]),
+            "negative class ids (-1)",
+        ),
+        (
+            ["evaluate", "--pred", str(a_file), "--truth", str(f["gcp_only"])],
+            str(f["gcp_only"]),
+            "ground control points",
+        ),
+        (["evaluate", "--pred", str(a_file), "--truth", str(f["rgb"])], str(f["rgb"]), "has 3 bands"),
+        (["evaluate", "--pred", str(a_file), "--truth", str(f["fraction"])], str(f["fraction"]), "fractional"),
+        (
+            ["evaluate", "--pred", str(a_file), "--truth", str(f["string_field"])],
+            str(f["string_field"]),
+            "holds 'yes', not a class id",
+        ),
+        (
+            ["evaluate", "--pred", str(a_file), "--truth", str(f["string_field"]), "--class-field", "kind"],
+            str(f["string_field"]),
+            "no 'kind' attribute (they have: 'class_id', 'other')",
+        ),
+        (
+            ["evaluate", "--pred", str(a_file), "--truth", str(a_file), "--out", str(f["folder"])],
+            str(f["folder"]),
+            "is a folder",
+        ),
+        (["evaluate", "--pred", str(a_file), "--truth", str(f["far_labels"])], str(f["far_labels"]), "share no valid"),
+        (
+            ["train", "--config", str(f["missing"]), "--output", str(out / "t0")],
+            str(f["missing"]),
+            "cannot read config",
+        ),
+        (["train", "--config", str(f["bad_yaml"]), "--output", str(out / "t1")], str(f["bad_yaml"]), "invalid YAML"),
+        (
+            [
+                "train",
+                "--config",
+                str(_train_config(tmp_path / "corpus", f["far_labels"], f["image"])),
+                "--output",
+                str(out / "t2"),
+            ],
+            str(f["far_labels"]),
+            "no usable pixel",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                str(_train_config(tmp_path / "corpus", f["unknown_ids"], f["image"])),
+                "--output",
+                str(out / "t3"),
+            ],
+            str(f["unknown_ids"]),
+            "are none of the config's classes",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                str(_train_config(tmp_path / "corpus", f["classes"], f["html"])),
+                "--output",
+                str(out / "t4"),
+            ],
+            str(f["html"]),
+            "cannot open as a raster",
+        ),
+        (  # an image in a local (engineering) CRS: it ended in a WorkerGroupError with a cut-off PROJJSON
+            [
+                "train",
+                "--config",
+                str(_train_config(tmp_path / "corpus", f["classes"], f["local_image"])),
+                "--output",
+                str(out / "t5"),
+            ],
+            str(f["classes"]),
+            "cannot bring the labels onto",
+        ),
+        (["bundle", "info", str(f["missing"])], str(f["missing"]), "not a model bundle"),
+        (["bundle", "info", str(a_file)], str(a_file), "not a model bundle"),
+        (
+            [
+                "bundle",
+                "init",
+                "--arch",
+                "unet",
+                "--in-channels",
+                "3",
+                "--num-classes",
+                "2",
+                "--out",
+                str(a_file / "b"),
+            ],
+            str(a_file / "b"),
+            "cannot create the bundle",
+        ),
+        (  # a folder that is not a bundle is never replaced (it used to be deleted)
+            ["bundle", "init", "--arch", "unet", "--in-channels", "3", "--num-classes", "2", "--out", str(f["folder"])],
+            str(f["folder"]),
+            "is not a model bundle; refusing to replace it",
+        ),
+        (
+            ["bundle", "init", "--arch", "unet", "--in-channels", "0", "--num-classes", "2", "--out", str(out / "b")],
+            "--in-channels",
+            "not in the range",
+        ),
+        (
+            ["predict", "--model", str(f["folder"]), "--output", str(out / "p0"), str(a_file)],
+            str(f["folder"]),
+            "not a model bundle",
+        ),
+        (
+            ["predict", "--model", str(bundle), "--output", str(out / "p1"), str(tmp_path / "nothing*.tif")],
+            "nothing*.tif",
+            "no input scenes found",
+        ),
+        (
+            ["predict", "--model", str(bundle), "--output", str(a_file), str(f["image"])],
+            str(a_file),
+            "cannot create the job folder",
+        ),
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda case: run(*case[0]), cases))
+    for (args, where, cause), result in zip(cases, results, strict=True):
+        assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr, (args, result.stderr)
+        assert result.returncode == 1, (args, result.returncode, result.stderr)
+        _one_line_error(result, where, cause)
+    assert not any(p.name.startswith("t") for p in out.iterdir()) if out.exists() else True  # refused runs leave none
+    assert f["folder"].is_dir() and not list(f["folder"].parent.glob(".*.partial"))

@@ -84,7 +84,7 @@ def test_synth_vectorize_evaluate(tmp_path) -> None:
     result = run(
         "evaluate", "--pred", str(labels), "--truth", str(tmp_path / "v.shp"), "--out", str(tmp_path / "m.json")
     )
-    assert result.returncode == 0 and "mIoU 1.0000" in result.stdout
+    assert result.returncode == 0 and "mIoU 1.000  pixel accuracy 1.000" in result.stdout
     assert json.loads((tmp_path / "m.json").read_text())["pixel_accuracy"] == 1.0
 
 
@@ -133,6 +133,11 @@ def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> Non
         "predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", "--input", str(good)
     )
     assert ok.returncode == 0, ok.stderr
+    # Piped output (a batch log) gets progress as plain lines, the publishing stage included: not a silent wait.
+    log = ok.stderr.splitlines()
+    assert "predict: 0.01 Mpx to do" in log and "\r" not in ok.stderr
+    assert any(line.startswith("predict 100%  0.01/0.01 Mpx") and line.endswith("done") for line in log)
+    assert any("publishing good" in line for line in log), ok.stderr
 
 
 @pytest.mark.ray

@@ -104,3 +104,28 @@ def test_object_f1_on_real_building_footprints(real_data, tmp_path) -> None:
     assert objects["f1"] == pytest.approx(
         2 * objects["precision"] * objects["recall"] / (objects["precision"] + objects["recall"]), abs=1e-5
     )
+
+
+def test_ids_above_255_and_nan_truth_are_carried_exactly(make_geotiff) -> None:
+    """Truth ids 300 and 70 000 keep their own rows (they were dropped when the matrix was capped at 255), and
+    NaN truth pixels with no nodata declared are no pixel at all (they were scored as class 0)."""
+    truth = np.zeros((20, 30), np.float32)
+    truth[:, 10:20] = 300
+    truth[:, 20:] = 70_000
+    truth[:5, :] = np.nan  # 150 pixels with no class
+    pred = np.where(np.isnan(truth), 0, truth).astype(np.uint32)
+    pred[10:, 25:] = 300  # 50 pixels of 70 000 predicted as 300
+    result = evaluate(make_geotiff(pred, name="p.tif"), make_geotiff(truth, name="t.tif"))
+    assert result["class_ids"] == [0, 300, 70_000]
+    assert result["confusion_matrix"] == [[150, 0, 0], [0, 150, 0], [0, 50, 100]]
+    assert result["pixel_accuracy"] == pytest.approx(400 / 450)
+    assert result["per_class"]["70000"]["recall"] == pytest.approx(100 / 150)
+
+
+def test_negative_or_fractional_truth_is_refused_not_wrapped(make_geotiff) -> None:
+    pred = make_geotiff(np.zeros((4, 4), np.uint8), name="p.tif")
+    with pytest.raises(GeoSegError, match=r"negative class ids \(-3\)") as negative:
+        evaluate(pred, make_geotiff(np.full((4, 4), -3, np.int16), name="neg.tif"))
+    assert "neg.tif" in str(negative.value)
+    with pytest.raises(GeoSegError, match="fractional"):
+        evaluate(pred, make_geotiff(np.full((4, 4), 0.5, np.float32), name="frac.tif"))

@@ -89,16 +89,17 @@ def test_bad_scenes_are_reported_and_the_others_finish(ray_local, make_geotiff, 
 
 
 def test_inputs_expand_from_folders_globs_and_lists(make_geotiff, tmp_path) -> None:
-    from geoseg.inference.job import expand_inputs, output_name
+    from geoseg.inference.outputs import scene_names
+    from geoseg.io.sources import expand_inputs
 
     a = make_geotiff(np.ones((1, 4, 4), np.uint8), name="a.tif")
     b = make_geotiff(np.ones((1, 4, 4), np.uint8), name="b.tif")
     listing = tmp_path / "scenes.csv"
     listing.write_text(f"path,note\n{b},x\n")
-    assert expand_inputs([str(tmp_path)]) == [a, b]
-    assert expand_inputs([str(tmp_path / "*.tif"), str(listing)]) == [a, b]
-    taken: set[str] = set()
-    assert [output_name(p, taken) for p in [a, a, tmp_path / "..evil name.tif"]] == ["a", "a_2", "evil_name"]
+    assert [s.text for s in expand_inputs([str(tmp_path)])] == [str(a), str(b)]
+    assert [s.text for s in expand_inputs([str(tmp_path / "*.tif"), str(listing)])] == [str(a), str(b)]
+    names = scene_names(expand_inputs([str(a), str(a), str(tmp_path / "..evil name.tif")]))
+    assert names == ["a", "evil_name"]  # the same input once; no name leaves the folder or hides as a dotfile
 
 
 def test_nothing_to_predict_is_an_error(bundle3, tmp_path) -> None:
@@ -272,14 +273,40 @@ def test_landsat_band_files_stack_into_one_scene(ray_local, real_data, tmp_path)
     assert nodata.any() and (classes[nodata] == CLASS_NODATA).all() and (classes[~nodata] < 3).all()
 
 
-def test_band_files_on_different_grids_are_rejected(make_geotiff, tmp_path) -> None:
+def test_band_stacks_that_cannot_be_one_scene_name_the_band_and_the_cause(make_geotiff, tmp_path) -> None:
+    from affine import Affine
+
     from geoseg.errors import GeoSegError
     from geoseg.io.stack import build_stack_vrt
 
-    a = make_geotiff(np.ones((1, 10, 10), np.uint8), name="a.tif")
-    b = make_geotiff(np.ones((1, 10, 12), np.uint8), name="b.tif")
-    with pytest.raises(GeoSegError, match=r"b\.tif: is not on the grid of the first band file"):
-        build_stack_vrt([a, b], tmp_path / "s.vrt")
+    def band(name, width=10, pixel=10.0, count=1, dtype="uint8"):
+        transform = Affine(pixel, 0, 500_000, 0, -pixel, 5_800_000)
+        return make_geotiff(np.ones((count, 10, width), dtype), name=name, transform=transform)
+
+    a, b, c = band("a.tif"), band("b.tif"), band("c.tif")
+    cases = {
+        "size": (
+            [a, band("wide.tif", width=12), c],
+            r"wide\.tif: band 2 of the stack is not on the other bands'"
+            r" grid: it is 12 x 10 px, the other bands 10 x 10",
+        ),
+        # The first band is the odd one: it is blamed, not the two that agree.
+        "first": (
+            [band("coarse.tif", pixel=20.0), b, c],
+            r"coarse\.tif: band 1 of .* its pixels are 20 x 20, the "
+            r"other bands' 10 x 10",
+        ),
+        "missing": ([a, tmp_path / "nope.tif", c], r"nope\.tif: band 2 of the stack cannot be opened as a raster"),
+        "several bands": ([a, band("rgb.tif", count=3)], r"rgb\.tif: band 2 of the stack has 3 bands; a stack takes"),
+        "complex": ([a, band("cx.tif", dtype="complex64")], r"cx\.tif: band 2 of the stack has pixel type complex64"),
+    }
+    for case, (files, message) in cases.items():
+        with pytest.raises(GeoSegError, match=message):
+            build_stack_vrt(files, tmp_path / f"{case}.vrt")
+        assert not (tmp_path / f"{case}.vrt").exists(), case
+    wide_ints = build_stack_vrt([a, band("i64.tif", dtype="int64")], tmp_path / "ints.vrt")
+    with rasterio.open(wide_ints) as src:  # int64 bands stack (read as float32 for the model, like any band)
+        assert src.count == 2 and src.dtypes[1] == "int64"
 
 
 @pytest.mark.parametrize(

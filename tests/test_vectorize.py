@@ -140,8 +140,13 @@ def test_bad_inputs_are_one_line_errors(make_geotiff, tmp_path) -> None:
     frame = to_geodataframe(polygonize(str(make_geotiff(np.zeros((4, 4), np.uint8), name="ok.tif"))))
     with pytest.raises(GeoSegError, match="unknown vector format"):
         write_polygons(frame, tmp_path / "out.xyz")
-    with pytest.raises(GeoSegError, match="not writable"):
-        write_polygons(frame, tmp_path / "missing" / "out.gpkg")
+    write_polygons(frame, tmp_path / "missing" / "out.gpkg")  # a missing folder is made, as predict does
+    assert len(gpd.read_file(tmp_path / "missing" / "out.gpkg")) == len(frame)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(GeoSegError, match="cannot create the output folder"):
+        write_polygons(frame, tmp_path / "a_file" / "out.gpkg")
+    with pytest.raises(GeoSegError, match="is a folder"):
+        write_polygons(frame, tmp_path / "missing", fmt="gpkg")
 
 
 def _write_mask(path, data, transform=None):
@@ -289,3 +294,14 @@ def test_a_raster_without_polygons_gives_an_empty_layer(make_geotiff, tmp_path) 
     assert vectorize_raster(mask, [tmp_path / "e.gpkg"], VectorizeOptions(chunk=8), workers=1) == 0
     frame = gpd.read_file(tmp_path / "e.gpkg")
     assert len(frame) == 0 and {"class_id", "area_m2"} <= set(frame.columns)
+
+
+def test_large_uint32_ids_are_carried_exactly_and_ids_beyond_int32_refused(make_geotiff) -> None:
+    """uint32 ids up to 2**31 - 1 come out as they went in (they wrapped to negative values before); larger ones
+    cannot be a GeoPackage/Shapefile integer field and are refused with the id, not changed."""
+    data = np.array([[70_000, 70_000, 2**31 - 1], [5, 5, 2**31 - 1]], dtype=np.uint32)
+    polys = polygonize(str(make_geotiff(data, name="big.tif")), chunk=2)
+    assert sorted(polys.class_ids.tolist()) == [5, 70_000, 2**31 - 1]
+    data[0, 0] = 3_000_000_000
+    with pytest.raises(GeoSegError, match="class id 3000000000 does not fit"):
+        polygonize(str(make_geotiff(data, name="bigger.tif")), chunk=2)

@@ -232,7 +232,13 @@ class RayExecutor:
 
     def node_ids(self) -> set[str]:
         """The nodes the live model actors run on (for reports and tests)."""
-        return set(ray.get([actor.node_id.remote() for actor in self.actors.values()]))
+        nodes = set()
+        for actor in self.actors.values():
+            try:
+                nodes.add(ray.get(actor.node_id.remote()))
+            except ray.exceptions.RayActorError:  # died since its last block; it holds no work
+                continue
+        return nodes
 
     def publish(self, staged: StagedScene) -> Published:
         """Publish a scene in a task on the driver's node (its staging files are there), off the driver."""
@@ -313,19 +319,28 @@ class RayExecutor:
         item: WorkItem,
         pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]],
     ) -> list[WorkItem]:
-        """After an actor died: replace it and return every block it held (to be read and predicted again)."""
+        """After an actor died: replace it and return every block it held (to be read and predicted again).
+
+        When the actor's node is gone, every actor on that node is gone with it: they are all dropped now, with
+        their blocks, instead of waiting for each to fail (a dead model actor that only ever got blocks from the
+        dead node's reader would otherwise never be noticed and would stay in the pool).
+        """
         dead = getattr(exc, "actor_id", None)
         reader_ids = {i: a._actor_id.hex() for i, (a, _) in self.reader_actors.items()}
-        if dead is not None and dead in reader_ids.values():
-            index = next(i for i, h in reader_ids.items() if h == dead)
-            lost_refs = [r for r, (_, rd, _) in pending.items() if rd == index]
-            self._lose_reader(index)
+        dead_reader = next((i for i, h in reader_ids.items() if h == dead), None) if dead is not None else None
+        node = self.reader_actors[dead_reader][1] if dead_reader is not None else self._actor_node.get(slot)
+        if node is not None and node not in _alive_nodes():  # models first: a lost reader is replaced near one
+            models = [s for s, n in self._actor_node.items() if n == node and s in self.actors]
+            readers = [i for i, (_, n) in self.reader_actors.items() if n == node]
         else:
-            lost_refs = [r for r, (s, _, _) in pending.items() if s == slot]
-            if slot in self.actors:
-                self._lose_model(slot)
-        lost = [item, *(pending.pop(r)[2] for r in lost_refs)]
-        return lost
+            models = [] if dead_reader is not None or slot not in self.actors else [slot]
+            readers = [] if dead_reader is None else [dead_reader]
+        lost = [r for r, (s, rd, _) in pending.items() if s in models or rd in readers]
+        for other in models:
+            self._lose_model(other)
+        for index in readers:
+            self._lose_reader(index)
+        return [item, *(pending.pop(r)[2] for r in lost)]
 
     def shutdown(self) -> None:
         for actor in self.actors.values():

@@ -9,12 +9,11 @@ is written under a temporary name and renamed, so a killed job never leaves a fi
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
-import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,6 @@ from pathlib import Path
 import ray
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, BundleSpec, load_bundle
 from geoseg.cluster import ray_session
@@ -30,48 +28,15 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
 from geoseg.inference.options import PredictOptions
+from geoseg.inference.outputs import STACKS, guard_inputs, remove_stale_partials, scene_names
 from geoseg.inference.report import SceneReport, Status, job_report, print_summary
 from geoseg.inference.scene import Published, SceneRun, StagedScene, file_sha256, publish_scene, run_scenes
-from geoseg.io.raster import open_scene
-from geoseg.io.stack import STACK_SEPARATOR, build_stack_vrt, stack_name
+from geoseg.io.raster import SceneInfo, open_scene
+from geoseg.io.sources import SceneSource, expand_inputs
+from geoseg.io.stack import build_stack_vrt
+from geoseg.progress import meter
 
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 MAX_PUBLISHING = 2  # scenes being published at once (their staging files are on disk meanwhile)
-
-
-def expand_inputs(inputs: Iterable[str], stacks_dir: Path | None = None) -> list[Path]:
-    """Files, globs, directories (their rasters) and ``.txt``/``.csv`` lists (one path per line, first column).
-
-    ``a_b1.tif+a_b2.tif+...`` is one scene stacked from one file per band; it becomes a VRT in ``stacks_dir``.
-    """
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if STACK_SEPARATOR in item and not path.exists() and stacks_dir is not None:
-            bands = [Path(p) for p in item.split(STACK_SEPARATOR)]
-            paths.append(build_stack_vrt(bands, stacks_dir / f"{stack_name(bands)}.vrt"))
-        elif path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES))
-        elif path.suffix.lower() in {".txt", ".csv"} and path.is_file():
-            lines = [ln.split(",")[0].strip() for ln in path.read_text().splitlines()]
-            entries = [ln for ln in lines if ln and not ln.startswith("#") and ln.lower() != "path"]
-            paths.extend(expand_inputs(entries, stacks_dir))
-        elif glob.has_magic(item):
-            paths.extend(sorted(Path(p) for p in glob.glob(item, recursive=True)))
-        else:
-            paths.append(path)
-    return list(dict.fromkeys(paths))
-
-
-def output_name(path: Path, taken: set[str]) -> str:
-    """A file name for the scene's output that stays inside the job folder and is unique in it."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip(".") or "scene"
-    name, n = stem, 1
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}"
-    taken.add(name)
-    return name
 
 
 def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
@@ -107,15 +72,13 @@ def predict_archive(
     console = console or Console(stderr=True, soft_wrap=True)
     bundle_dir = Path(bundle_dir)
     spec, model = load_bundle(bundle_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GeoSegError(f"cannot create the job folder ({exc.strerror})", out_dir) from exc
-    for stale in out_dir.glob(".*.partial"):  # left by a killed run of this job; never a finished output
-        stale.unlink(missing_ok=True)
-    paths = expand_inputs(inputs, out_dir / "stacks")
-    if not paths:
+    sources = expand_inputs(inputs)
+    if not sources:
         raise GeoSegError("no input scenes found", ", ".join(inputs))
+    plan = list(zip(sources, scene_names(sources), strict=True))
+    guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
+    prepare_job_folder(out_dir)
+    remove_stale_partials(out_dir, plan)  # left by a killed run of this job; never a finished output
     geometry = spec.geometry()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -128,16 +91,15 @@ def predict_archive(
         resolved = options.resolved(geometry, executor.gpu)
         fingerprint = job_fingerprint(bundle_dir, resolved)
         manifest = Manifest(out_dir)
-        taken: set[str] = set()
-        plan = [(path, output_name(path, taken), source_identity(_sources(path))) for path in paths]
         reports: dict[str, SceneReport] = {}
         todo = []
-        for path, name, identity in plan:
-            done = manifest.finished(name, str(path), identity, fingerprint)
+        for source, name in plan:
+            identity = source_identity(source.local_files() or [Path(b) for b in source.bands])
+            done = manifest.finished(name, source.text, identity, fingerprint)
             if done:
                 reports[name] = done
             else:
-                todo.append((path, name, identity))
+                todo.append((source, name, identity))
         if todo:
             publish = getattr(executor, "publish", publish_scene)
             job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish)
@@ -145,7 +107,7 @@ def predict_archive(
                 job.run(todo)
             finally:  # also on Ctrl-C: everything recorded lands in manifest.json
                 manifest.snapshot()
-    ordered = [reports[name] for _, name, _ in plan]
+    ordered = [reports[name] for _, name in plan]
     notes = halo_notes(resolved, geometry.receptive_field)
     summary = job_report(
         ordered,
@@ -169,12 +131,25 @@ def halo_notes(options: PredictOptions, receptive_field: int) -> list[str]:
     return []
 
 
-def _sources(path: Path) -> list[Path]:
-    """The files a scene is read from: the raster, and for a stack VRT the band files it references."""
-    if path.suffix.lower() == ".vrt" and path.is_file():
-        text = path.read_text(errors="replace")
-        return [path, *(Path(p) for p in re.findall(r"<SourceFilename[^>]*>([^<]+)</SourceFilename>", text))]
-    return [path]
+def prepare_job_folder(out_dir: Path) -> None:
+    """Create the job folder and prove it writable, so a read-only or missing folder is one line up front."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GeoSegError(f"cannot create the job folder ({exc.strerror or exc})", out_dir) from exc
+    probe = out_dir / f".geoseg-write-probe.{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise GeoSegError(f"cannot write to the job folder ({exc.strerror or exc})", out_dir) from exc
+
+
+def open_source(source: SceneSource, name: str, out_dir: Path) -> SceneInfo:
+    """The scene's header; a band stack is first written as ``stacks/<name>.vrt`` (its errors are its own)."""
+    if not source.is_stack:
+        return open_scene(source.bands[0])
+    return open_scene(build_stack_vrt(source.bands, out_dir / STACKS / f"{name}.vrt"))
 
 
 class _Job:
@@ -198,7 +173,7 @@ class _Job:
         self.lock = threading.Lock()  # the publishing threads record too
         self.identities: dict[str, str] = {}
 
-    def record(self, path: Path, name: str, report: SceneReport) -> None:
+    def record(self, path: str, name: str, report: SceneReport) -> None:
         with self.lock:
             if report.status == Status.OK:
                 done = f"{path} -> {report.output} ({report.blocks} blocks, {report.seconds:.1f} s)"
@@ -208,55 +183,54 @@ class _Job:
             self.reports[name] = report
             self.manifest.record(report, self.fingerprint, self.identities.get(name, ""))
 
-    @staticmethod
-    def failed(path: Path, name: str, exc: BaseException) -> SceneReport:
-        return SceneReport(scene=name, source=str(path), status=Status.FAILED, error=scene_error(exc, path))
+    def failed(self, path: str, name: str, exc: BaseException) -> SceneReport:
+        return SceneReport(scene=name, source=path, status=Status.FAILED, error=scene_error(exc, path))
 
-    def _publish(self, path: Path, name: str, finished: SceneRun) -> None:
+    def _publish(self, path: str, name: str, finished: SceneRun) -> None:
         try:
             report = finished.report(self.publish(finished.stage()))
-            report.scene = name
+            report.scene, report.source = name, path
         except Exception as exc:  # one bad scene must not lose the others' work
             report = self.failed(path, name, exc)
         self.record(path, name, report)  # as soon as the files are in place: a crash later cannot lose them
 
-    def run(self, todo: list[tuple[Path, str, str]]) -> None:
-        scenes, sources = {}, {}
-        for path, name, identity in todo:
+    def run(self, todo: list[tuple[SceneSource, str, str]]) -> None:
+        scenes: dict[str, SceneInfo] = {}
+        sources: dict[str, str] = {}
+        for source, name, identity in todo:
             self.identities[name] = identity
+            sources[name] = source.text
             try:
-                scenes[name], sources[name] = open_scene(path), path
+                scenes[name] = open_source(source, name, self.out_dir)
             except GeoSegError as exc:
-                self.record(path, name, self.failed(path, name, exc))
+                self.record(source.text, name, self.failed(source.text, name, exc))
         total = sum(scene.width * scene.height for scene in scenes.values()) / 1e6
         publisher = ThreadPoolExecutor(max_workers=MAX_PUBLISHING, thread_name_prefix="geoseg-publish")
         publishing: list[Future[None]] = []
         settled: set[str] = set()
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:.1f}/{task.total:.1f} Mpx"),
-            TimeRemainingColumn(),
-        )
         try:
-            with Progress(*columns, console=self.console, transient=True) as progress:
-                task = progress.add_task("predict", total=total)
+            with meter(self.console, "predict", total, "Mpx") as bar:
                 targets = ((name, scene, self.out_dir / f"{name}.tif") for name, scene in scenes.items())
-                stream = run_scenes(
-                    targets, self.spec, self.executor, self.options, lambda n: progress.advance(task, n / 1e6)
-                )
+                stream = run_scenes(targets, self.spec, self.executor, self.options, lambda n: bar.advance(n / 1e6))
                 with contextlib.closing(stream):  # closed on Ctrl-C too: open scenes' staging files are removed
                     for name, outcome in stream:
                         settled.add(name)
                         if isinstance(outcome, Exception):  # one bad scene must not lose the others' work
                             self.record(sources[name], name, self.failed(sources[name], name, outcome))
                             continue
-                        progress.update(task, description=name)
+                        bar.describe(f"publishing {name}")
                         # The workers are already on the next scene while this one's COG is built and recorded.
                         publishing = [f for f in publishing if not f.done()]
                         if len(publishing) >= MAX_PUBLISHING:
                             publishing.pop(0).result()
                         publishing.append(publisher.submit(self._publish, sources[name], name, outcome))
+                waiting = [f for f in publishing if not f.done()]
+                if waiting:
+                    bar.describe(f"publishing the last {len(waiting)} scene(s)")
+                    for future in waiting:
+                        future.result()
+        except GeoSegError:
+            raise  # the job's own folder failed it (its manifest cannot be written): nothing more can be recorded
         except Exception as exc:  # the pool itself failed (its actors kept dying): no scene left can run
             for name in [name for name in scenes if name not in settled]:
                 self.record(sources[name], name, self.failed(sources[name], name, exc))
@@ -266,11 +240,13 @@ class _Job:
             publisher.shutdown()
 
 
-def scene_error(exc: BaseException, path: Path) -> str:
+def scene_error(exc: BaseException, path: str) -> str:
     """One line naming the scene and the cause, whatever raised it (geoseg, GDAL, or Ray around either)."""
     if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         exc = exc.cause  # the reader's or actor's own error, not Ray's traceback around it
     if isinstance(exc, GeoSegError):
         return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{path}: {exc.strerror}"
     text = str(exc).strip()
     return f"{path}: {text.splitlines()[-1] if text else type(exc).__name__}"

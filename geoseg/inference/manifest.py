@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg import __version__
+from geoseg.errors import GeoSegError
 from geoseg.inference.report import SceneReport, Status
 from geoseg.io.writer import temp_sibling
 
@@ -86,8 +87,11 @@ class Manifest:
 
     def snapshot(self) -> None:
         """Write ``manifest.json`` from every entry, then drop the journal (replaying it again is harmless)."""
-        write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
-        self.journal.unlink(missing_ok=True)
+        try:
+            write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
+            self.journal.unlink(missing_ok=True)
+        except OSError as exc:
+            raise GeoSegError(f"cannot write the job manifest ({exc.strerror or exc})", self.path) from exc
         self._snapshot_at = time.monotonic()
 
     def finished(self, name: str, source: str, identity: str, fingerprint: str) -> SceneReport | None:
@@ -111,9 +115,12 @@ class Manifest:
             if report.status == Status.OK and path:
                 entry[f"{key}_bytes"] = Path(path).stat().st_size
         self.entries[report.scene] = entry
-        with open(self.journal, "a") as journal:
-            journal.write(json.dumps(entry) + "\n")
-            journal.flush()
-            os.fsync(journal.fileno())
+        try:
+            with open(self.journal, "a") as journal:
+                journal.write(json.dumps(entry) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+        except OSError as exc:  # the job cannot promise to resume what it cannot record: it stops here
+            raise GeoSegError(f"cannot record a finished scene ({exc.strerror or exc})", self.journal) from exc
         if time.monotonic() - self._snapshot_at >= self.snapshot_seconds:
             self.snapshot()

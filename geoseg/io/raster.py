@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ _NUMERIC_KINDS = {"u", "i", "f"}
 class SceneInfo:
     """What the pipeline needs to know about an input scene, read once from its header."""
 
-    path: Path
+    path: str  # as GDAL opens it: a local path or a virtual one (/vsis3/..., never normalised)
     width: int
     height: int
     count: int
@@ -38,8 +39,8 @@ class SceneInfo:
 
     @property
     def name(self) -> str:
-        """Scene name used for output files: the file stem."""
-        return self.path.stem
+        """The file stem (a job names its outputs itself: :mod:`geoseg.inference.outputs`)."""
+        return Path(self.path).stem
 
     @property
     def pixel_area_m2(self) -> float:
@@ -78,10 +79,16 @@ def on_grid(src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int
 
 def open_scene(path: str | Path) -> SceneInfo:
     """Read and check a scene's header; every problem is a one-line :class:`GeoSegError` naming the file."""
-    path = Path(path)
+    path = str(path)
     try:
         with rasterio.open(path) as src:
             if src.transform == Affine.identity():
+                if src.gcps[0]:
+                    raise GeoSegError(
+                        "georeferenced by ground control points only (no geotransform): warp it first, "
+                        "e.g. gdalwarp -r near",
+                        path,
+                    )
                 raise GeoSegError("no geotransform: pixel positions are unknown", path)
             if src.crs is None:
                 raise GeoSegError("no CRS: the raster is not georeferenced", path)
@@ -119,9 +126,9 @@ class OpenDatasets:
         self.capacity = capacity
         self._open: OrderedDict[tuple[str, int, int, int], rasterio.DatasetReader] = OrderedDict()
 
-    def get(self, path: Path) -> rasterio.DatasetReader:
+    def get(self, path: str | Path) -> rasterio.DatasetReader:
         try:
-            stat = path.stat()
+            stat = os.stat(path)
             key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
         except OSError:  # not a local file: rasterio.open below says what is wrong if it is not virtual either
             key = (str(path), -1, -1, -1)

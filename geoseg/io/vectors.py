@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 from rasterio.crs import CRS
 
 from geoseg.errors import GeoSegError
@@ -28,9 +29,22 @@ def read_class_polygons(path: Path, class_field: str, crs: CRS) -> gpd.GeoDataFr
     except Exception as exc:
         raise GeoSegError(f"cannot read polygons: {str(exc).splitlines()[0]}", path) from exc
     if class_field not in frame.columns:
-        raise GeoSegError(f"polygons have no {class_field!r} attribute", path)
+        fields = ", ".join(repr(c) for c in frame.columns if c != frame.geometry.name) or "none"
+        raise GeoSegError(f"polygons have no {class_field!r} attribute (they have: {fields})", path)
     if frame.crs is None:
         raise GeoSegError("polygons have no CRS", path)
+    values = frame[class_field]
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = values[numeric.isna() & values.notna()]
+    if len(bad):
+        raise GeoSegError(f"the {class_field!r} attribute holds {bad.iloc[0]!r}, not a class id", path)
+    numeric = numeric.dropna()
+    if len(numeric) and (numeric < 0).any():
+        raise GeoSegError(f"the {class_field!r} attribute holds negative class ids ({int(numeric.min())})", path)
+    if len(numeric) and not (numeric == numeric.round()).all():
+        raise GeoSegError(f"the {class_field!r} attribute holds fractional values, not class ids", path)
+    frame = frame[values.notna()].copy()  # a polygon without a class labels nothing
+    frame[class_field] = numeric.dropna().astype("int64")
     if same_projection(CRS.from_user_input(frame.crs.to_wkt()), crs):
         return frame.set_crs(crs.to_wkt(), allow_override=True)
     return frame.to_crs(crs.to_wkt())

@@ -12,9 +12,11 @@ rename nothing exists under the final name, so a crash never leaves a file that 
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +37,32 @@ COG_DEFLATE_LEVEL = 1
 _MAX_STAGING_TILE = 4096
 COG_CACHE = 64 * 2**20
 STAGING_CACHE = 64 * 2**20  # written blocks are flushed, not held: the driver's memory does not grow with a scene
+
+
+FULL_DISK_BYTES = 4 * 2**20
+
+
+def disk_full(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has (almost) no space left."""
+    try:
+        status = os.statvfs(folder)
+    except OSError:
+        return False
+    return status.f_bavail * status.f_frsize < FULL_DISK_BYTES
+
+
+@contextmanager
+def said_plainly(folder: Path) -> Iterator[None]:
+    """GDAL reports a disk that filled up mid-write as whatever failed next ("TIFFRewriteDirectory: Error
+    fetching directory count", "not recognized as a supported file format"): say "No space left on device"
+    when that is the cause, checked before anything is cleaned up and the space comes back."""
+    try:
+        yield
+    except Exception as exc:
+        if disk_full(folder) and not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise OSError(errno.ENOSPC, f"No space left on device in {folder} (GDAL: {detail})") from exc
+        raise
 
 
 def temp_sibling(path: Path) -> Path:
@@ -86,7 +114,8 @@ class StagingRaster:
             "interleave": "band",
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._dst = rasterio.open(self.staging, "w", **profile)
+        with said_plainly(self.path.parent):
+            self._dst = rasterio.open(self.staging, "w", **profile)
         for band, text in enumerate(descriptions, start=1):
             self._dst.set_band_description(band, text)
         if colormap:
@@ -97,12 +126,13 @@ class StagingRaster:
     def write(self, window: Window, array: np.ndarray) -> None:
         """Write ``array`` (``[h, w]`` for one band, ``[bands, h, w]``) at ``window``."""
         data = array[None] if array.ndim == 2 else array
-        with rasterio.Env(GDAL_CACHEMAX=STAGING_CACHE):
+        with said_plainly(self.path.parent), rasterio.Env(GDAL_CACHEMAX=STAGING_CACHE):
             self._dst.write(data.astype(np.uint8, copy=False), window=window)
 
     def close(self) -> Path:
         """Finish the staging file; returns its path (hand it to :func:`publish_cog`)."""
-        self._dst.close()
+        with said_plainly(self.path.parent):
+            self._dst.close()
         return self.staging
 
     def abort(self) -> None:
@@ -131,7 +161,8 @@ def publish_cog(staging: Path, path: Path, overview_resampling: str) -> Path:
     """
     cog_staging = temp_sibling(path)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=COG_CACHE):  # streams: GDAL's default (5 % of RAM) would hold the raster
+        # A capped cache: the COG driver streams; GDAL's default (5 % of RAM) would hold the whole raster.
+        with said_plainly(path.parent), rasterio.Env(GDAL_CACHEMAX=COG_CACHE):
             rasterio.shutil.copy(
                 staging,
                 cog_staging,

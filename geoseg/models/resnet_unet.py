@@ -120,7 +120,7 @@ class ResNetUNet(nn.Module):
         def encoder(level: int, a: int, b: int) -> tuple[int, int]:
             if level == 0:
                 return a - 2, b + 2  # full-resolution DoubleConv
-            for stage in reversed(stages[: level]):
+            for stage in reversed(stages[:level]):
                 a, b = _needs(stage, a, b)
             return a, b
 

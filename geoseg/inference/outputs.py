@@ -1,0 +1,105 @@
+"""Where a job's outputs go: names unique and stable across reruns, and never the path of an input.
+
+**Names.** Each scene gets a name from its files (:func:`geoseg.io.sources.base_name`). A name claims
+``<name>`` and ``<name>_probabilities`` (compared without case, as on macOS and Windows) whatever the options,
+so that a scene named ``x_probabilities`` can never take scene ``x``'s probability raster, and names do not move
+when options change. Scenes whose claims clash (``a/B02.tif`` and ``bb/B02.tif``; two stacks with the same
+prefix) all take ``<name>-<8 hex of the source as written>``: deterministic, independent of input order, never
+resolved by overwriting.
+
+**Inputs are read-only.** Before anything is written, every path the job could write (each scene's products,
+its stack VRT, the manifest and report) is compared with every local file the inputs read (band files and the
+sources of input VRTs), by resolved path and by device and inode (symbolic and hard links included): an output
+folder that holds inputs is allowed only when no output name is one of them. The job's temporary files
+(``.<name>.<8 hex>.partial``) are never an input's name either, and only those are removed at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from geoseg.errors import GeoSegError
+from geoseg.io.sources import SceneSource, base_name
+
+PROBABILITIES_SUFFIX = "_probabilities"
+JOB_FILES = ("manifest.json", "manifest.jsonl", "report.json")
+STACKS = "stacks"
+_SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
+
+
+def _claims(name: str) -> tuple[str, str]:
+    return name.casefold(), (name + PROBABILITIES_SUFFIX).casefold()
+
+
+def scene_names(sources: list[SceneSource]) -> list[str]:
+    """Output names for ``sources``: unique in the job, the same on every rerun with the same inputs."""
+    bases = [base_name(s) for s in sources]
+    names = list(bases)
+    digits = 8
+    while True:
+        owners: defaultdict[str, set[int]] = defaultdict(set)
+        for i, name in enumerate(names):
+            for claim in _claims(name):
+                owners[claim].add(i)
+        clashing = sorted({i for group in owners.values() if len(group) > 1 for i in group})
+        if not clashing:
+            return names
+        for i in clashing:
+            names[i] = f"{bases[i]}-{hashlib.sha256(sources[i].text.encode()).hexdigest()[:digits]}"
+        digits += 4  # two hashed names that still clash (a digest prefix shared): longer digests
+
+
+def scene_outputs(out_dir: Path, name: str, vector_format: str | None) -> list[Path]:
+    """Every path the job may write for scene ``name`` (whatever the options: they do not move names)."""
+    paths = [out_dir / f"{name}.tif", out_dir / f"{name}{PROBABILITIES_SUFFIX}.tif", out_dir / STACKS / f"{name}.vrt"]
+    if vector_format:
+        vectors = out_dir / f"{name}.{vector_format}"
+        paths.append(vectors)
+        if vector_format == "shp":
+            paths.extend(vectors.with_suffix(part) for part in _SHAPEFILE_PARTS)
+    return paths
+
+
+def guard_inputs(out_dir: Path, plan: list[tuple[SceneSource, str]], vector_format: str | None) -> None:
+    """Refuse the job (before it writes anything) if any path it may write is one of its inputs."""
+    real: dict[str, Path] = {}
+    inodes: dict[tuple[int, int], Path] = {}
+    for source, _ in plan:
+        for path in source.local_files():
+            try:
+                status = path.stat()
+            except OSError:
+                continue  # a missing input fails its own scene later
+            real[os.path.realpath(path)] = path
+            inodes[(status.st_dev, status.st_ino)] = path
+    outputs = [out_dir / f for f in JOB_FILES]
+    for _, name in plan:
+        outputs.extend(scene_outputs(out_dir, name, vector_format))
+    for output in outputs:
+        hit = real.get(os.path.realpath(output))
+        if hit is None:
+            try:
+                status = output.stat()
+                hit = inodes.get((status.st_dev, status.st_ino))
+            except OSError:
+                continue
+        if hit is not None:
+            raise GeoSegError(
+                f"the job would write over the input {hit}: choose an output folder that does not hold it", output
+            )
+
+
+def remove_stale_partials(out_dir: Path, plan: list[tuple[SceneSource, str]]) -> None:
+    """Remove the temporary files a killed run of this job left (never an input, never anything else)."""
+    inputs = {os.path.realpath(p) for source, _ in plan for p in source.local_files()}
+    for folder in (out_dir, out_dir / STACKS):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if _PARTIAL.match(entry.name) and entry.is_file() and os.path.realpath(entry) not in inputs:
+                entry.unlink(missing_ok=True)

@@ -1,0 +1,154 @@
+"""From what the user typed to scenes: files, folders, globs, list files, band stacks, GDAL virtual paths.
+
+Two rules, each closing a class of defects that lost or mixed up data (output names are the third, in
+:mod:`geoseg.inference.outputs`):
+
+1. **Paths are taken as written.** An existing path is literal before any glob expansion (a file named
+   ``a[1].tif`` is that file, not ``a1.tif``); GDAL virtual paths (``/vsizip/``, ``/vsis3/``, ``/vsicurl/``...) pass
+   through unchanged (never normalised as local paths: ``//`` matters inside a URL), and ``s3://bucket/key``
+   means ``/vsis3/bucket/key``; list files (``.txt``, ``.csv``) are read by CSV rules (quoted names may hold
+   commas), first column, ``#`` comments and a ``path`` header skipped.
+2. **A band stack is one scene.** ``a.tif+b.tif+c.tif`` (one file per band) is checked when its scene starts,
+   not when the job does: a missing band, a band on another grid or of a type that cannot be stacked fails that
+   scene alone, naming the band and the cause (:mod:`geoseg.io.stack`).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from geoseg.errors import GeoSegError
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
+LIST_SUFFIXES = {".txt", ".csv"}
+STACK_SEPARATOR = "+"
+VIRTUAL_PREFIX = "/vsi"
+
+
+def is_virtual(path: str) -> bool:
+    """A GDAL virtual file system path (``/vsis3/...``, ``/vsizip/...``): not a local file, never normalised."""
+    return path.startswith(VIRTUAL_PREFIX)
+
+
+def gdal_path(text: str) -> str:
+    """The path GDAL opens for what the user wrote: ``s3://b/k`` -> ``/vsis3/b/k``; everything else unchanged."""
+    return "/vsis3/" + text[len("s3://") :] if text.startswith("s3://") else text
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    """One scene as the user named it: a raster, or one file per band (a stack)."""
+
+    text: str  # as written: for messages, the manifest and the name's hash
+    bands: tuple[str, ...]  # what GDAL opens: one raster, or the band files of a stack
+
+    @property
+    def is_stack(self) -> bool:
+        return len(self.bands) > 1
+
+    def local_files(self) -> list[Path]:
+        """The local files behind this scene (a VRT's own sources included): for identity and the input guard."""
+        files = []
+        for band in self.bands:
+            if is_virtual(band):
+                continue
+            path = Path(band)
+            files.append(path)
+            if path.suffix.lower() == ".vrt" and path.is_file():
+                files.extend(vrt_sources(path))
+        return files
+
+
+def vrt_sources(vrt: Path) -> list[Path]:
+    """Local files a VRT reads (relative names resolved against the VRT's folder)."""
+    try:
+        text = vrt.read_text(errors="replace")
+    except OSError:
+        return []
+    files = []
+    for relative, name in re.findall(
+        r'<SourceFilename(?:\s+relativeToVRT="(\d)")?[^>]*>([^<]+)</SourceFilename>', text
+    ):
+        if is_virtual(name):
+            continue
+        files.append(vrt.parent / name if relative == "1" else Path(name))
+    return files
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[SceneSource]:
+    """Every scene the inputs name, in order, each once (see the module's rules)."""
+    sources: list[SceneSource] = []
+    for raw in inputs:
+        item = gdal_path(raw.strip())
+        if not item:
+            continue
+        if is_virtual(item):
+            sources.append(SceneSource(item, (item,)))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+            sources.extend(SceneSource(str(p), (str(p),)) for p in rasters)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            sources.extend(expand_inputs(read_list(path)))
+        elif path.exists():
+            sources.append(SceneSource(item, (item,)))
+        elif STACK_SEPARATOR in item:
+            sources.append(parse_stack(item))
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            sources.extend(SceneSource(m, (m,)) for m in matches if Path(m).is_file())
+        else:  # missing: the scene fails with the file's own error, the others go on
+            sources.append(SceneSource(item, (item,)))
+    return list({s.text: s for s in sources}.values())
+
+
+def read_list(path: Path) -> list[str]:
+    """Scene paths in a list file: first column by CSV rules; ``#`` comments and a ``path`` header skipped."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeoSegError(f"cannot read the list of scenes ({exc})", path) from exc
+    entries: list[str] = []
+    for row in csv.reader(io.StringIO(text)):
+        if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+            continue
+        first = row[0].strip()
+        if not entries and first.lower() == "path":
+            continue
+        entries.append(first if is_virtual(first) or Path(first).is_absolute() else str(path.parent / first))
+    return entries
+
+
+def _stem(path: str) -> str:
+    name = path.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    return name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+
+
+def _clean(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".") or "scene"
+
+
+def base_name(source: SceneSource) -> str:
+    """A scene's name from its files: the file stem; a stack's common stem prefix (``lsat7_2000`` for Landsat);
+    characters other than letters, digits and ``._-`` become ``_``, and no name starts with a dot."""
+    stems = [_stem(b) for b in source.bands]
+    if len(stems) == 1:
+        return _clean(stems[0])
+    prefix = os.path.commonprefix(stems).rstrip("_-. ")  # noqa: RUF071 (a character prefix is wanted)
+    return _clean(prefix or stems[0])
+
+
+def parse_stack(text: str, root: Path | None = None) -> SceneSource:
+    """``a.tif+b.tif+...`` (one file per band) as one scene; relative band paths are taken from ``root``."""
+    parts = [gdal_path(part.strip()) for part in text.split(STACK_SEPARATOR)]
+    if root is not None:
+        parts = [p if is_virtual(p) or Path(p).is_absolute() else str(root / p) for p in parts]
+    return SceneSource(text, tuple(parts))

@@ -1,0 +1,92 @@
+"""Progress that reads well in a terminal and in a batch log.
+
+Cluster jobs log to files (``ray job logs``, Kubernetes, ``2>&1 | tee``), where a redrawn bar is either
+invisible (rich hides it when the output is not a terminal) or thousands of carriage returns. So the same
+calls draw a rich bar on a terminal and, anywhere else, print a plain line at most every ``interval`` seconds
+(and at each stage change): ``predict  41%  123.4/300.0 Mpx  12.1 Mpx/s  eta 15 s``. Stage changes
+(``publishing x.tif``) matter most in logs: the last part of a scene (COG, polygons) does not advance the
+pixel count, and a log that says nothing for a minute looks hung.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+#: Seconds between log lines; ``GEOSEG_PROGRESS_INTERVAL`` overrides it (0 prints every update).
+DEFAULT_INTERVAL = 10.0
+
+
+def _interval() -> float:
+    try:
+        return max(0.0, float(os.environ.get("GEOSEG_PROGRESS_INTERVAL", DEFAULT_INTERVAL)))
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+class Meter:
+    """Counts work done out of ``total`` (in ``unit``) and says so, as a bar or as log lines."""
+
+    def __init__(self, console: Console, stage: str, total: float, unit: str, progress: Progress | None) -> None:
+        self.console, self.stage, self.total, self.unit = console, stage, total, unit
+        self.done = 0.0
+        self._progress = progress
+        self._task = progress.add_task(stage, total=total) if progress is not None else None
+        self._interval = _interval()
+        self._start = time.monotonic()
+        self._last = self._start
+        self._said = ""
+
+    def advance(self, amount: float) -> None:
+        self.done += amount
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task, amount)
+        elif time.monotonic() - self._last >= self._interval:
+            self._line()
+
+    def describe(self, text: str) -> None:
+        """A stage change (``publishing x``): redrawn on a terminal, printed at once in a log."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=escape(text))
+        elif text != self._said:
+            self._said = text
+            self._line(text)
+
+    def _line(self, note: str = "") -> None:
+        self._last = now = time.monotonic()
+        elapsed = now - self._start
+        share = self.done / self.total if self.total else 1.0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.stage} {100 * share:3.0f}%", f"{self.done:.2f}/{self.total:.2f} {self.unit}"]
+        if rate > 0:
+            parts.append(f"{rate:.2f} {self.unit}/s")
+            if self.done < self.total:
+                parts.append(f"eta {max(0.0, (self.total - self.done) / rate):.0f} s")
+        if note:
+            parts.append(note)
+        self.console.print(escape("  ".join(parts)), highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def meter(console: Console, stage: str, total: float, unit: str) -> Iterator[Meter]:
+    """A :class:`Meter` for one stage: a transient rich bar on a terminal, timed log lines elsewhere."""
+    if console.is_terminal:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn(f"{{task.completed:.1f}}/{{task.total:.1f}} {unit}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            yield Meter(console, stage, total, unit, progress)
+        return
+    bar = Meter(console, stage, total, unit, None)
+    console.print(escape(f"{stage}: {total:.2f} {unit} to do"), highlight=False, soft_wrap=True)
+    yield bar
+    bar._line("done")
