@@ -7,6 +7,11 @@ Makes a size x size, 6-class mask of ragged blobs, then prints one table measure
   V2  geoseg peak RSS (in-process, one chunk at a time) / whole-array rasterio.features.shapes peak RSS,
       target <= 0.5
   and the polygon counts of geoseg and GDAL, which must be equal.
+
+With --mmu AREA (m2, 1 m pixels) it measures the partition-keeping minimum mapping unit instead:
+  V3  geoseg vectorize --min-area AREA time / gdal_sieve.py -st AREA + gdal_polygonize.py time
+  V4  their peak RSS (geoseg in one process, --workers 1; GDAL: the larger of its two steps)
+  and the polygon counts, which must be equal (the same sieve, then an exact polygonize).
 """
 
 from __future__ import annotations
@@ -99,9 +104,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=10_000)
     parser.add_argument("--chunk", type=int, default=2048)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--mmu", type=float, help="minimum mapping unit in m2: run V3/V4 instead of V1/V2")
     args = parser.parse_args()
     if shutil.which("gdal_polygonize.py") is None:
         sys.exit("gdal_polygonize.py not found: apt-get install gdal-bin")
+    if args.mmu:
+        return mmu(args)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         mask = make_mask(work / "mask.tif", args.size)
@@ -137,6 +145,53 @@ def main() -> None:
         ("polygon count geoseg / gdal", n_ours / n_gdal, "== 1", f"{n_ours} / {n_gdal}"),
     ]
     print(f"\nmask {args.size} x {args.size}, 6 classes, chunk {args.chunk}")
+    print_table(rows, args.json)
+
+
+def mmu(args: argparse.Namespace) -> None:
+    """V3/V4: sieve + polygonize, geoseg against GDAL's two tools, interleaved (GDAL, geoseg, GDAL, geoseg)."""
+    pixels = str(int(np.ceil(args.mmu)))  # 1 m2 pixels
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        mask = make_mask(work / "mask.tif", args.size)
+        ours_cmd = [*GEOSEG, "vectorize", str(mask), "--output", str(work / "geoseg.gpkg"), "--chunk", str(args.chunk)]
+        ours_cmd += ["--min-area", str(args.mmu), "--workers", "1"]
+        sieve_cmd = ["gdal_sieve.py", "-q", "-st", pixels, "-4", str(mask), "-of", "GTiff", str(work / "sieved.tif")]
+        poly_cmd = ["gdal_polygonize.py", "-q", str(work / "sieved.tif"), "-f", "GPKG", str(work / "gdal.gpkg")]
+        poly_cmd += ["out", "class_id"]
+        times: dict[str, list[float]] = {"ours": [], "gdal": []}
+        rss: dict[str, list[float]] = {"ours": [], "gdal": []}
+        for _ in range(2):
+            for target in (work / "sieved.tif", work / "gdal.gpkg", work / "geoseg.gpkg"):
+                target.unlink(missing_ok=True)
+            sieve_s, _ = timed(sieve_cmd)
+            poly_s, _ = timed(poly_cmd)
+            times["gdal"].append(sieve_s + poly_s)
+            (work / "gdal.gpkg").unlink()
+            rss["gdal"].append(max(peak_rss_mib(sieve_cmd), peak_rss_mib(poly_cmd)))
+            ours_s, _ = timed(ours_cmd)
+            times["ours"].append(ours_s)
+            (work / "geoseg.gpkg").unlink()
+            rss["ours"].append(peak_rss_mib(ours_cmd))
+        n_ours, n_gdal = count_features(work / "geoseg.gpkg"), count_features(work / "gdal.gpkg")
+    ratios = [o / g for o, g in zip(times["ours"], times["gdal"], strict=True)]
+    spread = ", ".join(f"{r:.2f}" for r in ratios)
+    rows = [
+        (
+            "V3 geoseg --min-area / gdal_sieve + gdal_polygonize time",
+            min(ratios),
+            "<= 1",
+            f"{min(times['ours']):.1f} s / {min(times['gdal']):.1f} s (ratios {spread})",
+        ),
+        (
+            "V4 geoseg --min-area / GDAL peak RSS",
+            min(rss["ours"]) / min(rss["gdal"]),
+            "report",
+            f"{min(rss['ours']):.0f} MiB / {min(rss['gdal']):.0f} MiB",
+        ),
+        ("polygon count geoseg / gdal", n_ours / n_gdal, "== 1", f"{n_ours} / {n_gdal}"),
+    ]
+    print(f"\nmask {args.size} x {args.size}, 6 classes, chunk {args.chunk}, minimum mapping unit {args.mmu} m2")
     print_table(rows, args.json)
 
 

@@ -201,13 +201,86 @@ def default_classes(num_classes: int) -> list[ClassSpec]:
     return [ClassSpec(id=i, name=f"class_{i}", color=PALETTE[i % len(PALETTE)]) for i in range(num_classes)]
 
 
-def init_bundle(out: str | Path, arch: str, in_channels: int, num_classes: int, seed: int = 0, **kwargs: Any) -> Path:
-    """Write an untrained bundle (random weights, identity normalisation) for tests and benchmarks."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file as other tools save them: a plain state dict, a checkpoint holding one
+    (``state_dict``/``model_state_dict``/``model``: Lightning, plain PyTorch loops), loaded tensors-only."""
+    path = Path(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GeoSegError("weights file not found", path) from None
+    except pickle.UnpicklingError as exc:
+        raise GeoSegError("refused: the file holds objects other than tensors (possible pickle payload)", path) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise GeoSegError(f"not a PyTorch weights file: {str(exc).splitlines()[0]}", path) from exc
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+            break
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise GeoSegError("holds no state dict (a mapping of parameter names to tensors)", path)
+    return loaded
+
+
+# Prefixes training wrappers put before a model's own parameter names (DDP, Lightning modules, compiled models).
+_WRAPPER_PREFIXES = ("module.", "model.", "net.", "network.", "_orig_mod.")
+
+
+def fit_state_dict(state: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """``state`` with wrapper prefixes removed so that it is exactly ``model``'s, or a one-line refusal saying
+    what differs (a partial load would predict with random layers and nobody would notice)."""
+    wanted = model.state_dict()
+    keys = dict(state)
+    changed = True
+    while changed and set(keys) != set(wanted):
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if keys and all(k.startswith(prefix) for k in keys):
+                keys = {k[len(prefix) :]: v for k, v in keys.items()}
+                changed = True
+    missing, unexpected = sorted(set(wanted) - set(keys)), sorted(set(keys) - set(wanted))
+    if missing or unexpected:
+        raise GeoSegError(
+            f"the weights are not this architecture's: {len(missing)} parameters missing (e.g. "
+            f"{', '.join(missing[:2]) or '-'}), {len(unexpected)} unexpected (e.g. {', '.join(unexpected[:2]) or '-'})",
+            path,
+        )
+    for name, tensor in keys.items():
+        if tensor.shape != wanted[name].shape:
+            raise GeoSegError(
+                f"the weights are not this architecture's: {name} is {tuple(tensor.shape)}, "
+                f"the model's is {tuple(wanted[name].shape)}",
+                path,
+            )
+    return keys
+
+
+def init_bundle(
+    out: str | Path,
+    arch: str,
+    in_channels: int,
+    num_classes: int,
+    seed: int = 0,
+    classes: list[ClassSpec] | None = None,
+    bands: list[BandSpec] | None = None,
+    weights: str | Path | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Write a bundle: random weights (tests, benchmarks) or ``weights`` trained elsewhere, with the classes
+    (names, colours) and bands (names, normalisation) the model was trained with; defaults ``class_<i>`` and
+    identity normalisation."""
+    if classes is not None and len(classes) != num_classes:
+        raise GeoSegError(f"{len(classes)} classes named for a model with {num_classes} outputs")
+    if bands is not None and len(bands) != in_channels:
+        raise GeoSegError(f"{len(bands)} bands described for a model with {in_channels} input channels")
     spec = BundleSpec(
         architecture=ArchitectureSpec(name=arch, kwargs=kwargs),
-        bands=[BandSpec(name=f"band_{i}", index=i, mean=0.0, std=1.0) for i in range(1, in_channels + 1)],
+        bands=bands or [BandSpec(name=f"band_{i}", index=i, mean=0.0, std=1.0) for i in range(1, in_channels + 1)],
         input_band_count=in_channels,
-        classes=default_classes(num_classes),
+        classes=classes or default_classes(num_classes),
     )
     torch.manual_seed(seed)
-    return save_bundle(out, spec, spec.build())
+    model = spec.build()
+    if weights is not None:
+        model.load_state_dict(fit_state_dict(read_state_dict(weights), model, weights))
+    return save_bundle(out, spec, model)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
+from geoseg.vectorize import VectorizeOptions
+
+if TYPE_CHECKING:
+    from geoseg.bundle import BandSpec, ClassSpec
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -24,9 +30,78 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _polygon_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The polygon clean-up options, declared once for ``vectorize`` and ``predict --vectorize``."""
+    options = [
+        click.option("--skip-class", "skip_class", type=int, multiple=True, help="Class id that yields no polygons."),
+        click.option(
+            "--min-area",
+            type=click.FloatRange(min=0),
+            default=0,
+            show_default=True,
+            help="Minimum mapping unit (m2): smaller regions are merged into their largest neighbour (sieve).",
+        ),
+        click.option(
+            "--fill-holes",
+            type=click.FloatRange(min=0),
+            default=0,
+            show_default=True,
+            help="Holes below this area (m2) are filled; what was inside them is absorbed.",
+        ),
+        click.option(
+            "--simplify",
+            type=click.FloatRange(min=0),
+            default=0,
+            show_default=True,
+            help="Tolerance in map units; shared edges stay shared.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _vectorize_options(
+    skip_class: tuple[int, ...], min_area: float, fill_holes: float, simplify: float, **rest: Any
+) -> VectorizeOptions:
+    return VectorizeOptions(
+        skip_classes=frozenset(skip_class), min_area_m2=min_area, fill_holes_m2=fill_holes, simplify=simplify, **rest
+    )
+
+
 @cli.group()
 def bundle() -> None:
     """Create and inspect model bundles."""
+
+
+def _class_spec(index: int, text: str) -> ClassSpec:
+    """``NAME`` or ``NAME=#RRGGBB`` from ``--class`` (ids follow the order given)."""
+    from geoseg.bundle import PALETTE, ClassSpec
+
+    name, _, colour = text.partition("=")
+    digits = colour.strip().lstrip("#")
+    if not name.strip() or (colour and (len(digits) != 6 or any(c not in "0123456789abcdefABCDEF" for c in digits))):
+        raise GeoSegError(f"--class takes NAME or NAME=#RRGGBB, got {text!r}")
+    rgb = (
+        (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)) if colour else PALETTE[index % len(PALETTE)]
+    )
+    return ClassSpec(id=index, name=name.strip(), color=rgb)
+
+
+def _band_spec(index: int, text: str) -> BandSpec:
+    """``NAME`` or ``NAME:MEAN:STD`` from ``--band`` (read from band ``index``)."""
+    from geoseg.bundle import BandSpec
+
+    name, *stats = text.split(":")
+    try:
+        if len(stats) not in (0, 2) or not name.strip():
+            raise ValueError
+        mean, std = (float(stats[0]), float(stats[1])) if stats else (0.0, 1.0)
+        if std <= 0:
+            raise ValueError
+    except ValueError:
+        raise GeoSegError(f"--band takes NAME or NAME:MEAN:STD with STD > 0, got {text!r}") from None
+    return BandSpec(name=name.strip(), index=index, mean=mean, std=std)
 
 
 @bundle.command("init")
@@ -36,8 +111,29 @@ def bundle() -> None:
 @click.option("--base-channels", type=click.IntRange(min=1), help="U-Net width (unet only).")
 @click.option("--depth", type=click.IntRange(min=1), help="U-Net depth (unet only).")
 @click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50"]), help="resnet_unet only.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option(
+    "--class",
+    "class_specs",
+    multiple=True,
+    metavar="NAME[=#RRGGBB]",
+    help="A class, in output-channel order (ids 0, 1, ...), with its colour (repeat once per class).",
+)
+@click.option(
+    "--band",
+    "band_specs",
+    multiple=True,
+    metavar="NAME[:MEAN:STD]",
+    help="An input band, in order (read from band 1, 2, ...), with the normalisation the model was trained with.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Weights trained elsewhere: a state dict or a checkpoint holding one (DDP/Lightning prefixes removed).",
+)
+@click.option(
+    "--out", "--output", "out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write."
+)
 def bundle_init(
     arch: str,
     in_channels: int,
@@ -46,15 +142,28 @@ def bundle_init(
     depth: int | None,
     encoder: str | None,
     seed: int,
+    class_specs: tuple[str, ...],
+    band_specs: tuple[str, ...],
+    weights: Path | None,
     out: Path,
 ) -> None:
-    """Write an untrained bundle (random weights) for tests and benchmarks."""
+    """Write a bundle: your model's weights, classes and bands (or random weights for tests and benchmarks)."""
     from geoseg.bundle import init_bundle
 
-    kwargs = {
+    kwargs: dict[str, Any] = {
         k: v for k, v in {"base_channels": base_channels, "depth": depth, "encoder": encoder}.items() if v is not None
     }
-    path = init_bundle(out, arch, in_channels, num_classes, seed=seed, **kwargs)
+    path = init_bundle(
+        out,
+        arch,
+        in_channels,
+        num_classes,
+        seed=seed,
+        classes=[_class_spec(i, text) for i, text in enumerate(class_specs)] or None,
+        bands=[_band_spec(i, text) for i, text in enumerate(band_specs, start=1)] or None,
+        weights=weights,
+        **kwargs,
+    )
     click.echo(str(path))
 
 
@@ -70,8 +179,15 @@ def bundle_info(directory: Path) -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
-@click.option("--output", type=click.Path(path_type=Path), required=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True, help="Training YAML.")
+@click.option(
+    "--output",
+    "--out",
+    "output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder: bundle/, metrics.json, curves.png, checkpoints (rerun to resume).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_address: str | None) -> None:
@@ -117,7 +233,9 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Model bundle.")
 @click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
 @click.argument("more_inputs", nargs=-1)
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Job folder.")
+@click.option(
+    "--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Job folder (created)."
+)
 @click.option(
     "--tile", type=click.IntRange(min=32), help="Tile side in pixels (default: from the model's receptive field)."
 )
@@ -137,7 +255,12 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 @click.option("--batch-size", type=click.IntRange(min=1), help="Tiles per model call (default: about 4 Mpx).")
 @click.option("--workers", type=click.IntRange(min=1), help="Model actors (default: one per GPU, else one per CPU).")
 @click.option(
-    "--pad", "pad_mode", type=click.Choice(["reflect", "constant", "nodata"]), default="reflect", show_default=True
+    "--pad",
+    "pad_mode",
+    type=click.Choice(["reflect", "constant", "nodata"]),
+    default="reflect",
+    show_default=True,
+    help="How tiles are padded beyond the scene's edge (reflect matches training crops).",
 )
 @click.option(
     "--probabilities",
@@ -148,9 +271,17 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     "--vectorize",
     "vector_format",
     type=click.Choice(["gpkg", "shp", "geojson", "fgb", "parquet"]),
-    help="Also polygonize each class raster into <scene>.<format>.",
+    help="Also polygonize each class raster into <scene>.<format> (changing only polygon options reruns no model).",
 )
+@_polygon_options
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model in each worker (GPU jobs).")
+@click.option(
+    "--in-process/--ray",
+    "in_process",
+    default=None,
+    help="Run the model in this process or on a Ray pool (default: in this process for jobs under 16 Mpx when no "
+    "cluster or --workers is given; Ray otherwise).",
+)
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def predict(
     model_dir: Path,
@@ -166,10 +297,19 @@ def predict(
     pad_mode: str,
     probabilities: bool,
     vector_format: str | None,
+    skip_class: tuple[int, ...],
+    min_area: float,
+    fill_holes: float,
+    simplify: float,
     compile_model: bool,
+    in_process: bool | None,
     ray_address: str | None,
 ) -> None:
-    """Predict class rasters (COG) for every input scene; exit 1 if any scene failed."""
+    """Predict class rasters (COG) for every input scene; exit 1 if any scene failed.
+
+    MORE_INPUTS (like --input): scene files, globs, folders, .txt/.csv lists, band stacks written
+    a.tif+b.tif+c.tif, or GDAL paths (/vsis3/..., s3://...).
+    """
     from geoseg.inference.job import predict_archive
     from geoseg.inference.options import PredictOptions
 
@@ -184,10 +324,20 @@ def predict(
         batch_size=batch_size,
         pad_mode=pad_mode,  # type: ignore[arg-type]
         probabilities=probabilities,
-        vector_format=vector_format,
+        vectors=None
+        if vector_format is None
+        else _vectorize_options(skip_class, min_area, fill_holes, simplify, fmt=vector_format),
     )
     reports = predict_archive(
-        model_dir, all_inputs, output, options, workers, ray_address, console, compile=compile_model
+        model_dir,
+        all_inputs,
+        output,
+        options,
+        workers,
+        ray_address,
+        console,
+        compile=compile_model,
+        in_process=in_process,
     )
     failed = [r for r in reports if r.status == "failed"]
     console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {output / 'report.json'}")
@@ -199,6 +349,8 @@ def predict(
 @click.argument("mask", type=click.Path(path_type=Path))
 @click.option(
     "--output",
+    "--out",
+    "output",
     type=click.Path(path_type=Path),
     required=True,
     help="Output file; its extension (or --format) picks the format.",
@@ -212,12 +364,7 @@ def predict(
     help="Window side in pixels; memory scales with it, not with the raster.",
 )
 @click.option("--connectivity", type=click.Choice(["4", "8"]), default="4", show_default=True)
-@click.option("--skip-class", "skip", type=int, multiple=True, help="Class id that yields no polygons.")
-@click.option(
-    "--simplify", type=click.FloatRange(min=0), default=0, help="Tolerance in map units; shared edges stay shared."
-)
-@click.option("--min-area", type=click.FloatRange(min=0), default=0, help="Drop polygons below this area (m2).")
-@click.option("--fill-holes", type=click.FloatRange(min=0), default=0, help="Fill holes below this area (m2).")
+@_polygon_options
 @click.option("--to-crs", help="Reproject the polygons, e.g. EPSG:4326.")
 @click.option("--workers", type=click.IntRange(min=1), help="Parallel chunk workers on Ray (default: all CPUs).")
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
@@ -227,37 +374,51 @@ def vectorize(
     fmt: str | None,
     chunk: int,
     connectivity: str,
-    skip: tuple[int, ...],
-    simplify: float,
+    skip_class: tuple[int, ...],
     min_area: float,
     fill_holes: float,
+    simplify: float,
     to_crs: str | None,
     workers: int | None,
     ray_address: str | None,
 ) -> None:
     """Polygonize a class raster chunk by chunk (exactly as a whole-raster polygonize) and export it."""
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.export import output_path
+    from geoseg.vectorize_job import vectorize_raster
 
-    options = VectorizeOptions(
-        chunk=chunk,
-        skip_classes=frozenset(skip),
-        connectivity=int(connectivity),  # type: ignore[arg-type]
-        simplify=simplify,
-        min_area_m2=min_area,
-        fill_holes_m2=fill_holes,
-        to_crs=to_crs,
-        fmt=fmt,
+    options = _vectorize_options(
+        skip_class, min_area, fill_holes, simplify, chunk=chunk, connectivity=int(connectivity), to_crs=to_crs, fmt=fmt
     )
-    count = vectorize_raster(mask, [output], options, workers, ray_address)
+    output = output_path(output, fmt)
+    count = vectorize_raster(mask, [output], options, workers, ray_address, console)
     console.print(f"{count} polygons -> {output}")
 
 
 @cli.command()
-@click.option("--pred", type=click.Path(path_type=Path), required=True)
+@click.option("--pred", type=click.Path(path_type=Path), required=True, help="Predicted class raster.")
 @click.option("--truth", type=click.Path(path_type=Path), required=True, help="Class raster or polygons.")
 @click.option("--class-field", default="class_id", show_default=True, help="Class attribute of truth polygons.")
-@click.option("--out", type=click.Path(path_type=Path), help="Write the metrics JSON here (folders are created).")
-def evaluate(pred: Path, truth: Path, class_field: str, out: Path | None) -> None:
+@click.option(
+    "--out",
+    "--output",
+    "out",
+    type=click.Path(path_type=Path),
+    help="Write the metrics JSON here (folders are created).",
+)
+@click.option(
+    "--remap",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Translate a truth id before scoring, e.g. --remap 255=1 for a 0/255 building mask (repeatable).",
+)
+@click.option(
+    "--background",
+    type=click.IntRange(min=0),
+    help="With polygon truth: the class of valid pixels that no polygon covers (e.g. 0 for footprints).",
+)
+def evaluate(
+    pred: Path, truth: Path, class_field: str, out: Path | None, remap: tuple[str, ...], background: int | None
+) -> None:
     """Per-class IoU/F1/precision/recall, mIoU and pixel accuracy of a prediction."""
     from geoseg.evaluate import evaluate as run_evaluate
     from geoseg.inference.manifest import write_json_atomic
@@ -269,7 +430,13 @@ def evaluate(pred: Path, truth: Path, class_field: str, out: Path | None) -> Non
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GeoSegError(f"cannot create the folder for --out ({exc.strerror or exc})", out.parent) from exc
-    metrics = run_evaluate(pred, truth, class_field)
+    mapping: dict[int, int] = {}
+    for item in remap:
+        source, _, target = item.partition("=")
+        if not (source.strip().isdigit() and target.strip().isdigit()):
+            raise GeoSegError(f"--remap takes FROM=TO with non-negative class ids, got {item!r}")
+        mapping[int(source)] = int(target)
+    metrics = run_evaluate(pred, truth, class_field, mapping, background)
 
     def number(value: float | None, width: int = 8) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"  # undefined is not 0
@@ -295,7 +462,7 @@ def evaluate(pred: Path, truth: Path, class_field: str, out: Path | None) -> Non
 
 
 @cli.command()
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--out", "--output", "out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--size", type=click.IntRange(min=64), default=1024, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -180,7 +180,12 @@ class PredictConfig(_Strict):
     vectorize: Literal["gpkg", "shp", "geojson", "fgb", "parquet"] | None = Field(
         None, description="Also polygonize each class raster into this format."
     )
+    skip_class: list[int] | None = Field(None, description="Class ids that yield no polygons (with vectorize).")
+    min_area: float | None = Field(None, ge=0, description="Minimum mapping unit in m2 (regions merged, a partition).")
+    fill_holes: float | None = Field(None, ge=0, description="Fill holes below this area in m2 (inside absorbed).")
+    simplify: float | None = Field(None, ge=0, description="Polygon simplification tolerance in map units.")
     compile: bool | None = Field(None, description="torch.compile the model in each worker (GPU jobs).")
+    in_process: bool | None = Field(None, description="True: in this process; False: on Ray; unset: by job size.")
     ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
 
 

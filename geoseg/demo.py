@@ -58,7 +58,7 @@ def run_demo(
         console.rule("[bold]3/5 predict (Ray actors)")
         options = PredictOptions()  # tiles, halo and blocks from the model's receptive field
         reports = predict_archive(
-            bundle, [str(s.image) for s in archive], workdir / "predictions", options, console=console
+            bundle, [str(s.image) for s in archive], workdir / "predictions", options, console=console, in_process=False
         )
     console.rule("[bold]4/5 vectorize and export")
     spec = load_spec(bundle)

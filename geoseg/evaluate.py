@@ -86,12 +86,32 @@ class _Confusion:
         return cm, ids
 
 
-def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "class_id") -> dict[str, Any]:
+def _remapped(ids: np.ndarray, remap: dict[int, int] | None) -> np.ndarray:
+    """Truth ids translated by ``remap`` (all at once: ``{0: 1, 1: 0}`` swaps, it does not chain)."""
+    if not remap:
+        return ids
+    out = ids.copy()
+    for old, new in remap.items():
+        out[ids == old] = new
+    return out
+
+
+def evaluate(
+    pred_path: str | Path,
+    truth_path: str | Path,
+    class_field: str = "class_id",
+    remap: dict[int, int] | None = None,
+    background: int | None = None,
+) -> dict[str, Any]:
     """Metrics of ``pred_path`` against ``truth_path``; truth is brought onto the prediction's grid.
 
     Raster truth on another grid is warped (nearest) on the fly; vector truth is rasterised per window.
     Pixels that are nodata in either raster (or NaN) are left out; class ids are taken exactly, whatever
     their range (ids above 255 have their own rows; the matrix then lists its ``class_ids``).
+
+    ``remap``: truth ids translated before scoring (a 0/255 building mask scored as 0/1: ``{255: 1}``).
+    ``background``: with polygon truth, the class of every valid prediction pixel no polygon covers (building
+    footprints give no background polygons; without it only the footprints' pixels are scored).
     """
     pred_path, truth_path = Path(pred_path), Path(truth_path)
     confusion = _Confusion()
@@ -108,11 +128,12 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                     shapes,
                     out_shape=p.shape,
                     transform=window_transform(window, pred.transform),
-                    fill=-1,
+                    fill=-1 if background is None else background,
                     dtype="int32",
                 )
                 valid = (t >= 0) & (pred.read_masks(1, window=window) > 0)
-                confusion.add(t.astype(np.int64), _class_ids(p, valid, pred_path, "prediction"), valid)
+                t_ids = _remapped(t.astype(np.int64), remap)
+                confusion.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
         else:
             with _open(truth_path, "truth") as truth_src:
                 if truth_src.count != 1:
@@ -128,7 +149,7 @@ def evaluate(pred_path: str | Path, truth_path: str | Path, class_field: str = "
                     t = truth.read(1, window=window)
                     valid = truth.read_masks(1, window=window) > 0
                     valid &= pred.read_masks(1, window=window) > 0
-                    t_ids = _class_ids(t, valid, truth_path, "truth")
+                    t_ids = _remapped(_class_ids(t, valid, truth_path, "truth"), remap)
                     confusion.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
     cm, ids = confusion.matrix()
     if not confusion.pairs:

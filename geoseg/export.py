@@ -10,8 +10,11 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 import shapely
+from pyproj import CRS
+from pyproj.exceptions import CRSError
 
 from geoseg.errors import GeoSegError
+from geoseg.io.styles import ClassStyle, gpkg_default_style, style_vector_sidecar, vector_qml
 from geoseg.vectorize import ClassPolygons
 
 # extension -> (OGR driver or "parquet", reprojected to WGS84 by the format's spec)
@@ -26,6 +29,28 @@ FORMATS: dict[str, tuple[str, bool]] = {
 _SHAPEFILE_LIMIT = 2**31  # 2 GB: .shp/.dbf offsets are 32-bit
 _SHAPEFILE_FIELDS = {"perimeter_m": "perimeter"}  # dBASE field names are at most 10 characters
 EQUAL_AREA_CRS = "EPSG:6933"  # for areas when the raster CRS is geographic
+
+
+def output_path(out: str | Path, fmt: str | None = None) -> Path:
+    """The file a vector output is written to: ``out``, or ``out`` with ``fmt``'s extension if it has none.
+
+    A format that contradicts the extension (``--format shp --output x.gpkg``) is refused rather than
+    writing a shapefile under a GeoPackage's name (or printing one name and writing another).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise GeoSegError("is a folder; name the output file (for example polygons.gpkg)", out)
+    suffix = out.suffix.lower()
+    if fmt is None:
+        if suffix not in FORMATS:
+            raise GeoSegError(f"unknown vector format {suffix!r}; use one of {', '.join(FORMATS)}", out)
+        return out
+    wanted = f".{fmt.lower().lstrip('.')}"
+    if wanted not in FORMATS:
+        raise GeoSegError(f"unknown vector format {wanted!r}; use one of {', '.join(FORMATS)}", out)
+    if suffix in FORMATS and FORMATS[suffix][0] != FORMATS[wanted][0]:
+        raise GeoSegError(f"--format {fmt} contradicts the file's extension {suffix}", out)
+    return out if suffix else out.with_name(out.name + wanted)  # a name the user chose is kept as written
 
 
 def to_geodataframe(polygons: ClassPolygons) -> gpd.GeoDataFrame:
@@ -62,15 +87,20 @@ class PolygonWriter:
 
     APPENDABLE = frozenset({"GPKG", "ESRI Shapefile"})
 
-    def __init__(self, out: str | Path, to_crs: str | None = None, fmt: str | None = None) -> None:
-        self.out = Path(out)
-        suffix = f".{fmt.lower().lstrip('.')}" if fmt else self.out.suffix.lower()
-        if suffix not in FORMATS:
-            raise GeoSegError(f"unknown vector format {suffix!r}; use one of {', '.join(FORMATS)}", self.out)
-        self.driver, wgs84 = FORMATS[suffix]
+    def __init__(
+        self, out: str | Path, to_crs: str | None = None, fmt: str | None = None, styles: list[ClassStyle] | None = None
+    ) -> None:
+        self.out = output_path(out, fmt)
+        self.styles = styles or []
+        self.driver, wgs84 = FORMATS[f".{fmt.lower().lstrip('.')}" if fmt else self.out.suffix.lower()]
+        if to_crs:
+            try:
+                target = CRS.from_user_input(to_crs)
+            except CRSError:
+                raise GeoSegError(f"--to-crs {to_crs!r} is not a coordinate reference system", out) from None
+        if wgs84 and to_crs and target != CRS.from_epsg(4326):
+            raise GeoSegError(f"GeoJSON is WGS84 by RFC 7946; --to-crs {to_crs} cannot apply (use .gpkg or .fgb)", out)
         self.to_crs = "EPSG:4326" if wgs84 else to_crs
-        if self.out.is_dir():
-            raise GeoSegError("is a folder; name the output file (for example polygons.gpkg)", self.out)
         try:  # like predict's --output, a missing folder is made
             self.out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -109,7 +139,13 @@ class PolygonWriter:
                 if self.driver == "parquet":
                     frame.to_parquet(self.target)
                 else:
-                    frame.to_file(self.target, driver=self.driver, engine="pyogrio", encoding="UTF-8", use_arrow=True)
+                    # GeoJSON as RFC 7946 (no legacy "crs" member, 7 decimals: ~1 cm) as QGIS and web maps expect.
+                    options = {"RFC7946": "YES"} if self.driver == "GeoJSON" else {}
+                    frame.to_file(
+                        self.target, driver=self.driver, engine="pyogrio", encoding="UTF-8", use_arrow=True, **options
+                    )
+            if self.styles and self.driver == "GPKG":  # inside the file, before it is published
+                gpkg_default_style(self.target, self.out.stem, vector_qml(self.styles))
             produced = sorted(self.staging.iterdir())
             if self.driver == "ESRI Shapefile" and sum(p.stat().st_size for p in produced) > _SHAPEFILE_LIMIT:
                 raise GeoSegError("shapefile would exceed 2 GB; write .gpkg or .fgb instead", self.out)
@@ -117,6 +153,8 @@ class PolygonWriter:
                 os.replace(part, self.out.parent / part.name)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
+        if self.styles and self.driver != "GPKG":
+            style_vector_sidecar(self.out, self.styles)
         return self.out
 
     def abort(self) -> None:

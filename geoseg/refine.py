@@ -1,20 +1,38 @@
-"""Polygon clean-up after vectorizing: shared-edge simplification, small-polygon removal, hole filling.
+"""Polygon clean-up after vectorizing, keeping the map a partition: sieve, hole filling, shared-edge simplification.
 
-All operate on :class:`~geoseg.vectorize.ClassPolygons` in the raster's CRS. Areas are square metres,
-measured in an equal-area CRS when the raster CRS is geographic (degrees would make thresholds meaningless).
+A land-cover map is a partition of its valid pixels: every pixel in exactly one polygon. Deleting polygons
+below a minimum mapping unit leaves holes, and filling a polygon's holes while keeping the islands inside
+makes polygons overlap; both break the layer for area statistics and topology checks. So:
+
+* **Minimum mapping unit** (:func:`sieve_raster`): regions below the unit are merged into their largest
+  neighbour before polygonizing, with GDAL's sieve filter (``gdal_sieve.py``) run on the class raster. The
+  polygons of the sieved raster are a partition by construction, and exactly ``gdal_sieve.py`` +
+  ``gdal_polygonize.py``'s. GDAL's rule, kept here: a small region none of whose neighbours reaches the
+  unit (a cluster of speckles, an island in nodata) stays as it is rather than leaving a gap.
+* **Holes** (:func:`absorb_holes`): a polygon's interior ring below the threshold is filled *and* every polygon
+  inside it is removed, so the filling polygon absorbs what was inside instead of covering it twice.
+* **Simplification** (:func:`simplify_shared_edges`): coverage simplification, each shared edge once.
+
+Areas are square metres, measured in an equal-area CRS when the raster CRS is geographic (degrees would make
+thresholds meaningless).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import rasterio
 import shapely
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
+from rasterio import features
 
+from geoseg.errors import GeoSegError
 from geoseg.export import EQUAL_AREA_CRS
-from geoseg.vectorize import ClassPolygons
+from geoseg.vectorize import ClassPolygons, Connectivity
 
 
 def _areas_m2(geoms: np.ndarray, crs: object) -> np.ndarray:
@@ -41,30 +59,98 @@ def simplify_shared_edges(polygons: ClassPolygons, tolerance: float) -> ClassPol
     return replace(polygons, geometries=np.asarray(shapely.coverage_simplify(noded, tolerance)))
 
 
-def drop_small(polygons: ClassPolygons, min_area_m2: float) -> ClassPolygons:
-    """Remove polygons smaller than ``min_area_m2``."""
-    if min_area_m2 <= 0 or not len(polygons.geometries):
-        return polygons
-    keep = _areas_m2(polygons.geometries, polygons.crs) >= min_area_m2
+def _select(polygons: ClassPolygons, keep: np.ndarray) -> ClassPolygons:
     confidence = None if polygons.confidence is None else polygons.confidence[keep]
     return replace(
         polygons, geometries=polygons.geometries[keep], class_ids=polygons.class_ids[keep], confidence=confidence
     )
 
 
-def fill_holes(polygons: ClassPolygons, max_hole_m2: float) -> ClassPolygons:
-    """Fill interior rings smaller than ``max_hole_m2`` (the islands inside them stay their own polygons)."""
-    if max_hole_m2 <= 0:
+def absorb_holes(polygons: ClassPolygons, max_hole_m2: float) -> ClassPolygons:
+    """Fill interior rings smaller than ``max_hole_m2`` and remove the polygons inside them (absorbed).
+
+    Needs every polygon of the raster at once (an island can come in another batch than its surrounding
+    polygon). On a partition the result is a partition: what was inside a filled hole now belongs to the
+    polygon around it, once.
+    """
+    if max_hole_m2 <= 0 or not len(polygons.geometries):
         return polygons
-    filled = []
+    filled: list[shapely.Geometry] = []
+    small_holes: list[shapely.Polygon] = []
     for geom in polygons.geometries:
         parts = []
         for part in shapely.get_parts(geom):
-            holes = [
-                ring
-                for ring in part.interiors
-                if _areas_m2(np.array([shapely.Polygon(ring)]), polygons.crs)[0] >= max_hole_m2
-            ]
-            parts.append(shapely.Polygon(part.exterior, holes))
+            rings = [shapely.Polygon(ring) for ring in part.interiors]
+            small = (
+                _areas_m2(np.asarray(rings, dtype=object), polygons.crs) < max_hole_m2 if rings else np.zeros(0, bool)
+            )
+            small_holes.extend(r for r, is_small in zip(rings, small, strict=True) if is_small)
+            kept = [r.exterior for r, is_small in zip(rings, small, strict=True) if not is_small]
+            parts.append(shapely.Polygon(part.exterior, kept))
         filled.append(parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts))
-    return replace(polygons, geometries=np.array(filled, dtype=object))
+    geometries = np.asarray(filled, dtype=object)
+    inside = np.zeros(len(geometries), bool)
+    if small_holes:
+        # A polygon inside a hole lies in it entirely (a partition); test one interior point of each candidate.
+        holes = np.asarray(small_holes, dtype=object)
+        hole_index, candidates = shapely.STRtree(geometries).query(holes, predicate="intersects")
+        points = shapely.point_on_surface(geometries[candidates])
+        inside[candidates[shapely.contains_properly(holes[hole_index], points)]] = True
+    return _select(replace(polygons, geometries=geometries), ~inside)
+
+
+def pixel_threshold(transform: rasterio.Affine, crs: object, width: int, height: int, area_m2: float) -> int:
+    """The smallest region, in pixels, that covers ``area_m2`` (pixel area at the raster's centre if geographic)."""
+    x, y = width / 2, height / 2
+    corners = [transform * (x + dx, y + dy) for dx, dy in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    pixel = _areas_m2(np.array([shapely.Polygon(corners)], dtype=object), crs)[0]
+    return max(1, math.ceil(area_m2 / pixel - 1e-9)) if pixel > 0 else 1
+
+
+SIEVE_TYPES = {"uint8": "uint8", "int8": "int16", "uint16": "uint16", "int16": "int16", "int32": "int32"}
+
+
+def sieve_raster(source: str | Path, target: Path, min_area_m2: float, connectivity: Connectivity = 4) -> Path:
+    """Write ``source`` to ``target`` with every region below ``min_area_m2`` merged into its largest neighbour.
+
+    GDAL's sieve (the ``gdal_sieve.py`` algorithm) reads the class raster band by band through GDAL and holds
+    one output array (1-4 bytes per pixel) plus its polygon table; nodata pixels are neither merged nor merged
+    into. ``target`` keeps the source's grid, nodata, tags and colour table.
+    """
+    with rasterio.open(source) as src:
+        dtype = SIEVE_TYPES.get(src.dtypes[0])
+        if dtype is None:
+            if src.dtypes[0] != "uint32":
+                raise GeoSegError(f"cannot apply a minimum mapping unit to {src.dtypes[0]} pixels", source)
+            dtype = "int32"  # ids up to 2**31 - 1 (larger ones are refused when polygonizing anyway)
+        size = pixel_threshold(src.transform, src.crs, src.width, src.height, min_area_m2)
+        out = np.empty((src.height, src.width), dtype)
+        valid = src.read_masks(1) > 0
+        band = src.read(1, out_dtype=dtype) if dtype != src.dtypes[0] else rasterio.band(src, 1)
+        features.sieve(band, size, out=out, mask=valid, connectivity=connectivity)
+        profile = src.profile | {
+            "driver": "GTiff",
+            "dtype": dtype,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "zlevel": 1,
+            "BIGTIFF": "IF_SAFER",
+        }
+        tags = src.tags()
+        colormap = src.colormap(1) if src.dtypes[0] == "uint8" and _has_colormap(src) else None
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(out, 1)
+        dst.update_tags(**tags)
+        if colormap:
+            dst.write_colormap(1, colormap)
+    return target
+
+
+def _has_colormap(src: rasterio.DatasetReader) -> bool:
+    try:
+        src.colormap(1)
+    except ValueError:
+        return False
+    return True

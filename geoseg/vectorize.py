@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,30 @@ from geoseg.errors import GeoSegError
 
 Connectivity = Literal[4, 8]
 MapFn = Callable[[Callable[..., Any], Iterable[Any]], Iterable[Any]]
+
+
+@dataclass(frozen=True)
+class VectorizeOptions:
+    """How a class raster becomes polygons: ``geoseg vectorize`` and ``predict --vectorize`` share them.
+
+    ``min_area_m2`` (a minimum mapping unit) and ``fill_holes_m2`` keep the polygons a partition (see
+    :mod:`geoseg.refine`); ``fmt`` None means "from the output's extension".
+    """
+
+    chunk: int = 1024
+    skip_classes: frozenset[int] = field(default_factory=frozenset)
+    connectivity: Connectivity = 4
+    simplify: float = 0.0
+    min_area_m2: float = 0.0
+    fill_holes_m2: float = 0.0
+    to_crs: str | None = None
+    fmt: str | None = None
+    confidence: bool = True
+
+    def key(self) -> str:
+        """What makes the polygons what they are (not where they go): recorded with a job's outputs."""
+        values = asdict(self) | {"skip_classes": sorted(self.skip_classes)}
+        return ",".join(f"{k}={values[k]}" for k in sorted(values))
 
 
 @dataclass(frozen=True)

@@ -54,11 +54,7 @@ def test_one_job_over_the_whole_scene_corpus(bundle: Path, tmp_path: Path) -> No
 
     # Only finished outputs, all inside the job folder; no temp files left by the failed scenes.
     handled = {c.name for c in SCENE_CASES if c.error is None}
-    assert {p.name for p in job.iterdir()} == {f"{n}.tif" for n in handled} | {
-        "good_scene.tif",
-        "manifest.json",
-        "report.json",
-    }
+    assert {p.name for p in job.iterdir()} == _published(*handled, "good_scene") | {"manifest.json", "report.json"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job", "scenes"]
 
     def classes(name: str) -> np.ndarray:
@@ -140,7 +136,7 @@ def test_full_disk_fails_one_scene_and_leaves_no_partial_file(
     assert [r.status for r in reports] == ["ok", "failed", "ok"]
     assert reports[1].error is not None and reports[1].error.startswith(str(scenes[1]))
     assert "No space left on device" in reports[1].error and "\n" not in reports[1].error
-    assert {p.name for p in job.iterdir()} == {"s0.tif", "s2.tif", "manifest.json", "report.json"}
+    assert {p.name for p in job.iterdir()} == _published("s0", "s2") | {"manifest.json", "report.json"}
     # A rerun once space is back redoes only the scene that failed.
     monkeypatch.setattr(writer.rasterio.shutil, "copy", real_copy)
     again = predict_archive(bundle, [str(s) for s in scenes], job, PredictOptions(tile=64, halo=8, overlap=8))
@@ -300,7 +296,8 @@ def test_a_real_full_disk_fails_one_scene_with_its_cause_and_leaves_no_partial_f
         assert entry["status"] == "ok" or "No space left on device" in entry["error"], entry
         assert "\n" not in (entry["error"] or "")
     finished = sorted(f"{n}.tif" for n, e in report.items() if e["status"] == "ok")
-    assert finished and sorted(p.name for p in job.iterdir()) == sorted(["manifest.json", "report.json", *finished])
+    published = _published(*(n for n, e in report.items() if e["status"] == "ok"))
+    assert finished and {p.name for p in job.iterdir()} == published | {"manifest.json", "report.json"}
     for name in finished:
         with rasterio.open(job / name) as src:
             assert src.read(1).shape == (70, 90)
@@ -547,3 +544,8 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         _one_line_error(result, where, cause)
     assert not any(p.name.startswith("t") for p in out.iterdir()) if out.exists() else True  # refused runs leave none
     assert f["folder"].is_dir() and not list(f["folder"].parent.glob(".*.partial"))
+
+
+def _published(*names: str) -> set[str]:
+    """The files a published scene has: its class COG, GDAL category names and QGIS style."""
+    return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml")}

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, init_bundle, load_bundle, load_spec
+from geoseg.bundle import PALETTE, SPEC_FILE, WEIGHTS_FILE, init_bundle, load_bundle, load_spec
 from geoseg.errors import GeoSegError
 
 
@@ -73,3 +73,40 @@ def test_incompatible_format_version(bundle) -> None:
 def test_not_a_bundle(tmp_path) -> None:
     with pytest.raises(GeoSegError, match="not a model bundle"):
         load_spec(tmp_path)
+
+
+def test_a_model_trained_elsewhere_becomes_a_bundle_with_its_classes_and_bands(tmp_path) -> None:
+    """A Lightning-style checkpoint ({"state_dict": {"model.<name>": tensor}}) of the same architecture, with
+    class names/colours and band statistics given on the command line, as a user who trained elsewhere does."""
+    import subprocess
+    import sys
+
+    from geoseg.models import build_model
+
+    trained = build_model("unet", in_channels=3, num_classes=2, base_channels=4, depth=2)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    checkpoint = tmp_path / "epoch=9.ckpt"
+    torch.save({"epoch": 9, "state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, checkpoint)
+    args = [sys.executable, "-m", "geoseg", "bundle", "init", "--arch", "unet", "--in-channels", "3"]
+    args += ["--num-classes", "2", "--base-channels", "4", "--depth", "2", "--weights", str(checkpoint)]
+    args += ["--class", "water=#0000ff", "--class", "land", "--band", "B04:812.5:410", "--band", "B03:700:300"]
+    args += ["--band", "B02:650:250", "--out", str(tmp_path / "b")]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    spec, model = load_bundle(tmp_path / "b")
+    assert [(c.name, c.color) for c in spec.classes] == [("water", (0, 0, 255)), ("land", PALETTE[1])]
+    assert [(b.name, b.index, b.mean, b.std) for b in spec.bands] == [
+        ("B04", 1, 812.5, 410.0),
+        ("B03", 2, 700.0, 300.0),
+        ("B02", 3, 650.0, 250.0),
+    ]
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    # Another architecture's weights: one line, no bundle (a partial load would predict with random layers).
+    wrong = subprocess.run([*args[:-1], str(tmp_path / "c"), "--depth", "3"], capture_output=True, text=True)
+    assert wrong.returncode == 1 and "the weights are not this architecture's" in wrong.stderr
+    assert str(checkpoint) in wrong.stderr and not (tmp_path / "c").exists()
+    bad_colour = subprocess.run([*args[:-1], str(tmp_path / "d"), "--class", "x=#12"], capture_output=True, text=True)
+    assert bad_colour.returncode == 1 and "--class takes NAME or NAME=#RRGGBB" in bad_colour.stderr

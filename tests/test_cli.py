@@ -133,11 +133,17 @@ def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> Non
         "predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", "--input", str(good)
     )
     assert ok.returncode == 0, ok.stderr
+    assert "executor: in-process" in ok.stderr  # 6 300 px: no Ray is started for it
     # Piped output (a batch log) gets progress as plain lines, the publishing stage included: not a silent wait.
     log = ok.stderr.splitlines()
     assert "predict: 0.01 Mpx to do" in log and "\r" not in ok.stderr
     assert any(line.startswith("predict 100%  0.01/0.01 Mpx") and line.endswith("done") for line in log)
     assert any("publishing good" in line for line in log), ok.stderr
+    # The summary as lines a log keeps (no box to wrap at 80 columns); a resumed run says what it found.
+    assert "scenes: 1 ok, 0 failed, 0 skipped (done before)" in log and "│" not in ok.stderr
+    again = run("predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", str(good))
+    assert again.returncode == 0 and "scenes: 0 ok, 0 failed, 1 skipped (done before)" in again.stderr
+    assert "nothing to run: every scene was done before (0.01 Mpx, 0.63 km2)" in again.stderr
 
 
 @pytest.mark.ray
@@ -154,7 +160,20 @@ def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> N
     scenes = [
         str(make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name=f"s{i}.tif")) for i in range(count)
     ]
-    args = ["predict", "--model", str(bundle), "--tile", "64", "--halo", "8", "--overlap", "8", "--input", *scenes]
+    args = [
+        "predict",
+        "--model",
+        str(bundle),
+        "--tile",
+        "64",
+        "--halo",
+        "8",
+        "--overlap",
+        "8",
+        "--ray",
+        "--input",
+        *scenes,
+    ]
     job = tmp_path / "job"
     proc = subprocess.Popen(
         [*GEOSEG, *args, "--output", str(job)],

@@ -34,8 +34,16 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
         "model: m\ninput: [a.tif, b.tif]\noutput: out\ntile: 128\npad: nodata\nvectorize: fgb\ncompile: true\n"
     )
 
-    def fake_predict_archive(bundle, inputs, out, options, workers, address, console, compile):
-        seen.update(bundle=bundle, inputs=inputs, out=out, options=options, workers=workers, compile=compile)
+    def fake_predict_archive(bundle, inputs, out, options, workers, address, console, compile, in_process):
+        seen.update(
+            bundle=bundle,
+            inputs=inputs,
+            out=out,
+            options=options,
+            workers=workers,
+            compile=compile,
+            in_process=in_process,
+        )
         return []
 
     monkeypatch.setattr("geoseg.inference.job.predict_archive", fake_predict_archive)

@@ -129,3 +129,28 @@ def test_negative_or_fractional_truth_is_refused_not_wrapped(make_geotiff) -> No
     assert "neg.tif" in str(negative.value)
     with pytest.raises(GeoSegError, match="fractional"):
         evaluate(pred, make_geotiff(np.full((4, 4), 0.5, np.float32), name="frac.tif"))
+
+
+def test_footprints_scored_with_remap_and_background(make_geotiff, tmp_path) -> None:
+    """A 0/255 building mask is scored as 0/1 with remap; footprint polygons score the background only when
+    told which class it is (otherwise only the footprints' own pixels count)."""
+    import geopandas as gpd
+    import shapely
+
+    pred = np.zeros((40, 40), np.uint8)
+    pred[10:20, 10:20] = 1  # one building, 100 px; the truth's is 100 px, 50 of them shared
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:20, 15:25] = 255
+    pred_path = make_geotiff(pred, name="pred.tif")
+    remapped = evaluate(pred_path, make_geotiff(truth, name="mask.tif"), remap={255: 1})
+    assert remapped["class_ids"] == [0, 1]
+    assert remapped["confusion_matrix"] == [[1450, 50], [50, 50]]  # 1600 px: 150 in either building, 50 in both
+    # The footprint as a polygon (pixel (15, 10) .. (25, 20) at 10 m, origin 500000, 5800000).
+    box = shapely.box(500_150, 5_799_800, 500_250, 5_799_900)
+    footprints = tmp_path / "footprints.gpkg"
+    gpd.GeoDataFrame({"class_id": [1]}, geometry=[box], crs="EPSG:32633").to_file(footprints)
+    only_footprints = evaluate(pred_path, footprints)
+    assert sum(map(sum, only_footprints["confusion_matrix"])) == 100  # background never scored
+    with_background = evaluate(pred_path, footprints, background=0)
+    assert with_background["confusion_matrix"] == remapped["confusion_matrix"]
+    assert with_background["objects"]["truth"] == 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 
 from geoseg.bundle import init_bundle, load_bundle
 from geoseg.inference.executor import LocalExecutor
@@ -63,7 +65,7 @@ def test_ray_output_is_byte_identical_to_local_for_any_workers_batch_and_block(
     for workers, batch, block in [(1, 1, 64), (2, 5, 128), (2, 3, 10_000)]:
         options = PredictOptions(tile=96, halo=8, overlap=8, block=block, batch_size=batch)
         out = tmp_path / f"w{workers}b{batch}k{block}"
-        [report] = predict_archive(bundle5, [str(source)], out, options, workers=workers)
+        [report] = predict_archive(bundle5, [str(source)], out, options, workers=workers, in_process=False)
         assert report.status == "ok" and report.tiles == local.tiles and report.tiles_run == local.tiles_run
         assert (report.seam_pixels, report.seam_disagreement) == (local.seam_pixels, local.seam_disagreement)
         assert (out / "landsat_multiband.tif").read_bytes() == reference, (workers, batch, block)
@@ -77,12 +79,12 @@ def test_bad_scenes_are_reported_and_the_others_finish(ray_local, make_geotiff, 
     not_tiff = tmp_path / "junk.tif"
     not_tiff.write_bytes(b"II*\x00garbage")
     out = tmp_path / "job"
-    reports = predict_archive(bundle3, [str(not_tiff), str(two_bands), str(good)], out, OPTIONS)
+    reports = predict_archive(bundle3, [str(not_tiff), str(two_bands), str(good)], out, OPTIONS, in_process=False)
     status = {r.scene: (r.status, r.error) for r in reports}
     assert status["good"] == ("ok", None)
     assert status["two_bands"][0] == "failed" and "has 2 bands, the model expects 3" in status["two_bands"][1]
     assert status["junk"][0] == "failed" and str(not_tiff) in status["junk"][1]
-    assert sorted(p.name for p in out.iterdir()) == ["good.tif", "manifest.json", "report.json"]
+    assert {p.name for p in out.iterdir()} == _published("good") | {"manifest.json", "report.json"}
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["scenes_ok"] == 1 and report["summary"]["scenes_failed"] == 2
     assert report["summary"]["megapixels"] == pytest.approx(150 * 170 / 1e6, abs=1e-3)
@@ -356,7 +358,7 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
 
     monkeypatch.setattr(scene.SceneRun, "add", add_and_signal)
     monkeypatch.setattr(distributed.RayExecutor, "publish", publish_after_next_start)
-    reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS)
+    reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS, in_process=False)
     assert overlapped == [True]
     assert [r.status for r in reports] == ["ok", "ok"]
     manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())
@@ -377,7 +379,7 @@ def test_a_predicted_scene_publishes_nothing_until_finished(make_geotiff, bundle
     assert not out.exists()  # only staging files so far: a crash here leaves nothing that looks finished
     report = predicted.finish()
     assert out.exists() and report.status == "ok" and report.tiles_run == report.tiles
-    assert sorted(p.name for p in out.parent.iterdir()) == ["scene.tif"]
+    assert {p.name for p in out.parent.iterdir()} == _published("scene")
 
 
 class Lookahead:
@@ -456,7 +458,7 @@ def test_a_failing_block_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -
     outcomes = _stream(bundle3, paths, tmp_path / "out", log, depth=2, fail=second_block_of_f1)
     assert isinstance(outcomes["f1"], GeoSegError) and "corrupt block" in str(outcomes["f1"])
     assert outcomes["f0"].status == outcomes["f2"].status == "ok"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.tif", "f2.tif"]  # no staging file of f1
+    assert {p.name for p in (tmp_path / "out").iterdir()} == _published("f0", "f2")  # no staging file of f1
     # Once its second block failed, no more of f1 was sent: only the blocks the lookahead had already taken.
     assert ("in", "f1") not in log[log.index(("settled", "f1")) :]
     spec, _ = load_bundle(bundle3)
@@ -484,7 +486,7 @@ def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bu
     reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS, executor=DyingPool())
     assert [r.status for r in reports] == ["ok", "failed", "failed"]
     assert all("actors kept dying" in r.error and r.error.startswith(r.source) for r in reports[1:])
-    assert sorted(p.name for p in (tmp_path / "job").iterdir()) == ["d0.tif", "manifest.json", "report.json"]
+    assert {p.name for p in (tmp_path / "job").iterdir()} == _published("d0") | {"manifest.json", "report.json"}
     manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())["scenes"]
     assert [manifest[f"d{i}"]["status"] for i in range(3)] == ["ok", "failed", "failed"]
 
@@ -631,3 +633,67 @@ def test_default_options_reproduce_whole_image_inference(real_data, tmp_path) ->
 
     assert agreement(PredictOptions()) >= 0.9999
     assert agreement(PredictOptions(tile=256, halo=16, overlap=16)) < 0.999  # the old defaults: visible seams
+
+
+def test_changing_only_polygon_options_reruns_no_model(make_geotiff, bundle3, tmp_path) -> None:
+    """--vectorize gpkg, then shp with a minimum mapping unit: the polygons are redone from the published class
+    raster (the model is not called, the raster is not rewritten), the old .gpkg is removed, a third run skips."""
+    from dataclasses import replace
+
+    from geoseg.vectorize import VectorizeOptions
+
+    spec, model = load_bundle(bundle3)
+    calls = []
+
+    class Counting(LocalExecutor):
+        def run(self, work, options):  # counts the blocks the model is given
+            return super().run((calls.append(1) or item for item in work), options)
+
+    executor = Counting(ModelWorker(spec, model.state_dict()))
+    scene = str(make_geotiff(np.random.default_rng(3).integers(1, 255, (3, 70, 90)).astype(np.uint8), name="v.tif"))
+    out = tmp_path / "job"
+    [first] = predict_archive(
+        bundle3, [scene], out, replace(OPTIONS, vectors=VectorizeOptions(fmt="gpkg")), executor=executor
+    )
+    assert first.status == "ok" and (out / "v.gpkg").exists() and len(calls) == first.blocks > 0
+    blocks = len(calls)
+    raster_time = (out / "v.tif").stat().st_mtime_ns
+    shp = replace(OPTIONS, vectors=VectorizeOptions(fmt="shp", min_area_m2=300))
+    [second] = predict_archive(bundle3, [scene], out, shp, executor=executor)
+    assert len(calls) == blocks and (out / "v.tif").stat().st_mtime_ns == raster_time
+    assert second.sha256 == first.sha256
+    assert second.status == "ok" and second.vectors == str(out / "v.shp") and not (out / "v.gpkg").exists()
+    polygons = gpd.read_file(out / "v.shp")
+    assert shapely.coverage_is_valid(polygons.geometry.values)  # merged, not deleted: still a partition ...
+    assert polygons.area.sum() == pytest.approx(70 * 90 * 100)  # ... of every pixel (10 m), once
+    [third] = predict_archive(bundle3, [scene], out, shp, executor=executor)
+    assert third.status == "skipped" and len(calls) == blocks
+    [fourth] = predict_archive(bundle3, [scene], out, replace(shp, tile=64, halo=8), executor=executor)
+    assert fourth.status == "ok" and len(calls) > blocks  # tiling options do change the rasters: the model runs
+
+
+def test_small_jobs_run_in_process_and_large_or_clustered_ones_on_ray(make_geotiff, tmp_path, monkeypatch) -> None:
+    from geoseg.inference.job import SMALL_JOB_MPX, choose_path
+    from geoseg.io.sources import expand_inputs
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    small = expand_inputs([str(make_geotiff(np.zeros((3, 100, 100), np.uint8), name="small.tif"))])
+    assert choose_path(small, None, None, None) == "in-process"
+    assert choose_path(small, None, 2, None) == "ray"  # workers asked for: a pool
+    assert choose_path(small, "auto", None, None) == "ray"  # a cluster named
+    assert choose_path(small, None, None, False) == "ray" and choose_path(small, None, 4, True) == "in-process"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert choose_path(small, None, None, None) == "ray"
+    monkeypatch.delenv("RAY_ADDRESS")
+    side = int((SMALL_JOB_MPX * 1e6 / 2) ** 0.5) + 1  # two scenes whose sum passes the threshold
+    profile = {"driver": "GTiff", "count": 1, "dtype": "uint8", "tiled": True, "width": side, "height": side}
+    for name in ("a.tif", "b.tif"):
+        with rasterio.open(tmp_path / name, "w", crs="EPSG:32633", **profile):
+            pass  # sparse: the header says the size, no pixel is written
+    assert choose_path(expand_inputs([str(tmp_path / "a.tif")]), None, None, None) == "in-process"
+    assert choose_path(expand_inputs([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]), None, None, None) == "ray"
+
+
+def _published(*names: str) -> set[str]:
+    """The files a published scene has: its class COG, GDAL category names and QGIS style."""
+    return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml")}

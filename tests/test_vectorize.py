@@ -145,8 +145,12 @@ def test_bad_inputs_are_one_line_errors(make_geotiff, tmp_path) -> None:
     (tmp_path / "a_file").write_text("")
     with pytest.raises(GeoSegError, match="cannot create the output folder"):
         write_polygons(frame, tmp_path / "a_file" / "out.gpkg")
+    (tmp_path / "folder.gpkg").mkdir()
     with pytest.raises(GeoSegError, match="is a folder"):
-        write_polygons(frame, tmp_path / "missing", fmt="gpkg")
+        write_polygons(frame, tmp_path / "folder.gpkg")
+    with pytest.raises(GeoSegError, match=r"--format shp contradicts the file's extension \.gpkg"):
+        write_polygons(frame, tmp_path / "x.gpkg", fmt="shp")
+    assert write_polygons(frame, tmp_path / "named", fmt="fgb") == tmp_path / "named.fgb"
 
 
 def _write_mask(path, data, transform=None):
@@ -222,20 +226,60 @@ def test_simplification_keeps_shared_edges(tmp_path) -> None:
     assert total == pytest.approx(data.size * 4, rel=1e-9)
 
 
-def test_min_area_and_hole_filling(tmp_path) -> None:
-    from geoseg.refine import drop_small, fill_holes
+def test_min_area_and_hole_filling_keep_a_partition(tmp_path) -> None:
+    """Hand-made: a 4-pixel hole, a 1-pixel speck and a 3-pixel island inside a 12-pixel hole."""
+    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
 
     data = np.zeros((30, 30), np.uint8)
     data[5:25, 5:25] = 1
     data[10:12, 10:12] = 0  # a 4-pixel hole (16 m2 at 2 m pixels)
-    data[0, 29] = 2  # a 1-pixel speck
-    polys = polygonize(str(_write_mask(tmp_path / "m.tif", data)), chunk=8)
-    assert sorted(polys.class_ids.tolist()) == [0, 0, 1, 2]
-    cleaned = drop_small(polys, min_area_m2=20)
-    assert sorted(cleaned.class_ids.tolist()) == [0, 1]
-    filled = fill_holes(cleaned, max_hole_m2=20)
-    square = filled.geometries[filled.class_ids == 1][0]
+    data[0, 29] = 2  # a 1-pixel speck on the class-0 background
+    data[16:20, 16:20] = 3  # a 16-pixel hole (64 m2) ...
+    data[17:19, 17:19] = 2  # ... holding a 4-pixel island
+    mask = _write_mask(tmp_path / "m.tif", data)
+
+    def run(**options):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.gpkg"
+        vectorize_raster(mask, [out], VectorizeOptions(**options), workers=1)
+        frame = gpd.read_file(out)
+        assert shapely.coverage_is_valid(frame.geometry.values)  # no overlaps
+        assert frame.area.sum() == pytest.approx(data.size * 4)  # no gaps: still every pixel, once
+        return frame
+
+    sieved = run(min_area_m2=20)  # 5 pixels: the speck, the hole and the island merge into their neighbours
+    assert sorted(sieved.class_id) == [0, 1, 3] and sieved.area.min() >= 20
+    assert sieved[sieved.class_id == 1].area.iloc[0] == (400 - 16) * 4  # the 4-pixel hole is now class 1
+    assert sieved[sieved.class_id == 3].area.iloc[0] == 16 * 4  # the island merged into what surrounds it
+    filled = run(fill_holes_m2=70)  # both holes filled, the island absorbed (it overlapped the filled polygon before)
+    square = filled[filled.class_id == 1].geometry.iloc[0]
     assert len(square.interiors) == 0 and square.area == 20 * 20 * 4
+    assert sorted(filled.class_id) == [0, 1, 2]  # the background and the speck are untouched
+    both = run(min_area_m2=20, fill_holes_m2=70)
+    assert sorted(both.class_id) == [0, 1]
+
+
+def test_the_minimum_mapping_unit_is_gdal_sieve(tmp_path) -> None:
+    """The sieved polygons are exactly GDAL's: rasterio.features.sieve of the whole array, polygonized."""
+    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 4, (60, 70)).astype(np.uint8)
+    data[rng.random(data.shape) < 0.5] = 1
+    data[:3, :3] = 255
+    mask = _write_mask(tmp_path / "m.tif", data)
+    with rasterio.open(mask, "r+") as dst:
+        dst.nodata = 255
+    vectorize_raster(mask, [tmp_path / "v.gpkg"], VectorizeOptions(min_area_m2=24, chunk=16), workers=1)
+    ours = gpd.read_file(tmp_path / "v.gpkg")
+    expected = features.sieve(data, 6, mask=data != 255, connectivity=4)
+    theirs = [
+        (shape(g), v)
+        for g, v in features.shapes(expected, mask=expected != 255, transform=rasterio.Affine(2, 0, 0, 0, -2, 0))
+    ]
+    assert len(ours) == len(theirs) and ours.area.min() >= 24
+    assert sorted(zip(ours.class_id, np.round(ours.area, 6), strict=True)) == sorted(
+        (int(v), round(g.area, 6)) for g, v in theirs
+    )
 
 
 def test_confidence_attribute_from_a_probability_raster(tmp_path) -> None:

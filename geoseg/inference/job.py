@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import rasterio
 import ray
 from rich.console import Console
 from rich.markup import escape
@@ -28,23 +31,36 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
 from geoseg.inference.options import PredictOptions
-from geoseg.inference.outputs import STACKS, guard_inputs, remove_stale_partials, scene_names
+from geoseg.inference.outputs import SHAPEFILE_PARTS, STACKS, guard_inputs, remove_stale_partials, scene_names
 from geoseg.inference.report import SceneReport, Status, job_report, print_summary
-from geoseg.inference.scene import Published, SceneRun, StagedScene, file_sha256, publish_scene, run_scenes
+from geoseg.inference.scene import (
+    Published,
+    SceneRun,
+    StagedScene,
+    file_sha256,
+    polygonize_scene,
+    publish_scene,
+    run_scenes,
+)
 from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
 from geoseg.io.stack import build_stack_vrt
 from geoseg.progress import meter
 
+#: Below this many megapixels (and with no cluster named) a job runs in this process: see :func:`choose_path`.
+SMALL_JOB_MPX = 16.0
 MAX_PUBLISHING = 2  # scenes being published at once (their staging files are on disk meanwhile)
 
 
 def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
-    """Identifies what produces the outputs: weights, bundle spec and the resolved tiling options."""
+    """Identifies what produces the rasters: weights, bundle spec and the resolved tiling options.
+
+    Vectorizing options are not in it: polygons are redone from the finished class raster when only they
+    change, without running the model again (see :meth:`_Job.revectorize`)."""
     digest = hashlib.sha256()
     for name in (SPEC_FILE, WEIGHTS_FILE):
         digest.update(file_sha256(bundle_dir / name).encode())
-    digest.update(json.dumps(options.to_dict(), sort_keys=True).encode())
+    digest.update(json.dumps(options.model_run_dict(), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -58,6 +74,7 @@ def predict_archive(
     console: Console | None = None,
     executor: BlockExecutor | None = None,
     compile: bool = False,
+    in_process: bool | None = None,
 ) -> list[SceneReport]:
     """Predict every input scene into ``out_dir/<scene>.tif``; write ``manifest.json`` and ``report.json``.
 
@@ -67,7 +84,8 @@ def predict_archive(
 
     ``executor``: a warm pool to reuse (a notebook running several jobs, the benchmark); it must hold the
     bundle's model, and ``workers``/``ray_address``/``compile`` are then unused. By default the job starts
-    its own (``compile``: ``torch.compile`` the model in each worker).
+    its own (``compile``: ``torch.compile`` the model in each worker): in this process for a small job on no
+    named cluster, else a Ray pool (``in_process`` forces either; see :func:`choose_path`).
     """
     console = console or Console(stderr=True, soft_wrap=True)
     bundle_dir = Path(bundle_dir)
@@ -81,29 +99,43 @@ def predict_archive(
     remove_stale_partials(out_dir, plan)  # left by a killed run of this job; never a finished output
     geometry = spec.geometry()
     started = time.perf_counter()
+    path = "given"
     with contextlib.ExitStack() as stack:
         if executor is None:
-            from geoseg.inference.distributed import RayExecutor
+            path = choose_path(sources, ray_address, workers, in_process)
+            if path == "in-process":
+                from geoseg.inference.executor import LocalExecutor
+                from geoseg.inference.worker import ModelWorker
 
-            stack.enter_context(ray_session(ray_address))
-            executor = RayExecutor(spec, model.state_dict(), workers, compile=compile)
-            stack.callback(executor.shutdown)
+                executor = LocalExecutor(ModelWorker(spec, model.state_dict(), compile=compile))
+            else:
+                from geoseg.inference.distributed import RayExecutor
+
+                stack.enter_context(ray_session(ray_address))
+                executor = RayExecutor(spec, model.state_dict(), workers, compile=compile)
+                stack.callback(executor.shutdown)
+            console.print(f"executor: {path}", highlight=False)
         resolved = options.resolved(geometry, executor.gpu)
         fingerprint = job_fingerprint(bundle_dir, resolved)
         manifest = Manifest(out_dir)
         reports: dict[str, SceneReport] = {}
-        todo = []
+        todo, stale_vectors = [], []
+        vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
         for source, name in plan:
             identity = source_identity(source.local_files() or [Path(b) for b in source.bands])
             done = manifest.finished(name, source.text, identity, fingerprint)
-            if done:
-                reports[name] = done
-            else:
+            if done is None:
                 todo.append((source, name, identity))
-        if todo:
+            elif vectors_key is not None and not manifest.vectors_current(name, vectors_key):
+                stale_vectors.append((source, name, identity, done))
+            else:
+                reports[name] = done
+        if todo or stale_vectors:
             publish = getattr(executor, "publish", publish_scene)
             job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish)
             try:
+                inputs = {os.path.realpath(p) for source, _ in plan for p in source.local_files()}
+                job.revectorize(stale_vectors, inputs)
                 job.run(todo)
             finally:  # also on Ctrl-C: everything recorded lands in manifest.json
                 manifest.snapshot()
@@ -112,13 +144,36 @@ def predict_archive(
     summary = job_report(
         ordered,
         bundle_dir,
-        resolved.to_dict() | {"workers": workers, "receptive_field": geometry.receptive_field},
+        resolved.to_dict() | {"workers": workers, "receptive_field": geometry.receptive_field, "executor": path},
         notes,
         time.perf_counter() - started,
     )
     write_json_atomic(out_dir / "report.json", summary)
     print_summary(console, summary)
     return ordered
+
+
+def choose_path(sources: list[SceneSource], ray_address: str | None, workers: int | None, forced: bool | None) -> str:
+    """``in-process`` or ``ray``: a job below :data:`SMALL_JOB_MPX` on no named cluster runs in this process.
+
+    Starting a private Ray with its actors costs 15-30 s here (a 0.57 Mpx scene took 24-40 s for ~6 s of
+    work) and about 1 GB; in-process prediction uses the same model code with torch's threads on every core.
+    Headers are read until the sum passes the threshold, so a large archive costs a few opens, not all.
+    """
+    if forced is not None:
+        return "in-process" if forced else "ray"
+    if ray_address or os.environ.get("RAY_ADDRESS") or (workers or 1) > 1:
+        return "ray"
+    total = 0.0
+    for source in sources:
+        try:
+            with rasterio.open(source.bands[0]) as src:
+                total += src.width * src.height / 1e6
+        except rasterio.errors.RasterioIOError:
+            continue  # it fails as a scene later, with its own message
+        if total > SMALL_JOB_MPX:
+            return "ray"
+    return "in-process"
 
 
 def halo_notes(options: PredictOptions, receptive_field: int) -> list[str]:
@@ -181,7 +236,8 @@ class _Job:
             else:
                 self.console.print(f"[red]failed[/] {escape(report.error or '')}")
             self.reports[name] = report
-            self.manifest.record(report, self.fingerprint, self.identities.get(name, ""))
+            vectors_key = self.options.vectors.key() if self.options.vectors is not None else None
+            self.manifest.record(report, self.fingerprint, self.identities.get(name, ""), vectors_key)
 
     def failed(self, path: str, name: str, exc: BaseException) -> SceneReport:
         return SceneReport(scene=name, source=path, status=Status.FAILED, error=scene_error(exc, path))
@@ -193,6 +249,32 @@ class _Job:
         except Exception as exc:  # one bad scene must not lose the others' work
             report = self.failed(path, name, exc)
         self.record(path, name, report)  # as soon as the files are in place: a crash later cannot lose them
+
+    def revectorize(self, finished: list[tuple[SceneSource, str, str, SceneReport]], inputs: set[str]) -> None:
+        """Polygons for scenes whose rasters are finished but whose polygons were made with other options
+        (or another format): from the published class raster, without running the model again. The polygons
+        of the previous options are removed (they were this job's output, never an input)."""
+        options = self.options.vectors
+        if options is None:
+            return
+        for source, name, identity, report in finished:
+            self.identities[name] = identity
+            try:
+                started = time.perf_counter()
+                vectors = polygonize_scene(Path(report.output or ""), options)
+                old = Path(report.vectors) if report.vectors else None
+                if old is not None and old != vectors and old.parent == self.out_dir:
+                    for part in [old, *(old.with_suffix(x) for x in SHAPEFILE_PARTS if old.suffix == ".shp")]:
+                        if os.path.realpath(part) not in inputs:
+                            part.unlink(missing_ok=True)
+                report = replace(report, status=Status.OK, vectors=str(vectors))
+                report.stage_seconds = report.stage_seconds | {"vectorize": round(time.perf_counter() - started, 3)}
+                self.console.print(f"[green]ok[/] {escape(f'{report.output} -> {vectors} (model not rerun)')}")
+                with self.lock:
+                    self.reports[name] = report
+                    self.manifest.record(report, self.fingerprint, identity, options.key())
+            except Exception as exc:  # one bad scene must not lose the others' work
+                self.record(source.text, name, self.failed(source.text, name, exc))
 
     def run(self, todo: list[tuple[SceneSource, str, str]]) -> None:
         scenes: dict[str, SceneInfo] = {}

@@ -109,8 +109,16 @@ class Manifest:
         report.status = Status.SKIPPED
         return report
 
-    def record(self, report: SceneReport, fingerprint: str, identity: str) -> None:
+    def vectors_current(self, name: str, key: str) -> bool:
+        """Whether the scene's polygons exist and were made with vectorizing options ``key``."""
+        entry = self.entries.get(name) or {}
+        vectors = entry.get("vectors")
+        return entry.get("vectors_key") == key and isinstance(vectors, str) and Path(vectors).exists()
+
+    def record(self, report: SceneReport, fingerprint: str, identity: str, vectors_key: str | None = None) -> None:
         entry: dict[str, Any] = report.to_dict() | {"fingerprint": fingerprint, "source_identity": identity}
+        if report.vectors:
+            entry["vectors_key"] = vectors_key
         for key, path in (("output", report.output), ("probabilities", report.probabilities)):
             if report.status == Status.OK and path:
                 entry[f"{key}_bytes"] = Path(path).stat().st_size

@@ -29,6 +29,7 @@ from typing import Any
 from geoseg.errors import GeoSegError
 from geoseg.inference.tiling import BlockGrid, ModelGeometry, TileGrid
 from geoseg.io.raster import PadMode, SceneInfo
+from geoseg.vectorize import VectorizeOptions
 
 MAX_AUTO_HALO = 128
 CPU_BATCH_PIXELS, GPU_BATCH_PIXELS = 2**20, 4 * 2**20
@@ -53,7 +54,7 @@ class PredictOptions:
     batch_size: int | None = None
     pad_mode: PadMode = "reflect"
     probabilities: bool = False
-    vector_format: str | None = None  # also polygonize each class raster into <scene>.<format>
+    vectors: VectorizeOptions | None = None  # also polygonize each class raster into <scene>.<vectors.fmt>
     alignment: int = MIN_ALIGNMENT  # tile strides are multiples of this (the model's output stride, at least 32)
     auto_core: int | None = None  # set by resolved() when the tile size is automatic
 
@@ -113,5 +114,15 @@ class PredictOptions:
             raise ValueError("options are not resolved")
         return BlockGrid(self.grid(scene), self.block)
 
+    @property
+    def vector_format(self) -> str | None:
+        return self.vectors.fmt if self.vectors is not None else None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        values["vectors"] = self.vectors.key() if self.vectors is not None else None
+        return values
+
+    def model_run_dict(self) -> dict[str, Any]:
+        """The options that decide the rasters (the job's fingerprint): polygons can be redone from those."""
+        return {k: v for k, v in self.to_dict().items() if k != "vectors"}

@@ -28,7 +28,7 @@ from geoseg.io.sources import SceneSource, base_name
 PROBABILITIES_SUFFIX = "_probabilities"
 JOB_FILES = ("manifest.json", "manifest.jsonl", "report.json")
 STACKS = "stacks"
-_SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
+SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
 _PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
 
 
@@ -57,11 +57,12 @@ def scene_names(sources: list[SceneSource]) -> list[str]:
 def scene_outputs(out_dir: Path, name: str, vector_format: str | None) -> list[Path]:
     """Every path the job may write for scene ``name`` (whatever the options: they do not move names)."""
     paths = [out_dir / f"{name}.tif", out_dir / f"{name}{PROBABILITIES_SUFFIX}.tif", out_dir / STACKS / f"{name}.vrt"]
+    paths += [out_dir / f"{name}.qml", out_dir / f"{name}.tif.aux.xml"]  # the class raster's style and categories
     if vector_format:
         vectors = out_dir / f"{name}.{vector_format}"
         paths.append(vectors)
         if vector_format == "shp":
-            paths.extend(vectors.with_suffix(part) for part in _SHAPEFILE_PARTS)
+            paths.extend(vectors.with_suffix(part) for part in SHAPEFILE_PARTS)
     return paths
 
 

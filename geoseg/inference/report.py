@@ -94,18 +94,31 @@ def job_report(
 
 
 def print_summary(console: Console, report: dict[str, Any]) -> None:
+    """The job summary: a table on a terminal, ``key: value`` lines in a log (no box drawing to wrap at 80
+    columns). A run that found everything done says so instead of printing zero throughput."""
     s = report["summary"]
-    table = Table(title="geoseg predict", show_header=False)
     rows = [
-        ("scenes", f"{s['scenes_ok']} ok, {s['scenes_failed']} failed, {s['scenes_skipped']} skipped (done before)"),
-        ("tiles", f"{s['tiles_run']} run, {s['tiles_skipped_nodata']} skipped (all nodata)"),
-        ("area", f"{s['megapixels']:.2f} Mpx, {s['area_km2']:.2f} km2 in {s['seconds']:.1f} s"),
-        ("throughput", f"{s['megapixels_per_second'] or 0:.3f} Mpx/s, {s['km2_per_hour'] or 0:.1f} km2/h"),
-        ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())),
-        ("seam disagreement", "-" if s["seam_disagreement"] is None else f"{s['seam_disagreement']:.4%}"),
+        ("scenes", f"{s['scenes_ok']} ok, {s['scenes_failed']} failed, {s['scenes_skipped']} skipped (done before)")
     ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    if s["scenes_ok"]:
+        rows += [
+            ("tiles", f"{s['tiles_run']} run, {s['tiles_skipped_nodata']} skipped (all nodata)"),
+            ("area", f"{s['megapixels']:.2f} Mpx, {s['area_km2']:.2f} km2 in {s['seconds']:.1f} s"),
+            ("throughput", f"{s['megapixels_per_second'] or 0:.3f} Mpx/s, {s['km2_per_hour'] or 0:.1f} km2/h"),
+            ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())),
+            ("seam disagreement", "-" if s["seam_disagreement"] is None else f"{s['seam_disagreement']:.4%}"),
+        ]
+    elif s["scenes_skipped"]:
+        done = [r for r in report["scenes"] if r["status"] == Status.SKIPPED]
+        megapixels, area = sum(r["pixels"] for r in done) / 1e6, sum(r["area_km2"] for r in done)
+        rows.append(("nothing to run", f"every scene was done before ({megapixels:.2f} Mpx, {area:.2f} km2)"))
+    if console.is_terminal:
+        table = Table(title="geoseg predict", show_header=False)
+        for key, value in rows:
+            table.add_row(key, value)
+        console.print(table)
+    else:
+        for key, value in rows:
+            console.print(f"{key}: {value}", markup=False, highlight=False, soft_wrap=True)
     for note in report.get("notes", []):
         console.print(f"note: {note}", markup=False, highlight=False)

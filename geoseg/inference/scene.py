@@ -28,7 +28,9 @@ from geoseg.inference.report import SceneReport, Status
 from geoseg.inference.tiling import BlockGrid
 from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import SceneInfo
+from geoseg.io.styles import style_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
+from geoseg.vectorize import VectorizeOptions
 
 if TYPE_CHECKING:  # torch stays out of processes that only read or publish
     from geoseg.bundle import BundleSpec
@@ -67,7 +69,7 @@ class StagedScene:
 
     classes: tuple[Path, Path]  # (staging, final)
     probabilities: tuple[Path, Path] | None
-    vector_format: str | None
+    vectors: VectorizeOptions | None
 
 
 @dataclass
@@ -88,15 +90,13 @@ def publish_scene(staged: StagedScene) -> Published:
     vectors: Path | None = None
     try:
         publish_cog(*staged.classes, "nearest")
+        final_paths += style_class_raster(staged.classes[1])  # category names and a QGIS style beside it
         if staged.probabilities:
             publish_cog(*staged.probabilities, "average")
         write_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        if staged.vector_format:
-            from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
-
-            vectors = staged.classes[1].with_suffix(f".{staged.vector_format}")
-            vectorize_raster(staged.classes[1], [vectors], VectorizeOptions(fmt=staged.vector_format), workers=1)
+        if staged.vectors is not None:
+            vectors = polygonize_scene(staged.classes[1], staged.vectors)
         digest = file_sha256(staged.classes[1])
     except BaseException:
         for path in final_paths:
@@ -111,6 +111,15 @@ def publish_scene(staged: StagedScene) -> Published:
     if vectors is not None:
         outputs["vectors"] = str(vectors)
     return Published(outputs, digest, write_seconds, time.perf_counter() - started)
+
+
+def polygonize_scene(class_raster: Path, options: VectorizeOptions) -> Path:
+    """Polygonize a published class raster into ``<scene>.<format>`` beside it (in this process)."""
+    from geoseg.vectorize_job import vectorize_raster
+
+    vectors = class_raster.with_suffix(f".{options.fmt}")
+    vectorize_raster(class_raster, [vectors], options, workers=1)
+    return vectors
 
 
 def file_sha256(path: str | Path) -> str:
@@ -194,7 +203,7 @@ class SceneRun:
         self._writers.close()  # a failing close hands the error to the writers still open: they abort
         self.counts.write_seconds += time.perf_counter() - started
         probabilities = (self.probabilities.staging, self.prob_path) if self.probabilities and self.prob_path else None
-        return StagedScene((self.classes.staging, self.out_path), probabilities, self.options.vector_format)
+        return StagedScene((self.classes.staging, self.out_path), probabilities, self.options.vectors)
 
     def report(self, published: Published) -> SceneReport:
         c, scene = self.counts, self.scene

@@ -81,7 +81,8 @@ class StagingRaster:
         tile: internal tile side; the prediction block size, so each block is exactly one tile (a multiple of
             16, as TIFF requires; otherwise 512-px tiles, and GDAL updates partial tiles in place).
         colormap: RGB per value for band 1 (class rasters).
-        tags: dataset metadata (class names, scale).
+        tags: dataset metadata (class names).
+        scale: GDAL scale of every band (value x scale = physical value), e.g. 1/254 for probabilities.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class StagingRaster:
         tile: int = COG_BLOCK,
         colormap: Mapping[int, tuple[int, int, int]] | None = None,
         tags: Mapping[str, str] | None = None,
+        scale: float | None = None,
     ) -> None:
         self.path = Path(path)
         self.scene = scene
@@ -122,6 +124,9 @@ class StagingRaster:
             self._dst.write_colormap(1, {value: (*rgb, 255) for value, rgb in colormap.items()})
         if tags:
             self._dst.update_tags(**tags)
+        if scale is not None:  # GDAL's own scale: QGIS and gdalinfo then show physical values (probabilities)
+            self._dst.scales = (scale,) * len(descriptions)
+            self._dst.offsets = (0.0,) * len(descriptions)
 
     def write(self, window: Window, array: np.ndarray) -> None:
         """Write ``array`` (``[h, w]`` for one band, ``[bands, h, w]``) at ``window``."""
@@ -210,4 +215,5 @@ def probability_staging(path: Path, scene: SceneInfo, class_names: Sequence[str]
         PROBABILITY_NODATA,
         tile,
         tags={"scale": str(1 / PROBABILITY_SCALE), "meaning": "probability = value / 254"},
+        scale=1 / PROBABILITY_SCALE,
     )

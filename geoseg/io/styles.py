@@ -1,0 +1,156 @@
+"""Styles that travel with the outputs, so QGIS shows class names and colours instead of bare ids.
+
+The class table (id, name, colour) has one home: the class raster itself, as its colour table and its
+``class_<id>`` tags, written from the bundle. Everything here is derived from it:
+
+* the class raster gets GDAL category names (a PAM ``.aux.xml`` beside it: TIFF has no field for them, and
+  GDAL's GTiff driver keeps them there too) and a paletted QGIS style ``<stem>.qml`` with the names as labels;
+* polygons get a ``color`` attribute (``#rrggbb``) and a categorized QGIS style: inside a GeoPackage as its
+  default style (the ``layer_styles`` table QGIS reads), beside other formats as ``<stem>.qml`` unless a
+  raster of the same stem already owns that name (``predict --vectorize shp``).
+
+QGIS loads ``<stem>.qml`` beside a file, and a GeoPackage's default ``layer_styles`` row, when the layer is
+added. Files are written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+
+from geoseg.io.writer import temp_sibling
+
+QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
+
+
+@dataclass(frozen=True)
+class ClassStyle:
+    id: int
+    name: str
+    rgb: tuple[int, int, int]
+
+    @property
+    def hex(self) -> str:
+        return "#{:02x}{:02x}{:02x}".format(*self.rgb)
+
+
+def class_table(src: rasterio.DatasetReader) -> list[ClassStyle]:
+    """Classes of a class raster from its tags and colour table (empty when it has neither)."""
+    names = {int(k[6:]): v for k, v in src.tags().items() if k.startswith("class_") and k[6:].isdigit()}
+    try:
+        colors = src.colormap(1)
+    except ValueError:  # no colour table
+        colors = {}
+    ids = sorted(names) if names else []
+    return [ClassStyle(i, names[i], tuple(colors.get(i, (128, 128, 128, 255))[:3])) for i in ids]
+
+
+def _write_text(path: Path, text: str) -> None:
+    staging = temp_sibling(path)
+    try:
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _qgis(children: ET.Element) -> str:
+    root = ET.Element("qgis", version=QGIS_VERSION, styleCategories="Symbology")
+    root.append(children)
+    ET.indent(root)
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")
+
+
+def raster_qml(table: list[ClassStyle]) -> str:
+    """A paletted QGIS style: one entry per class, its name as the legend label."""
+    pipe = ET.Element("pipe")
+    renderer = ET.SubElement(pipe, "rasterrenderer", type="paletted", band="1", opacity="1", alphaBand="-1")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for c in table:
+        ET.SubElement(palette, "paletteEntry", value=str(c.id), color=c.hex, alpha="255", label=c.name)
+    return _qgis(pipe)
+
+
+def vector_qml(table: list[ClassStyle], field: str = "class_id") -> str:
+    """A categorized QGIS style on ``field``: a fill per class in its colour, its name as the label."""
+    renderer = ET.Element("renderer-v2", type="categorizedSymbol", attr=field, symbollevels="0", forceraster="0")
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for n, c in enumerate(table):
+        ET.SubElement(categories, "category", value=str(c.id), label=c.name, symbol=str(n), render="true")
+        symbol = ET.SubElement(symbols, "symbol", type="fill", name=str(n), alpha="1", clip_to_extent="1")
+        layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "pass": "0", "locked": "0", "enabled": "1"})
+        options = ET.SubElement(layer, "Option", type="Map")
+        for key, value in (
+            ("color", f"{c.rgb[0]},{c.rgb[1]},{c.rgb[2]},255"),
+            ("outline_color", "35,35,35,255"),
+            ("outline_width", "0.1"),
+            ("style", "solid"),
+        ):
+            ET.SubElement(options, "Option", name=key, type="QString", value=value)
+    return _qgis(renderer)
+
+
+def category_names_pam(table: list[ClassStyle]) -> str:
+    """A GDAL PAM document giving band 1 its category names (index = class id; gaps are empty)."""
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    names = ET.SubElement(band, "CategoryNames")
+    by_id = {c.id: c.name for c in table}
+    for value in range(max(by_id) + 1 if by_id else 0):
+        ET.SubElement(names, "Category").text = by_id.get(value, "")
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def style_class_raster(path: Path) -> list[Path]:
+    """Write ``<path>.aux.xml`` (category names) and ``<stem>.qml`` beside a class raster; returns them."""
+    with rasterio.open(path) as src:
+        table = class_table(src)
+    if not table:
+        return []
+    written = [path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")]
+    try:
+        _write_text(written[0], category_names_pam(table))
+        _write_text(written[1], raster_qml(table))
+    except BaseException:  # a full disk: no half of a style left behind
+        for leftover in written:
+            leftover.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def style_vector_sidecar(path: Path, table: list[ClassStyle]) -> Path | None:
+    """``<stem>.qml`` beside a finished vector file, unless a raster of that stem owns the name."""
+    if not table or any(path.with_suffix(ext).exists() for ext in (".tif", ".tiff")):
+        return None
+    sidecar = path.with_suffix(".qml")
+    _write_text(sidecar, vector_qml(table))
+    return sidecar
+
+
+def gpkg_default_style(path: Path, layer: str, qml: str, geometry_column: str = "geom") -> None:
+    """Store ``qml`` as the layer's default style in the GeoPackage, as QGIS's "Save as default" does."""
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS layer_styles (id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256),"
+            " f_table_schema TEXT(256), f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30),"
+            " styleQML TEXT, styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),"
+            " update_time DATETIME DEFAULT CURRENT_TIMESTAMP)"
+        )
+        db.execute(
+            "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier) VALUES (?, ?, ?)",
+            ("layer_styles", "attributes", "layer_styles"),
+        )
+        db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+        db.execute(
+            "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName,"
+            " styleQML, styleSLD, useAsDefault, description) VALUES ('', '', ?, ?, ?, ?, '', 1, ?)",
+            (layer, geometry_column, layer, qml, "geoseg classes"),
+        )

@@ -1,0 +1,95 @@
+"""Outputs read back the way GDAL and QGIS read them: category names, scales, QML styles, RFC 7946 GeoJSON."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from geoseg.io import open_scene
+from geoseg.io.styles import style_class_raster
+from geoseg.io.writer import class_staging, probability_staging, publish_cog
+from geoseg.vectorize import VectorizeOptions
+from geoseg.vectorize_job import vectorize_raster
+
+NAMES = ["water", "forest & shrub", "urban <dense>"]  # names that need escaping in XML
+COLORS = [(31, 119, 180), (44, 160, 44), (214, 39, 40)]
+
+
+def _gdalinfo(path: Path) -> dict:
+    return json.loads(
+        subprocess.run(["gdalinfo", "-json", str(path)], capture_output=True, text=True, check=True).stdout
+    )
+
+
+@pytest.fixture
+def class_raster(make_geotiff, tmp_path: Path) -> Path:
+    scene = open_scene(make_geotiff(np.zeros((1, 40, 50), np.uint8), name="source.tif"))
+    data = np.zeros((40, 50), np.uint8)
+    data[:, 20:] = 1
+    data[30:, :10] = 2
+    out = tmp_path / "classes.tif"
+    with class_staging(out, scene, [0, 1, 2], NAMES, COLORS, 64) as staging:
+        staging.write(rasterio.windows.Window(0, 0, 50, 40), data)
+    publish_cog(staging.staging, out, "nearest")
+    style_class_raster(out)
+    return out
+
+
+def test_class_raster_has_category_names_colours_and_a_paletted_style(class_raster: Path) -> None:
+    band = _gdalinfo(class_raster)["bands"][0]
+    assert band["categories"] == NAMES
+    assert [e[:3] for e in band["colorTable"]["entries"][:3]] == [list(c) for c in COLORS]
+    qml = ET.parse(class_raster.with_suffix(".qml")).getroot()
+    renderer = qml.find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "paletted"
+    entries = [(e.get("value"), e.get("label"), e.get("color")) for e in renderer.iter("paletteEntry")]
+    assert entries == [("0", NAMES[0], "#1f77b4"), ("1", NAMES[1], "#2ca02c"), ("2", NAMES[2], "#d62728")]
+
+
+def test_probability_bands_carry_their_scale(make_geotiff, tmp_path: Path) -> None:
+    scene = open_scene(make_geotiff(np.zeros((1, 20, 20), np.uint8), name="source.tif"))
+    out = tmp_path / "p.tif"
+    with probability_staging(out, scene, ["a", "b"], 64) as staging:
+        staging.write(rasterio.windows.Window(0, 0, 20, 20), np.full((3, 20, 20), 127, np.uint8))
+    publish_cog(staging.staging, out, "average")
+    bands = _gdalinfo(out)["bands"]
+    assert [b["scale"] for b in bands] == pytest.approx([1 / 254] * 3) and all(b["offset"] == 0 for b in bands)
+    with rasterio.open(out) as src:  # what QGIS shows: value x scale
+        assert src.read(1)[0, 0] * src.scales[0] == pytest.approx(0.5)
+
+
+def test_polygons_carry_colours_and_a_default_qgis_style(class_raster: Path, tmp_path: Path) -> None:
+    gpkg, shp = tmp_path / "v" / "polys.gpkg", tmp_path / "v" / "polys.shp"
+    vectorize_raster(class_raster, [gpkg, shp], VectorizeOptions(), workers=1)
+    frame = gpd.read_file(gpkg)
+    assert dict(zip(frame.class_id, frame.color, strict=True)) == {0: "#1f77b4", 1: "#2ca02c", 2: "#d62728"}
+    assert set(gpd.read_file(shp).color) == {"#1f77b4", "#2ca02c", "#d62728"}
+    with sqlite3.connect(gpkg) as db:
+        [(table, default, qml)] = db.execute("SELECT f_table_name, useAsDefault, styleQML FROM layer_styles").fetchall()
+    assert table == "polys" and default == 1
+    for style in (ET.fromstring(qml.split("\n", 1)[1]), ET.parse(shp.with_suffix(".qml")).getroot()):
+        renderer = style.find("renderer-v2")
+        assert renderer is not None and renderer.get("attr") == "class_id"
+        assert [(c.get("value"), c.get("label")) for c in renderer.iter("category")] == [
+            ("0", NAMES[0]),
+            ("1", NAMES[1]),
+            ("2", NAMES[2]),
+        ]
+
+
+def test_geojson_is_rfc7946(class_raster: Path, tmp_path: Path) -> None:
+    out = tmp_path / "polys.geojson"
+    vectorize_raster(class_raster, [out], VectorizeOptions(), workers=1)
+    document = json.loads(out.read_text())
+    assert "crs" not in document  # RFC 7946 drops the legacy member: WGS84 always
+    coordinates = [xy for f in document["features"] for ring in f["geometry"]["coordinates"] for xy in ring]
+    assert all(len(repr(v).split(".")[-1]) <= 7 for xy in coordinates for v in xy)
+    assert all(-180 <= x <= 180 and -90 <= y <= 90 for x, y in coordinates)
