@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -230,14 +231,16 @@ def fit_state_dict(state: dict[str, torch.Tensor], model: nn.Module, path: str |
     """``state`` with wrapper prefixes removed so that it is exactly ``model``'s, or a one-line refusal saying
     what differs (a partial load would predict with random layers and nobody would notice)."""
     wanted = model.state_dict()
-    keys = dict(state)
-    changed = True
-    while changed and set(keys) != set(wanted):
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if keys and all(k.startswith(prefix) for k in keys):
-                keys = {k[len(prefix) :]: v for k, v in keys.items()}
-                changed = True
+
+    def views(keys: dict[str, torch.Tensor], depth: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        yield keys  # as given, then under each wrapper prefix (a Lightning task also holds criterion.*, ...)
+        for prefix in _WRAPPER_PREFIXES if depth < 3 else ():
+            inner = {k[len(prefix) :]: v for k, v in keys.items() if k.startswith(prefix)}
+            if inner:
+                yield from views(inner, depth + 1)
+
+    found = [view for view in views(dict(state)) if set(view) == set(wanted)]
+    keys = found[0] if found else min(views(dict(state)), key=lambda v: len(set(v) ^ set(wanted)))
     missing, unexpected = sorted(set(wanted) - set(keys)), sorted(set(keys) - set(wanted))
     if missing or unexpected:
         raise GeoSegError(

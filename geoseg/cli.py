@@ -105,12 +105,19 @@ def _band_spec(index: int, text: str) -> BandSpec:
 
 
 @bundle.command("init")
-@click.option("--arch", type=click.Choice(["unet", "resnet_unet"]), required=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["unet", "resnet_unet", "smp_unet"]),
+    required=True,
+    help="smp_unet: segmentation_models_pytorch / TorchGeo Unet with a ResNet encoder, weight for weight.",
+)
 @click.option("--in-channels", type=click.IntRange(min=1), required=True)
 @click.option("--num-classes", type=click.IntRange(min=1, max=255), required=True)
 @click.option("--base-channels", type=click.IntRange(min=1), help="U-Net width (unet only).")
 @click.option("--depth", type=click.IntRange(min=1), help="U-Net depth (unet only).")
-@click.option("--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50"]), help="resnet_unet only.")
+@click.option(
+    "--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50"]), help="resnet_unet and smp_unet only."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option(
     "--class",

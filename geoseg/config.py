@@ -63,7 +63,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["unet", "resnet_unet"] = "unet"
+    arch: Literal["unet", "resnet_unet", "smp_unet"] = "unet"
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"base_channels": 16, "depth": 3},
         description="Architecture arguments besides in_channels/num_classes.",

@@ -110,3 +110,20 @@ def test_a_model_trained_elsewhere_becomes_a_bundle_with_its_classes_and_bands(t
     assert str(checkpoint) in wrong.stderr and not (tmp_path / "c").exists()
     bad_colour = subprocess.run([*args[:-1], str(tmp_path / "d"), "--class", "x=#12"], capture_output=True, text=True)
     assert bad_colour.returncode == 1 and "--class takes NAME or NAME=#RRGGBB" in bad_colour.stderr
+
+
+def test_a_torchgeo_checkpoint_of_an_smp_unet_predicts_as_it_did_there(tmp_path) -> None:
+    """TorchGeo's SemanticSegmentationTask saves ``model.*`` (an smp.Unet) beside ``criterion.*``: the model's
+    part is found and loaded, and the bundle's model gives the smp model's logits."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(1)
+    theirs = smp.Unet(encoder_name="resnet18", encoder_weights=None, in_channels=3, classes=4).eval()
+    state = {f"model.{k}": v for k, v in theirs.state_dict().items()} | {"criterion.weight": torch.ones(4)}
+    checkpoint = tmp_path / "torchgeo.ckpt"
+    torch.save({"epoch": 3, "global_step": 120, "state_dict": state}, checkpoint)
+    bundle = init_bundle(tmp_path / "b", "smp_unet", 3, 4, encoder="resnet18", weights=checkpoint)
+    spec, model = load_bundle(bundle)
+    assert spec.receptive_field == model.receptive_field() > 0 and spec.output_stride == 32
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x), rtol=1e-4, atol=1e-4)

@@ -17,12 +17,13 @@ ARCHITECTURES = [
     ("unet", {"base_channels": 8, "depth": 2, "norm": "none", "upsample": "bilinear"}),
     ("resnet_unet", {"encoder": "resnet18"}),
     ("resnet_unet", {"encoder": "resnet50"}),
+    ("smp_unet", {"encoder": "resnet18"}),
 ]
 IDS = [f"{name}-{'-'.join(map(str, kw.values()))}" for name, kw in ARCHITECTURES]
 
 
 def test_registry_lists_both_architectures() -> None:
-    assert set(MODELS) == {"unet", "resnet_unet"}
+    assert set(MODELS) == {"unet", "resnet_unet", "smp_unet"}
 
 
 @pytest.mark.parametrize(("name", "kwargs"), ARCHITECTURES, ids=IDS)
@@ -155,3 +156,21 @@ def test_folded_batch_norms_change_nothing_but_rounding(name: str, kwargs: dict)
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="eval mode"):
         fold_batch_norms(build_model(name, in_channels=5, num_classes=4, **kwargs).train())
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
+def test_smp_unet_is_segmentation_models_pytorch_weight_for_weight(encoder: str) -> None:
+    """The weights of a real ``smp.Unet`` (as TorchGeo trains it) load unchanged and give the same logits."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    theirs = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=4, classes=5).eval()
+    with torch.no_grad():  # trained-looking batch-norm statistics, so that eval mode uses them
+        for module in theirs.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    ours = build_model("smp_unet", in_channels=4, num_classes=5, encoder=encoder).eval()
+    ours.load_state_dict(theirs.state_dict())  # strict: every name and shape matches
+    x = torch.randn(2, 4, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)

@@ -12,9 +12,10 @@ from torch import nn
 
 from geoseg.errors import GeoSegError
 from geoseg.models.resnet_unet import ResNetUNet
+from geoseg.models.smp_unet import SmpUNet
 from geoseg.models.unet import UNet
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "resnet_unet": ResNetUNet}
+MODELS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "resnet_unet": ResNetUNet, "smp_unet": SmpUNet}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -29,4 +30,4 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         raise GeoSegError(f"bad arguments for architecture {name!r}: {exc}") from exc
 
 
-__all__ = ["MODELS", "ResNetUNet", "UNet", "build_model"]
+__all__ = ["MODELS", "ResNetUNet", "SmpUNet", "UNet", "build_model"]

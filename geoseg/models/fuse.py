@@ -13,7 +13,7 @@ import itertools
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
@@ -23,7 +23,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             _fold_sequential(module)
-        elif isinstance(module, BasicBlock | Bottleneck):
+        elif isinstance(module, BasicBlock | Bottleneck | ResNet):  # a ResNet stem: conv1, bn1
             for i in (1, 2, 3):
                 conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
