@@ -60,6 +60,14 @@ class DataConfig(_Strict):
         "(located on a coarse label grid), so rare classes are seen as often as common ones.",
     )
     augment: bool = Field(True, description="Flips, 90-degree rotations and per-band brightness/contrast.")
+    loader_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader processes per training worker that read, label and augment patches (persistent; "
+        "0 = in the training process). Give each its CPU: scaling.cpus_per_worker covers the training process "
+        "plus these.",
+    )
+    prefetch: int = Field(2, ge=1, description="Batches each loader process prepares ahead.")
 
 
 class ModelConfig(_Strict):

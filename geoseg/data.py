@@ -121,6 +121,10 @@ class LabelSource:
         else:
             self._raster = warp_to_grid(src, crs, info.transform, info.width, info.height)
 
+    def reopen(self) -> None:
+        """Drop an open label raster (a DataLoader process opens its own); polygons in memory are kept."""
+        self._raster = None
+
     def read(self, window: Window) -> np.ndarray:
         """Label indices for ``window`` (which may extend past the scene: outside is ignore_index)."""
         if self._frame is None and self._raster is None:
@@ -309,7 +313,8 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.ignore_index, self.nodata, self.seed = ignore_index, nodata, seed
         self.labels = [LabelSource(s, class_ids, ignore_index) for s in scenes]
         self.transform = augmentation(ignore_index) if augment else None
-        self.epoch = 0
+        # In shared memory: persistent DataLoader processes (forked or spawned) see set_epoch() of the trainer.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._sources: dict[int, Any] = {}
         self._class_cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]] = {}
         if count is None:  # validation grid
@@ -369,7 +374,17 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return i, Window(col, row, self.size, self.size)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def reopen(self) -> None:
+        """Forget open files: each DataLoader process opens its own (GDAL handles do not survive a fork)."""
+        self._sources = {}
+        for labels in self.labels:
+            labels.reopen()
 
     def __len__(self) -> int:
         return self.count
@@ -415,3 +430,11 @@ def _inside(window: Window, region: Window) -> np.ndarray:
     in_rows = (rows >= region.row_off) & (rows < region.row_off + region.height)
     in_cols = (cols >= region.col_off) & (cols < region.col_off + region.width)
     return in_rows[:, None] & in_cols[None, :]
+
+
+def loader_worker_init(_: int) -> None:
+    """DataLoader ``worker_init_fn``: per-process file handles and a per-process seed for the augmentation
+    (torch seeds each worker differently; numpy draws of windows are seeded by (seed, epoch, index))."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, PatchDataset):
+        info.dataset.reopen()

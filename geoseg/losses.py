@@ -50,11 +50,34 @@ class BinaryBCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         score = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
-        valid = target != self.ignore_index
-        if not valid.any():
-            return score.sum() * 0.0
+        valid = (target != self.ignore_index).float()
         pos_weight = None if self.pos_weight is None else self.pos_weight.to(score.device)
-        return F.binary_cross_entropy_with_logits(score[valid].float(), target[valid].float(), pos_weight=pos_weight)
+        # Masked sum / count instead of indexing by the mask: no host sync per step, and 0 (not NaN) for a batch
+        # with no labelled pixel.
+        losses = F.binary_cross_entropy_with_logits(
+            score.float(), target.clamp(0, 1).float(), pos_weight=pos_weight, reduction="none"
+        )
+        return (losses * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+class MaskedCrossEntropy(nn.Module):
+    """PyTorch's (weighted) mean cross-entropy over labelled pixels, written as sum / weight so that a batch with
+    no labelled pixel gives 0 instead of NaN without the host checking for one (a sync every step)."""
+
+    def __init__(self, ignore_index: int = 255, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weights = self.class_weights if isinstance(self.class_weights, torch.Tensor) else None
+        total = F.cross_entropy(logits.float(), target, weight=weights, ignore_index=self.ignore_index, reduction="sum")
+        valid = target != self.ignore_index
+        if weights is None:
+            denominator = valid.sum().float()
+        else:
+            denominator = (weights[target.clamp(0, len(weights) - 1)] * valid).sum()
+        return total / denominator.clamp(min=1e-12)
 
 
 class CEDiceLoss(nn.Module):
@@ -68,7 +91,7 @@ class CEDiceLoss(nn.Module):
         dice_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        self.ce = nn.CrossEntropyLoss(weight=class_weights, ignore_index=ignore_index)
+        self.ce = MaskedCrossEntropy(ignore_index, class_weights)
         self.dice = SoftDiceLoss(ignore_index, class_weights)
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
 
@@ -80,7 +103,7 @@ def build_loss(name: LossName, ignore_index: int = 255, class_weights: list[floa
     """The loss named in a training config."""
     weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
     if name == "ce":
-        return nn.CrossEntropyLoss(weight=weights, ignore_index=ignore_index)
+        return MaskedCrossEntropy(ignore_index, weights)
     if name == "bce":
         return BinaryBCELoss(ignore_index, None if weights is None else float(weights[-1] / weights[0]))
     if name == "dice":

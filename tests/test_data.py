@@ -157,3 +157,31 @@ def test_class_balanced_sampling_finds_a_rare_class(make_geotiff, tmp_path, vect
 
     plain, balanced = patches_with_rare_class(False), patches_with_rare_class(True)
     assert plain < 0.05 and 0.35 < balanced < 0.65, (plain, balanced)  # one class of two drawn: about half
+
+
+def test_loader_processes_give_the_same_patches_and_follow_the_epoch(archive) -> None:
+    """Two persistent DataLoader processes (their own file handles) give exactly the patches the training process
+    reads itself, and see set_epoch() of the trainer (the epoch lives in shared memory)."""
+    import torch
+    from rasterio.windows import Window
+    from torch.utils.data import DataLoader
+
+    from geoseg.data import loader_worker_init
+
+    dataset = PatchDataset(*_dataset_args(archive, "{stem}_labels.tif"), 64, count=12, augment=True, seed=4)
+    dataset.labels[0].read(Window(0, 0, 8, 8))  # files already open in the parent must not be shared
+    extra = {"persistent_workers": True, "worker_init_fn": loader_worker_init, "multiprocessing_context": "fork"}
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, **extra)
+
+    def draw(epoch: int) -> list[torch.Tensor]:
+        dataset.set_epoch(epoch)
+        return [torch.cat([x.flatten(), y.flatten().float()]) for x, y in loader]
+
+    dataset.transform = None  # exact comparison (augmentation draws differ per process): windows and reads
+    batches = DataLoader(dataset, batch_size=4)  # the same batching, in this process
+    dataset.set_epoch(0)
+    in_process = torch.cat([torch.cat([x.flatten(), y.flatten().float()]) for x, y in batches])
+    through_loader = torch.cat(draw(0))
+    assert torch.equal(through_loader, in_process)
+    assert not torch.equal(torch.cat(draw(1)), through_loader)  # epoch 1: other windows, in the processes too
+    assert torch.equal(torch.cat(draw(0)), through_loader)

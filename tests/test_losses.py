@@ -69,3 +69,21 @@ def test_all_ignored_batch_gives_zero_gradient_not_nan() -> None:
     loss = BinaryBCELoss()(logits, target)
     loss.backward()
     assert loss.item() == 0 and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("weights", [None, [0.5, 2.0, 1.0]])
+def test_masked_cross_entropy_is_torchs_mean_and_zero_on_an_unlabelled_batch(weights) -> None:
+    """Equal to nn.CrossEntropyLoss (weighted mean over labelled pixels) without a host sync per step; a batch
+    with no labelled pixel gives 0 and finite (zero) gradients instead of NaN."""
+    from geoseg.losses import MaskedCrossEntropy
+
+    torch.manual_seed(0)
+    w = None if weights is None else torch.tensor(weights)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, :4] = 255
+    ours = MaskedCrossEntropy(255, w)(logits, target)
+    torch.testing.assert_close(ours, torch.nn.CrossEntropyLoss(weight=w, ignore_index=255)(logits, target))
+    empty = MaskedCrossEntropy(255, w)(logits, torch.full_like(target, 255))
+    empty.backward()
+    assert empty.item() == 0.0 and torch.isfinite(logits.grad).all() and not logits.grad.any()
