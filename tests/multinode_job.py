@@ -74,6 +74,7 @@ def main(scene_path: Path, bundle: Path, out_path: Path) -> None:
             "victim_removed": victim.node_id not in {n["NodeID"] for n in ray.nodes() if n["Alive"]},
             "victim_used_after": victim.node_id in nodes_after,
             "actor_deaths": executor.restarts,
+            "blocks_redone": executor.blocks_redone,
         }
     finally:
         ray.shutdown()

@@ -160,7 +160,10 @@ def test_folded_batch_norms_change_nothing_but_rounding(name: str, kwargs: dict)
 
 @pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])
 def test_smp_unet_is_segmentation_models_pytorch_weight_for_weight(encoder: str) -> None:
-    """The weights of a real ``smp.Unet`` (as TorchGeo trains it) load unchanged and give the same logits."""
+    """The weights of a real ``smp.Unet`` (as TorchGeo trains it) load unchanged and give the same logits.
+
+    Needs segmentation_models_pytorch (not a geoseg dependency; ``pip install segmentation-models-pytorch``);
+    where it is missing, :func:`test_smp_unet_matches_a_stored_smp_reference` checks the same from a file."""
     smp = pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
     theirs = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=4, classes=5).eval()
@@ -174,3 +177,32 @@ def test_smp_unet_is_segmentation_models_pytorch_weight_for_weight(encoder: str)
     x = torch.randn(2, 4, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+
+def seeded_weights(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic non-trivial weights for any state dict, in key order (also used to make the stored
+    reference below with segmentation_models_pytorch itself)."""
+    generator = torch.Generator().manual_seed(seed)
+    filled = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            filled[name] = tensor.clone()
+        elif name.endswith("running_var"):
+            filled[name] = torch.rand(tensor.shape, generator=generator) * 1.5 + 0.5
+        else:
+            filled[name] = torch.randn(tensor.shape, generator=generator) * 0.1
+    return filled
+
+
+def test_smp_unet_matches_a_stored_smp_reference() -> None:
+    """Stored from segmentation_models_pytorch 0.6.0 (smp.Unet, resnet18, 3 bands, 2 classes, weights from
+    :func:`seeded_weights`): the same parameter names and shapes in the same order, and the same logits. Runs
+    without smp installed, so a change to smp_unet that breaks compatibility fails everywhere."""
+    from pathlib import Path
+
+    reference = torch.load(Path(__file__).parent / "data" / "smp_unet_resnet18_reference.pt", weights_only=True)
+    ours = build_model("smp_unet", in_channels=3, num_classes=2, encoder="resnet18").eval()
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == [tuple(k) for k in reference["keys"]]
+    ours.load_state_dict(seeded_weights(ours.state_dict()))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(reference["input"]), reference["logits"], rtol=1e-4, atol=1e-4)

@@ -158,6 +158,7 @@ class RayExecutor:
         self.max_in_flight = IN_FLIGHT_GPU if self._gpu else IN_FLIGHT_CPU
         self.restarts_left = max_restarts
         self.restarts = 0
+        self.blocks_redone = 0  # blocks read and predicted again after an actor, a node or an object was lost
         self._driver_node = ray.get_runtime_context().get_node_id()
 
     # -- pool membership ---------------------------------------------------------------------------------
@@ -299,9 +300,12 @@ class RayExecutor:
                 try:
                     output: BlockResult | Exception = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
-                    resubmit(self._recover(exc, slot, reader, item, pending))
+                    lost = self._recover(exc, slot, reader, item, pending)
+                    self.blocks_redone += len(lost)
+                    resubmit(lost)
                     continue
                 except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
+                    self.blocks_redone += 1
                     submit(item)
                     continue
                 except ray.exceptions.RayError as exc:  # the reader or the model failed on this block
