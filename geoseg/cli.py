@@ -286,7 +286,7 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     "--in-process/--ray",
     "in_process",
     default=None,
-    help="Run the model in this process or on a Ray pool (default: in this process for jobs under 16 Mpx when no "
+    help="Run the model in this process or on a Ray pool (default: in this process for jobs under 24 Mpx when no "
     "cluster or --workers is given; Ray otherwise).",
 )
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")

@@ -28,10 +28,10 @@ from geoseg.vectorize import (
     polygonize,
 )
 
-# Below this many megapixels, with no cluster or worker count given, chunks run in this process: a private Ray
-# costs ~12 s to start here (4 Mpx: 16.8 s on Ray, 5.1 s in-process at ~0.8 Mpx/s per core), so on 2 cores Ray
-# pays from ~20 Mpx of work, on 16 cores from ~11 Mpx.
-PARALLEL_MIN_MPX = 16.0
+# Below this many megapixels, with no cluster or worker count given, chunks run in this process. Measured
+# (benchmarks/small_jobs.py, 2 vCPUs, whole command): Ray (2 workers) / in-process wall 3.85 at 4 Mpx, 1.97 at
+# 16, 1.42 at 32; extrapolated crossover ~50 Mpx on 2 cores (lower with more cores, which Ray can use).
+PARALLEL_MIN_MPX = 48.0
 
 
 def confidence_source(mask: Path) -> tuple[str, int] | None:

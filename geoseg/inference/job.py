@@ -48,7 +48,7 @@ from geoseg.io.stack import build_stack_vrt
 from geoseg.progress import meter
 
 #: Below this many megapixels (and with no cluster named) a job runs in this process: see :func:`choose_path`.
-SMALL_JOB_MPX = 16.0
+SMALL_JOB_MPX = 24.0
 MAX_PUBLISHING = 2  # scenes being published at once (their staging files are on disk meanwhile)
 
 
@@ -156,8 +156,9 @@ def predict_archive(
 def choose_path(sources: list[SceneSource], ray_address: str | None, workers: int | None, forced: bool | None) -> str:
     """``in-process`` or ``ray``: a job below :data:`SMALL_JOB_MPX` on no named cluster runs in this process.
 
-    Starting a private Ray with its actors costs 15-30 s here (a 0.57 Mpx scene took 24-40 s for ~6 s of
-    work) and about 1 GB; in-process prediction uses the same model code with torch's threads on every core.
+    Starting a private Ray with its actors costs ~10 s and ~1 GB; in-process prediction runs the same model code
+    with torch's threads on every core. Measured (benchmarks/small_jobs.py, 2 vCPUs, U-Net base 16, whole
+    command): Ray / in-process wall 2.81 at 1 Mpx, 1.81 at 4, 1.13 at 16, 0.91 at 32: the crossover is ~24 Mpx.
     Headers are read until the sum passes the threshold, so a large archive costs a few opens, not all.
     """
     if forced is not None:
