@@ -59,7 +59,8 @@ CHIPS = 16
 
 
 def make_scene(path: Path, size: int, bands: int = 4, block: int = 512) -> Path:
-    """A random scene written band of rows by band of rows (the benchmark never holds it whole)."""
+    """A random uint16 scene with ``block``-px DEFLATE blocks, written band of rows by band of rows (never held
+    whole) with GDAL's threads; also the GPU check's scene (benchmarks/gpu/bench.py)."""
     profile = {
         "driver": "GTiff",
         "width": size,
@@ -73,6 +74,8 @@ def make_scene(path: Path, size: int, bands: int = 4, block: int = 512) -> Path:
         "blockysize": block,
         "compress": "deflate",
         "nodata": 0,
+        "num_threads": "ALL_CPUS",
+        "BIGTIFF": "IF_SAFER",  # the GPU check's 16384^2 x 4 scene is over 2 GB raw
     }
     rng = np.random.default_rng(0)
     with rasterio.open(path, "w", **profile) as dst:

@@ -15,8 +15,9 @@ from rasterio.windows import transform as window_transform
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import on_grid, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
+from geoseg.io.writer import class_names_from_tags
 from geoseg.metrics import summarize
-from geoseg.vectorize import class_names_from_tags, polygonize
+from geoseg.vectorize import polygonize
 
 
 def _open(path: Path, role: str) -> rasterio.DatasetReader:

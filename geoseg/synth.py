@@ -21,6 +21,7 @@ from rasterio import features
 from shapely.geometry import LineString, Point, Polygon, box
 
 from geoseg.export import to_geodataframe, write_polygons
+from geoseg.io.writer import class_tags
 from geoseg.vectorize import polygonize
 
 
@@ -169,7 +170,7 @@ def make_scene(out_dir: Path, index: int, size: int, seed: int) -> SynthScene:
     with rasterio.open(label_path, "w", count=1, dtype="uint8", nodata=LABEL_NODATA, **profile) as dst:
         dst.write(labels, 1)
         dst.write_colormap(1, {c.id: (*c.color, 255) for c in CLASSES})
-        dst.update_tags(**{f"class_{c.id}": c.name for c in CLASSES})
+        dst.update_tags(**class_tags([c.id for c in CLASSES], [c.name for c in CLASSES]))
     polygons_path = write_polygons(to_geodataframe(polygonize(str(label_path))), out_dir / f"{stem}_labels.gpkg")
     return SynthScene(image_path, label_path, polygons_path, epsg)
 

@@ -35,6 +35,7 @@ from geoseg.dissolve import (
     shared_seam_pairs,
 )
 from geoseg.errors import GeoSegError
+from geoseg.io.writer import class_names_from_tags
 
 Connectivity = Literal[4, 8]
 MapFn = Callable[[Callable[..., Any], Iterable[Any]], Iterable[Any]]
@@ -336,11 +337,6 @@ def open_class_raster(path: str | Path) -> rasterio.DatasetReader:
         src.close()
         raise GeoSegError(problem, path)
     return src
-
-
-def class_names_from_tags(tags: dict[str, str]) -> dict[int, str]:
-    """``class_<id>=<name>`` tags written by geoseg's class rasters."""
-    return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
 
 
 def iter_polygonize(

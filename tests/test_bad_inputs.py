@@ -390,6 +390,11 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
     f = _input_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
     a_file = f["classes"]
+
+    def train(labels: Path, image: Path, run: str) -> list[str]:
+        """``geoseg train`` on a one-scene config of ``image`` and ``labels`` into ``out/run``."""
+        return ["train", "--config", str(_train_config(tmp_path / "corpus", labels, image)), "--output", str(out / run)]
+
     cases: list[tuple[list[str], str, str]] = [  # (arguments, the file the line names, the cause)
         (
             ["vectorize", str(f["missing"]), "--output", str(out / "v.gpkg")],
@@ -449,46 +454,22 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         ),
         (["train", "--config", str(f["bad_yaml"]), "--output", str(out / "t1")], str(f["bad_yaml"]), "invalid YAML"),
         (
-            [
-                "train",
-                "--config",
-                str(_train_config(tmp_path / "corpus", f["far_labels"], f["image"])),
-                "--output",
-                str(out / "t2"),
-            ],
+            train(f["far_labels"], f["image"], "t2"),
             str(f["far_labels"]),
             "no usable pixel",
         ),
         (
-            [
-                "train",
-                "--config",
-                str(_train_config(tmp_path / "corpus", f["unknown_ids"], f["image"])),
-                "--output",
-                str(out / "t3"),
-            ],
+            train(f["unknown_ids"], f["image"], "t3"),
             str(f["unknown_ids"]),
             "are none of the config's classes",
         ),
         (
-            [
-                "train",
-                "--config",
-                str(_train_config(tmp_path / "corpus", f["classes"], f["html"])),
-                "--output",
-                str(out / "t4"),
-            ],
+            train(f["classes"], f["html"], "t4"),
             str(f["html"]),
             "cannot open as a raster",
         ),
         (  # an image in a local (engineering) CRS: it ended in a WorkerGroupError with a cut-off PROJJSON
-            [
-                "train",
-                "--config",
-                str(_train_config(tmp_path / "corpus", f["classes"], f["local_image"])),
-                "--output",
-                str(out / "t5"),
-            ],
+            train(f["classes"], f["local_image"], "t5"),
             str(f["classes"]),
             "cannot bring the labels onto",
         ),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geoseg.errors import GeoSegError
-from geoseg.inference.outputs import guard_inputs, remove_stale_partials, scene_names, scene_outputs
+from geoseg.inference.outputs import guard_inputs, input_paths, remove_stale_partials, scene_names, scene_outputs
 from geoseg.io.sources import SceneSource, expand_inputs, read_list
 
 
@@ -101,7 +101,7 @@ def test_only_the_jobs_own_temporary_files_are_removed(tmp_path) -> None:
     theirs = _touch(tmp_path / ".notes.partial")  # not our pattern
     looks_like_ours = _touch(tmp_path / ".input.tif.89abcdef.partial")  # our pattern, but an input
     plan = list(zip(expand_inputs([str(looks_like_ours)]), ["input"], strict=True))
-    remove_stale_partials(tmp_path, plan)
+    remove_stale_partials(tmp_path, input_paths(plan))
     assert not ours.exists() and theirs.exists() and looks_like_ours.exists()
 
 

@@ -31,36 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
 import torch  # noqa: E402
-from affine import Affine  # noqa: E402
-from rasterio.windows import Window  # noqa: E402
 
-
-def make_scene(path: Path, size: int, bands: int = 4) -> Path:
-    """A random uint16 scene with 512-px DEFLATE blocks, written with GDAL's threads."""
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": bands,
-        "dtype": "uint16",
-        "crs": "EPSG:32633",
-        "transform": Affine(10, 0, 500_000, 0, -10, 5_800_000),
-        "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
-        "compress": "deflate",
-        "nodata": 0,
-        "num_threads": "ALL_CPUS",
-        "BIGTIFF": "IF_SAFER",
-    }
-    rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, size, 1024):
-            h = min(1024, size - row)
-            dst.write(rng.integers(500, 3000, (bands, h, size), dtype=np.uint16), window=Window(0, row, size, h))
-    return path
+from benchmarks.predict import make_scene  # noqa: E402
 
 
 def bare_model(base: int, tile: int, batch: int, device: torch.device, compile: bool, seconds: float) -> float:

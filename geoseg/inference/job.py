@@ -31,7 +31,14 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
 from geoseg.inference.options import PredictOptions
-from geoseg.inference.outputs import SHAPEFILE_PARTS, STACKS, guard_inputs, remove_stale_partials, scene_names
+from geoseg.inference.outputs import (
+    SHAPEFILE_PARTS,
+    STACKS,
+    guard_inputs,
+    input_paths,
+    remove_stale_partials,
+    scene_names,
+)
 from geoseg.inference.report import SceneReport, Status, job_report, print_summary
 from geoseg.inference.scene import (
     Published,
@@ -96,7 +103,8 @@ def predict_archive(
     plan = list(zip(sources, scene_names(sources), strict=True))
     guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
     prepare_job_folder(out_dir)
-    remove_stale_partials(out_dir, plan)  # left by a killed run of this job; never a finished output
+    inputs = input_paths(plan)
+    remove_stale_partials(out_dir, inputs)  # left by a killed run of this job; never a finished output
     geometry = spec.geometry()
     started = time.perf_counter()
     path = "given"
@@ -134,7 +142,6 @@ def predict_archive(
             publish = getattr(executor, "publish", publish_scene)
             job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish)
             try:
-                inputs = {os.path.realpath(p) for source, _ in plan for p in source.local_files()}
                 job.revectorize(stale_vectors, inputs)
                 job.run(todo)
             finally:  # also on Ctrl-C: everything recorded lands in manifest.json

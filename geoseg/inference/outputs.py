@@ -95,9 +95,13 @@ def guard_inputs(out_dir: Path, plan: list[tuple[SceneSource, str]], vector_form
             )
 
 
-def remove_stale_partials(out_dir: Path, plan: list[tuple[SceneSource, str]]) -> None:
-    """Remove the temporary files a killed run of this job left (never an input, never anything else)."""
-    inputs = {os.path.realpath(p) for source, _ in plan for p in source.local_files()}
+def input_paths(plan: list[tuple[SceneSource, str]]) -> set[str]:
+    """The resolved paths of every local file the job's inputs read (what it must never remove or replace)."""
+    return {os.path.realpath(p) for source, _ in plan for p in source.local_files()}
+
+
+def remove_stale_partials(out_dir: Path, inputs: set[str]) -> None:
+    """Remove the temporary files a killed run of this job left (never one of ``inputs``, never anything else)."""
     for folder in (out_dir, out_dir / STACKS):
         if not folder.is_dir():
             continue

@@ -24,10 +24,12 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import overload
+from typing import TypeVar, overload
 
 import numpy as np
 from rasterio.windows import Window
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,43 @@ class _Axis:
         return start, stop, owned, range(first, owned.stop)
 
 
-class TileGrid(Sequence[Tile]):
+class _RowMajor(Sequence[T]):
+    """Cells of a ``rows`` x ``cols`` grid in row-major order, built on demand by :meth:`_cell` (so a grid of a
+    100 000-px scene costs nothing until a cell is asked for). Subclasses give ``rows``, ``cols`` and ``_cell``."""
+
+    @property
+    def rows(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def cols(self) -> int:
+        raise NotImplementedError
+
+    def _cell(self, index: int, row: int, col: int) -> T:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._cell(index, *divmod(index, self.cols))
+
+    def __iter__(self) -> Iterator[T]:
+        return (self[i] for i in range(len(self)))
+
+
+class TileGrid(_RowMajor[Tile]):
     """All tiles of a ``width`` x ``height`` raster in row-major order, computed on demand from the index.
 
     Args:
@@ -130,29 +168,11 @@ class TileGrid(Sequence[Tile]):
     def stride(self) -> int:
         return self._y.stride
 
-    def __len__(self) -> int:
-        return self.rows * self.cols
-
-    @overload
-    def __getitem__(self, index: int) -> Tile: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Tile]: ...
-
-    def __getitem__(self, index: int | slice) -> Tile | Sequence[Tile]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        row, col = divmod(index, self.cols)
+    def _cell(self, index: int, row: int, col: int) -> Tile:
         y0, y1 = self._y.core_span(row)
         x0, x1 = self._x.core_span(col)
         read = Window(x0 - self.halo, y0 - self.halo, self.tile, self.tile)
         return Tile(index, row, col, read, Window(x0, y0, x1 - x0, y1 - y0))
-
-    def __iter__(self) -> Iterator[Tile]:
-        return (self[i] for i in range(len(self)))
 
     def row_span(self, row: int) -> tuple[int, int]:
         """Raster rows ``[start, stop)`` that tile row ``row`` contributes to."""
@@ -208,7 +228,7 @@ class Block:
         return int(tile.read.row_off - self.read.row_off), int(tile.read.col_off - self.read.col_off)
 
 
-class BlockGrid(Sequence[Block]):
+class BlockGrid(_RowMajor[Block]):
     """The blocks of ``grid``, ``tiles_per_block`` tiles a side, in row-major order, computed on demand.
 
     Args:
@@ -220,29 +240,22 @@ class BlockGrid(Sequence[Block]):
         self.grid = grid
         self.tiles_per_block = max(1, block // grid.stride)
         k = self.tiles_per_block
-        self.rows, self.cols = grid._y.blocks(k), grid._x.blocks(k)
+        self._shape = (grid._y.blocks(k), grid._x.blocks(k))
+
+    @property
+    def rows(self) -> int:
+        return self._shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self._shape[1]
 
     @property
     def size(self) -> int:
         """Side of a full block's output window in pixels."""
         return self.tiles_per_block * self.grid.stride
 
-    def __len__(self) -> int:
-        return self.rows * self.cols
-
-    @overload
-    def __getitem__(self, index: int) -> Block: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Block]: ...
-
-    def __getitem__(self, index: int | slice) -> Block | Sequence[Block]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        row, col = divmod(index, self.cols)
+    def _cell(self, index: int, row: int, col: int) -> Block:
         g, k = self.grid, self.tiles_per_block
         y0, y1, owned_rows, tile_rows = g._y.block_span(row, k)
         x0, x1, owned_cols, tile_cols = g._x.block_span(col, k)
@@ -256,9 +269,6 @@ class BlockGrid(Sequence[Block]):
         )
         output = Window(x0, y0, x1 - x0, y1 - y0)
         return Block(index, row, col, output, read, tile_rows, tile_cols, owned_rows, owned_cols)
-
-    def __iter__(self) -> Iterator[Block]:
-        return (self[i] for i in range(len(self)))
 
     def tiles(self, block: Block) -> Iterator[Tile]:
         """The tiles ``block`` runs, in the grid's (row-major) order."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import rasterio
 
-from geoseg.io.writer import temp_sibling
+from geoseg.io.writer import class_names_from_tags, temp_sibling
 
 QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
 
@@ -42,7 +42,7 @@ class ClassStyle:
 
 def class_table(src: rasterio.DatasetReader) -> list[ClassStyle]:
     """Classes of a class raster from its tags and colour table (empty when it has neither)."""
-    names = {int(k[6:]): v for k, v in src.tags().items() if k.startswith("class_") and k[6:].isdigit()}
+    names = class_names_from_tags(src.tags())
     try:
         colors = src.colormap(1)
     except ValueError:  # no colour table

@@ -186,6 +186,17 @@ def publish_cog(staging: Path, path: Path, overview_resampling: str) -> Path:
     return path
 
 
+def class_tags(class_ids: Sequence[int], names: Sequence[str]) -> dict[str, str]:
+    """The ``class_<id>=<name>`` tags of a class raster: where its class names live (read by
+    :func:`class_names_from_tags`; styles and polygons are derived from them)."""
+    return {f"class_{cid}": name for cid, name in zip(class_ids, names, strict=True)}
+
+
+def class_names_from_tags(tags: Mapping[str, str]) -> dict[int, str]:
+    """Class names by id from a class raster's ``class_<id>`` tags (see :func:`class_tags`)."""
+    return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
+
+
 def class_staging(
     path: Path,
     scene: SceneInfo,
@@ -202,7 +213,7 @@ def class_staging(
         CLASS_NODATA,
         tile,
         colormap=dict(zip(class_ids, colors, strict=True)),
-        tags={f"class_{cid}": name for cid, name in zip(class_ids, class_names, strict=True)},
+        tags=class_tags(class_ids, class_names),
     )
 
 
