@@ -30,9 +30,8 @@ from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio import features
 
-from geoseg.errors import GeoSegError
 from geoseg.export import EQUAL_AREA_CRS
-from geoseg.vectorize import ClassPolygons, Connectivity
+from geoseg.vectorize import ClassPolygons, Connectivity, _categorical
 
 
 def _areas_m2(geoms: np.ndarray, crs: object) -> np.ndarray:
@@ -94,7 +93,9 @@ def absorb_holes(polygons: ClassPolygons, max_hole_m2: float) -> ClassPolygons:
         # A polygon inside a hole lies in it entirely (a partition); test one interior point of each candidate.
         holes = np.asarray(small_holes, dtype=object)
         hole_index, candidates = shapely.STRtree(geometries).query(holes, predicate="intersects")
-        points = shapely.point_on_surface(geometries[candidates])
+        # The point of each candidate as it was, before filling: a filled polygon's point can fall in its own
+        # former hole, and the polygon would then be removed as if it were inside it.
+        points = shapely.point_on_surface(polygons.geometries[candidates])
         inside[candidates[shapely.contains_properly(holes[hole_index], points)]] = True
     return _select(replace(polygons, geometries=geometries), ~inside)
 
@@ -108,6 +109,7 @@ def pixel_threshold(transform: rasterio.Affine, crs: object, width: int, height:
 
 
 SIEVE_TYPES = {"uint8": "uint8", "int8": "int16", "uint16": "uint16", "int16": "int16", "int32": "int32"}
+_NO_CLASS = int(np.iinfo(np.int32).min)  # nodata of a sieved float/uint32 raster: never a class id (|id| < 2^31)
 
 
 def sieve_raster(source: str | Path, target: Path, min_area_m2: float, connectivity: Connectivity = 4) -> Path:
@@ -118,19 +120,23 @@ def sieve_raster(source: str | Path, target: Path, min_area_m2: float, connectiv
     into. ``target`` keeps the source's grid, nodata, tags and colour table.
     """
     with rasterio.open(source) as src:
-        dtype = SIEVE_TYPES.get(src.dtypes[0])
-        if dtype is None:
-            if src.dtypes[0] != "uint32":
-                raise GeoSegError(f"cannot apply a minimum mapping unit to {src.dtypes[0]} pixels", source)
-            dtype = "int32"  # ids up to 2**31 - 1 (larger ones are refused when polygonizing anyway)
         size = pixel_threshold(src.transform, src.crs, src.width, src.height, min_area_m2)
-        out = np.empty((src.height, src.width), dtype)
         valid = src.read_masks(1) > 0
-        band = src.read(1, out_dtype=dtype) if dtype != src.dtypes[0] else rasterio.band(src, 1)
+        dtype, nodata = SIEVE_TYPES.get(src.dtypes[0]), src.nodata
+        if dtype is not None:  # GDAL reads the band itself (int8 through int16)
+            band = src.read(1, out_dtype=dtype) if dtype != src.dtypes[0] else rasterio.band(src, 1)
+        else:  # float holding whole numbers (GRASS exports), uint32, 64-bit: ids exactly, or refused as polygonize does
+            data = src.read(1)
+            if data.dtype.kind == "f":
+                valid &= np.isfinite(data)
+            dtype, nodata = "int32", _NO_CLASS
+            band = np.where(valid, _categorical(data, valid, str(source)), _NO_CLASS).astype(np.int32)
+        out = np.empty((src.height, src.width), dtype)
         features.sieve(band, size, out=out, mask=valid, connectivity=connectivity)
         profile = src.profile | {
             "driver": "GTiff",
             "dtype": dtype,
+            "nodata": nodata,
             "tiled": True,
             "blockxsize": 512,
             "blockysize": 512,
