@@ -423,8 +423,26 @@ def vectorize(
     type=click.IntRange(min=0),
     help="With polygon truth: the class of valid pixels that no polygon covers (e.g. 0 for footprints).",
 )
+@click.option(
+    "--region",
+    type=click.Path(path_type=Path),
+    help="Score only inside these polygons, or the pixels of this raster with a --region-value (default: non-zero).",
+)
+@click.option(
+    "--region-value",
+    type=int,
+    multiple=True,
+    help="With a raster --region: the values scored, e.g. 2 for the test set of a training run's split/<scene>.tif.",
+)
 def evaluate(
-    pred: Path, truth: Path, class_field: str, out: Path | None, remap: tuple[str, ...], background: int | None
+    pred: Path,
+    truth: Path,
+    class_field: str,
+    out: Path | None,
+    remap: tuple[str, ...],
+    background: int | None,
+    region: Path | None,
+    region_value: tuple[int, ...],
 ) -> None:
     """Per-class IoU/F1/precision/recall, mIoU and pixel accuracy of a prediction."""
     from geoseg.evaluate import evaluate as run_evaluate
@@ -443,7 +461,7 @@ def evaluate(
         if not (source.strip().isdigit() and target.strip().isdigit()):
             raise GeoSegError(f"--remap takes FROM=TO with non-negative class ids, got {item!r}")
         mapping[int(source)] = int(target)
-    metrics = run_evaluate(pred, truth, class_field, mapping, background)
+    metrics = run_evaluate(pred, truth, class_field, mapping, background, region, set(region_value) or None)
 
     def number(value: float | None, width: int = 8) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"  # undefined is not 0

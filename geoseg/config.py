@@ -36,19 +36,56 @@ class SceneSource(_Strict):
     label_field: str = Field("class_id", description="Attribute holding the class id, for polygon labels.")
 
 
+class RegionSpec(_Strict):
+    """A held-out place: bounds (in ``crs``) or the polygons of a file."""
+
+    bounds: tuple[float, float, float, float] | None = Field(
+        None, description="min x, min y, max x, max y, in `crs` (lon/lat with crs: EPSG:4326)."
+    )
+    crs: str | None = Field(None, description="CRS of `bounds`; default: each scene's own CRS.")
+    polygons: str | None = Field(None, description="Polygon file (any OGR format), relative to data.root.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RegionSpec:
+        if (self.bounds is None) == (self.polygons is None):
+            raise ValueError("give either bounds or polygons")
+        if self.crs is not None and self.bounds is None:
+            raise ValueError("crs goes with bounds (a polygon file carries its own CRS)")
+        if self.bounds is not None and not (self.bounds[0] < self.bounds[2] and self.bounds[1] < self.bounds[3]):
+            raise ValueError("bounds must be min x, min y, max x, max y with min < max")
+        return self
+
+
 class DataConfig(_Strict):
     root: str = Field(".", description="Folder that relative paths are resolved against.")
     stacks_dir: str | None = Field(
         None, description="Where band-stack VRTs are written; default: the run's output folder."
     )
     scenes: list[SceneSource] = Field(min_length=1, description="Training and validation scenes.")
-    split: Literal["scene", "region"] = Field(
+    split: Literal["scene", "region", "blocks"] = Field(
         "scene",
-        description="Spatial split: 'scene' holds out whole scenes (the last ones, sorted by path), "
-        "'region' holds out the east part of every scene.",
+        description="Spatial split (see geoseg/split.py): 'scene' holds out whole scenes (the last ones, sorted by "
+        "path), 'region' strips of every scene (validation, then test, in the east), 'blocks' squares of "
+        "block_size px.",
     )
     val_fraction: float = Field(
-        0.25, gt=0, lt=1, description="Share of scenes (or of each scene's width) held out for validation."
+        0.25, gt=0, lt=1, description="Share of scenes (of each scene's width, of blocks) held out for validation."
+    )
+    test_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share held out for the test set, scored once after training (0: no test set)."
+    )
+    val_region: RegionSpec | None = Field(None, description="Validation set by bounds or polygons (not drawn).")
+    test_region: RegionSpec | None = Field(None, description="Test set by bounds or polygons (not drawn).")
+    block_size: int = Field(128, ge=8, description="Side in pixels of the blocks of split: blocks.")
+    block_layout: Literal["random", "checkerboard"] = Field(
+        "random", description="Blocks drawn at random in exact shares, or diagonal checkerboard stripes."
+    )
+    split_seed: int = Field(0, description="Seed of the random block assignment (independent of optim.seed).")
+    buffer: int | None = Field(
+        None,
+        ge=0,
+        description="Pixels between sets that no set uses; default: the model's receptive-field radius, so no "
+        "output pixel of one set depends on another set's image.",
     )
     patch_size: int = Field(128, ge=32, description="Training patch side in pixels.")
     patches_per_epoch: int = Field(512, ge=1, description="Random patches drawn per epoch (all workers).")
@@ -68,6 +105,14 @@ class DataConfig(_Strict):
         "plus these.",
     )
     prefetch: int = Field(2, ge=1, description="Batches each loader process prepares ahead.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> DataConfig:
+        val = 0.0 if self.val_region else self.val_fraction
+        test = 0.0 if self.test_region else self.test_fraction
+        if val + test >= 1:
+            raise ValueError("val_fraction + test_fraction must leave a share for training")
+        return self
 
 
 class ModelConfig(_Strict):

@@ -30,45 +30,110 @@ from geoseg.config import TrainConfig
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons
+from geoseg.split import (
+    BUFFER,
+    TEST,
+    TRAIN,
+    VAL,
+    RoleMap,
+    apply_buffer,
+    block_roles,
+    cell_size,
+    region_cells,
+    strip_roles,
+)
 
 
 @dataclass(frozen=True)
 class TrainScene:
-    """A scene and the part of it (``region``) that belongs to one side of the split."""
+    """A scene and the part of it that belongs to one set: ``role`` cells of ``roles``, within ``region``."""
 
     info: SceneInfo
     labels: Path
     label_field: str
-    region: Window
+    region: Window  # the smallest window holding every pixel of the set
+    roles: RoleMap
+    role: int = TRAIN
 
 
-def split_scenes(config: TrainConfig) -> tuple[list[TrainScene], list[TrainScene]]:
-    """Spatial train/validation split: whole scenes, or the east part of each scene."""
+@dataclass(frozen=True)
+class Split:
+    """The three spatial sets (see :mod:`geoseg.split`); ``test`` is empty when none is configured."""
+
+    train: list[TrainScene]
+    val: list[TrainScene]
+    test: list[TrainScene]
+
+
+def split_scenes(config: TrainConfig, buffer: int | None = None) -> Split:
+    """Train / validation / test sets of the configured scenes (see :mod:`geoseg.split`).
+
+    ``buffer``: pixels between sets; ``data.buffer`` wins, and one of them must be set when the sets share a
+    scene (the trainer passes the model's receptive field).
+    """
+    data = config.data
     scenes = []
     for image, labels, field in config.scene_pairs():
         info = open_scene(image)
         if not labels.exists():
             raise GeoSegError("label file not found", labels)
         scenes.append((info, labels, field))
-    full = [TrainScene(i, lab, f, Window(0, 0, i.width, i.height)) for i, lab, f in scenes]
-    fraction = config.data.val_fraction
-    if config.data.split == "scene":
-        if len(full) < 2:
-            raise GeoSegError("data.split=scene needs at least 2 scenes; use data.split=region")
-        n_val = min(len(full) - 1, max(1, round(len(full) * fraction)))
-        return full[:-n_val], full[-n_val:]
-    train, val = [], []
-    for s in full:
-        cut = round(s.info.width * (1 - fraction))
-        train.append(TrainScene(s.info, s.labels, s.label_field, Window(0, 0, cut, s.info.height)))
-        val.append(TrainScene(s.info, s.labels, s.label_field, Window(cut, 0, s.info.width - cut, s.info.height)))
-    return train, val
+    val_share = 0.0 if data.val_region else data.val_fraction
+    test_share = 0.0 if data.test_region else data.test_fraction
+    scene_roles = [TRAIN] * len(scenes)
+    if data.split == "scene":
+        n_test = max(1, round(len(scenes) * test_share)) if test_share else 0
+        n_val = max(1, round(len(scenes) * val_share)) if val_share else 0
+        if n_test + n_val >= len(scenes):
+            raise GeoSegError(
+                f"data.split=scene needs more than {n_test + n_val} scenes; use data.split=region or blocks"
+            )
+        for k in range(n_val):
+            scene_roles[len(scenes) - 1 - k] = VAL
+        for k in range(n_test):
+            scene_roles[len(scenes) - 1 - n_val - k] = TEST
+    root = Path(data.root)
+    radius = data.buffer if data.buffer is not None else buffer
+    out = Split([], [], [])
+    for (info, labels, field), scene_role in zip(scenes, scene_roles, strict=True):
+        cell = cell_size(info.width, info.height)
+        roles = RoleMap.constant(scene_role, info.width, info.height).roles
+        named = np.zeros(roles.shape, dtype=np.uint8)  # the regions a user names win; the method splits the rest
+        if data.val_region:
+            named[region_cells(data.val_region, info, cell, root)] = VAL + 1
+        if data.test_region:
+            named[region_cells(data.test_region, info, cell, root)] = TEST + 1
+        if data.split == "region":
+            roles = strip_roles(named == 0, (val_share, test_share))
+        elif data.split == "blocks":
+            block_cells = max(1, round(data.block_size / cell))
+            shares = (val_share, test_share)
+            roles = block_roles(named == 0, block_cells, shares, data.block_layout, data.split_seed)
+        roles = np.where(named > 0, named - 1, roles).astype(np.uint8)
+        if len(np.unique(roles)) > 1:
+            if radius is None:
+                raise GeoSegError("data.buffer is needed when sets share a scene", info.path)
+            roles = apply_buffer(roles, math.ceil(radius / cell))
+        role_map = RoleMap(roles, cell, info.width, info.height)
+        for role, members in ((TRAIN, out.train), (VAL, out.val), (TEST, out.test)):
+            window = role_map.bounding_window(role)
+            if window is not None:
+                members.append(TrainScene(info, labels, field, window, role_map, role))
+    if not out.train:
+        raise GeoSegError("the split leaves no training pixel (shares, regions and buffer take everything)")
+    if not out.val:
+        raise GeoSegError(
+            "the split leaves no validation pixel (the buffer took it, or data.val_region lies outside every scene)"
+        )
+    if (data.test_region or data.test_fraction) and not out.test:
+        raise GeoSegError("the split leaves no test pixel (is data.test_region outside every scene?)")
+    return out
 
 
 def band_statistics(
     scenes: list[TrainScene], bands: list[int], nodata: float | None = None, max_side: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band mean and std over the training regions, from a decimated read (bounded memory)."""
+    """Per-band mean and std over the training sets' pixels, from a decimated read (bounded memory)."""
     total = np.zeros(len(bands))
     total_sq = np.zeros(len(bands))
     count = 0
@@ -84,6 +149,7 @@ def band_statistics(
                 src.read_masks(bands, window=scene.region, out_shape=shape, resampling=Resampling.nearest) > 0, axis=0
             )
             valid &= np.all(np.isfinite(data), axis=0)
+            valid &= scene.roles.sample(scene.region, shape[1:]) == scene.role
             if src.nodata is None and nodata is not None:
                 valid &= ~np.any(data == nodata, axis=0)
             pixels = data[:, valid]
@@ -317,18 +383,23 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._sources: dict[int, Any] = {}
         self._class_cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[float, float]]]] = {}
-        if count is None:  # validation grid
+        if count is None:  # validation grid over each set's window, windows that hold a pixel of the set
             step = stride or size
             self.grid = [
-                (i, Window(int(s.region.col_off) + c, int(s.region.row_off) + r, size, size))
+                (i, window)
                 for i, s in enumerate(scenes)
                 for r in _grid_positions(int(s.region.height), size, step)
                 for c in _grid_positions(int(s.region.width), size, step)
+                if ((window := Window(int(s.region.col_off) + c, int(s.region.row_off) + r, size, size)) is not None)
+                and (s.roles.sample(window) == s.role).any()
             ]
             self.count = len(self.grid)
         else:
             self.grid, self.count = [], count
-            areas = np.array([float(s.region.width * s.region.height) for s in scenes])
+            # Windows that touch no other set, per scene; a set narrower than a patch has none and gets windows
+            # on its own pixels whose foreign part is blanked (see __getitem__).
+            self._positions = [s.roles.window_positions(s.role, size) for s in scenes]
+            areas = np.array([float(s.roles.count(s.role)) for s in scenes])
             self.weights = areas / areas.sum()
             if balance:
                 self._class_cells = self._locate_classes()
@@ -340,6 +411,8 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         for i, (scene, labels) in enumerate(zip(self.scenes, self.labels, strict=True)):
             coarse, cell = labels.coarse(scene.region)
             cells.append(cell)
+            own = scene.roles.sample(scene.region, coarse.shape) == scene.role
+            coarse = np.where(own, coarse, self.ignore_index)
             for cls in np.unique(coarse[coarse != self.ignore_index]).tolist():
                 rows, cols = np.nonzero(coarse == cls)
                 found.setdefault(cls, []).append((i, rows, cols))
@@ -371,7 +444,16 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             max(center_col - self.size // 2, int(region.col_off)),
             max(int(region.col_off), int(region.col_off + region.width) - self.size),
         )
-        return i, Window(col, row, self.size, self.size)
+        return i, self._fitted(i, Window(col, row, self.size, self.size))
+
+    def _fitted(self, i: int, window: Window) -> Window:
+        """``window``, or the nearest position that touches no other set when it does (unchanged if none fits)."""
+        scene, positions = self.scenes[i], self._positions[i]
+        if not len(positions) or np.isin(scene.roles.sample(window), (scene.role, BUFFER)).all():
+            return window
+        distance = np.abs(positions - np.array([int(window.row_off), int(window.col_off)])).max(axis=1)
+        row, col = positions[int(np.argmin(distance))]
+        return Window(int(col), int(row), self.size, self.size)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
@@ -396,7 +478,15 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if self._class_cells:
             return self._balanced_window(rng)
         i = int(rng.choice(len(self.scenes), p=self.weights))
-        region = self.scenes[i].region
+        positions, scene = self._positions[i], self.scenes[i]
+        if len(positions):
+            row, col = positions[int(rng.integers(len(positions)))]
+            cell = scene.roles.cell  # positions are cell corners: any offset within the cell fits too
+            if cell > 1:
+                row = min(int(row) + int(rng.integers(cell)), scene.info.height - self.size)
+                col = min(int(col) + int(rng.integers(cell)), scene.info.width - self.size)
+            return i, Window(int(col), int(row), self.size, self.size)
+        region = scene.region
         col = int(region.col_off) + int(rng.integers(0, max(1, int(region.width) - self.size + 1)))
         row = int(region.row_off) + int(rng.integers(0, max(1, int(region.height) - self.size + 1)))
         return i, Window(col, row, self.size, self.size)
@@ -409,8 +499,11 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         raw, valid = read_tile(self._sources[i], window, self.bands, pad_mode="reflect")
         if self._sources[i].nodata is None and self.nodata is not None:
             valid &= ~np.any(raw == self.nodata, axis=0)
+        # Pixels of another set are blanked like nodata; labels count on the set's own pixels only.
+        roles = self.scenes[i].roles.sample(window)
+        valid &= np.isin(roles, (self.scenes[i].role, BUFFER))
         labels = self.labels[i].read(window)
-        labels[~valid | ~_inside(window, self.scenes[i].region)] = self.ignore_index
+        labels[~valid | (roles != self.scenes[i].role)] = self.ignore_index
         image = np.where(valid, (raw - self.mean) / self.std, 0.0).astype(np.float32)
         x, y = tv_tensors.Image(torch.from_numpy(image)), tv_tensors.Mask(torch.from_numpy(labels))
         if self.transform is not None:
@@ -422,14 +515,6 @@ def _grid_positions(length: int, size: int, step: int) -> list[int]:
     """Patch offsets every ``step`` pixels, the last one flush with the end so the whole length is covered."""
     count = max(1, math.ceil(max(0, length - size) / step) + 1)
     return sorted({min(k * step, max(0, length - size)) for k in range(count)})
-
-
-def _inside(window: Window, region: Window) -> np.ndarray:
-    rows = np.arange(int(window.row_off), int(window.row_off + window.height))
-    cols = np.arange(int(window.col_off), int(window.col_off + window.width))
-    in_rows = (rows >= region.row_off) & (rows < region.row_off + region.height)
-    in_cols = (cols >= region.col_off) & (cols < region.col_off + region.width)
-    return in_rows[:, None] & in_cols[None, :]
 
 
 def loader_worker_init(_: int) -> None:

@@ -62,7 +62,7 @@ def run_demo(
         )
     console.rule("[bold]4/5 vectorize and export")
     spec = load_spec(bundle)
-    held_out = {str(s.info.path) for s in split_scenes(cfg)[1]}
+    held_out = {str(s.info.path) for s in split_scenes(cfg).val}
     vectors = workdir / "vectors"
     vectors.mkdir(exist_ok=True)
     scene_rows, total_cm = [], None

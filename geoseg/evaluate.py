@@ -14,7 +14,7 @@ from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import on_grid, warp_to_grid
-from geoseg.io.vectors import is_vector, read_class_polygons
+from geoseg.io.vectors import is_vector, read_class_polygons, read_polygons
 from geoseg.io.writer import class_names_from_tags
 from geoseg.metrics import summarize
 from geoseg.vectorize import polygonize
@@ -86,6 +86,16 @@ class _Confusion:
             cm[index[t], index[p]] += n
         return cm, ids
 
+    def over(self, ids: list[int]) -> np.ndarray:
+        """The matrix over exactly ``ids`` (rows: truth): pairs with another id (truth outside the classes a
+        model was trained on) are left out, as training leaves them out."""
+        index = {c: k for k, c in enumerate(ids)}
+        cm = np.zeros((len(ids), len(ids)), dtype=np.int64)
+        for (t, p), n in self.pairs.items():
+            if t in index and p in index:
+                cm[index[t], index[p]] += n
+        return cm
+
 
 def _remapped(ids: np.ndarray, remap: dict[int, int] | None) -> np.ndarray:
     """Truth ids translated by ``remap`` (all at once: ``{0: 1, 1: 0}`` swaps, it does not chain)."""
@@ -97,12 +107,111 @@ def _remapped(ids: np.ndarray, remap: dict[int, int] | None) -> np.ndarray:
     return out
 
 
+class _Region:
+    """Which prediction pixels are scored: those inside polygons, or a mask raster's pixels whose value is in
+    ``values`` (any non-zero value by default); brought onto the prediction's grid like the truth."""
+
+    def __init__(self, path: Path, pred: rasterio.DatasetReader, values: set[int] | None) -> None:
+        self.path, self.values, self.pred = path, values, pred
+        self._shapes: list[Any] | None = None
+        self._src: Any = None
+        self._file: rasterio.DatasetReader | None = None
+        if is_vector(path):
+            frame = read_polygons(path, pred.crs)
+            self._shapes = [(g, 1) for g in frame.geometry if g is not None and not g.is_empty]
+        else:
+            src = self._file = _open(path, "region")
+            self._src = (
+                src
+                if on_grid(src, pred.crs, pred.transform, pred.width, pred.height)
+                else warp_to_grid(src, pred.crs, pred.transform, pred.width, pred.height)
+            )
+
+    def mask(self, window: Any, shape: tuple[int, int]) -> np.ndarray:
+        if self._shapes is not None:
+            if not self._shapes:
+                return np.zeros(shape, dtype=bool)
+            transform = window_transform(window, self.pred.transform)
+            return features.rasterize(self._shapes, out_shape=shape, transform=transform, fill=0, dtype="uint8") > 0
+        values = self._src.read(1, window=window)
+        inside = self._src.read_masks(1, window=window) > 0
+        chosen = np.isin(values, sorted(self.values)) if self.values is not None else values != 0
+        return inside & chosen
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def confusion(
+    pred_path: str | Path,
+    truth_path: str | Path,
+    class_field: str = "class_id",
+    remap: dict[int, int] | None = None,
+    background: int | None = None,
+    region: str | Path | None = None,
+    region_values: set[int] | None = None,
+) -> tuple[_Confusion, dict[int, str]]:
+    """The (truth, prediction) pair counts behind :func:`evaluate`, and the class names the rasters carry;
+    counts of several scenes can be pooled (training's test set)."""
+    pred_path, truth_path = Path(pred_path), Path(truth_path)
+    counts = _Confusion()
+    with _open(pred_path, "prediction") as pred:
+        if pred.count != 1:
+            raise GeoSegError(f"the prediction has {pred.count} bands; a class raster has one", pred_path)
+        names = class_names_from_tags(pred.tags())
+        scored = _Region(Path(region), pred, region_values) if region is not None else None
+        try:
+            if is_vector(truth_path):
+                truth_frame = read_class_polygons(truth_path, class_field, pred.crs)
+                shapes = list(zip(truth_frame.geometry, truth_frame[class_field].astype(int), strict=True))
+                for _, window in pred.block_windows(1):
+                    p = pred.read(1, window=window)
+                    t = features.rasterize(
+                        shapes,
+                        out_shape=p.shape,
+                        transform=window_transform(window, pred.transform),
+                        fill=-1 if background is None else background,
+                        dtype="int32",
+                    )
+                    valid = (t >= 0) & (pred.read_masks(1, window=window) > 0)
+                    if scored is not None:
+                        valid &= scored.mask(window, p.shape)
+                    t_ids = _remapped(t.astype(np.int64), remap)
+                    counts.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
+            else:
+                with _open(truth_path, "truth") as truth_src:
+                    if truth_src.count != 1:
+                        raise GeoSegError(f"the truth has {truth_src.count} bands; a class raster has one", truth_path)
+                    names = class_names_from_tags(truth_src.tags()) | names
+                    truth = (
+                        truth_src
+                        if on_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
+                        else warp_to_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
+                    )
+                    for _, window in pred.block_windows(1):
+                        p = pred.read(1, window=window)
+                        t = truth.read(1, window=window)
+                        valid = truth.read_masks(1, window=window) > 0
+                        valid &= pred.read_masks(1, window=window) > 0
+                        if scored is not None:
+                            valid &= scored.mask(window, p.shape)
+                        t_ids = _remapped(_class_ids(t, valid, truth_path, "truth"), remap)
+                        counts.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
+        finally:
+            if scored is not None:
+                scored.close()
+    return counts, names
+
+
 def evaluate(
     pred_path: str | Path,
     truth_path: str | Path,
     class_field: str = "class_id",
     remap: dict[int, int] | None = None,
     background: int | None = None,
+    region: str | Path | None = None,
+    region_values: set[int] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``pred_path`` against ``truth_path``; truth is brought onto the prediction's grid.
 
@@ -113,52 +222,19 @@ def evaluate(
     ``remap``: truth ids translated before scoring (a 0/255 building mask scored as 0/1: ``{255: 1}``).
     ``background``: with polygon truth, the class of every valid prediction pixel no polygon covers (building
     footprints give no background polygons; without it only the footprints' pixels are scored).
+    ``region``: score only the pixels inside these polygons, or the pixels of this raster whose value is in
+    ``region_values`` (default: non-zero): a test region of a larger prediction, e.g. ``geoseg train``'s
+    ``split/<scene>.tif`` with value 2 (test).
     """
-    pred_path, truth_path = Path(pred_path), Path(truth_path)
-    confusion = _Confusion()
-    with _open(pred_path, "prediction") as pred:
-        if pred.count != 1:
-            raise GeoSegError(f"the prediction has {pred.count} bands; a class raster has one", pred_path)
-        names = class_names_from_tags(pred.tags())
-        if is_vector(truth_path):
-            truth_frame = read_class_polygons(truth_path, class_field, pred.crs)
-            shapes = list(zip(truth_frame.geometry, truth_frame[class_field].astype(int), strict=True))
-            for _, window in pred.block_windows(1):
-                p = pred.read(1, window=window)
-                t = features.rasterize(
-                    shapes,
-                    out_shape=p.shape,
-                    transform=window_transform(window, pred.transform),
-                    fill=-1 if background is None else background,
-                    dtype="int32",
-                )
-                valid = (t >= 0) & (pred.read_masks(1, window=window) > 0)
-                t_ids = _remapped(t.astype(np.int64), remap)
-                confusion.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
-        else:
-            with _open(truth_path, "truth") as truth_src:
-                if truth_src.count != 1:
-                    raise GeoSegError(f"the truth has {truth_src.count} bands; a class raster has one", truth_path)
-                names = class_names_from_tags(truth_src.tags()) | names
-                truth = (
-                    truth_src
-                    if on_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
-                    else warp_to_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
-                )
-                for _, window in pred.block_windows(1):
-                    p = pred.read(1, window=window)
-                    t = truth.read(1, window=window)
-                    valid = truth.read_masks(1, window=window) > 0
-                    valid &= pred.read_masks(1, window=window) > 0
-                    t_ids = _remapped(_class_ids(t, valid, truth_path, "truth"), remap)
-                    confusion.add(t_ids, _class_ids(p, valid, pred_path, "prediction"), valid)
-    cm, ids = confusion.matrix()
-    if not confusion.pairs:
-        raise GeoSegError("prediction and truth share no valid pixels (no overlap, or all nodata)", truth_path)
+    counts, names = confusion(pred_path, truth_path, class_field, remap, background, region, region_values)
+    cm, ids = counts.matrix()
+    if not counts.pairs:
+        where = "inside the region" if region is not None else "(no overlap, or all nodata)"
+        raise GeoSegError(f"prediction and truth share no valid pixels {where}", truth_path)
     metrics = summarize(cm, names, ids)
     present = [i for i, c in enumerate(ids) if cm[i].sum() + cm[:, i].sum()]
-    if len(present) == 2:  # binary (buildings vs background): also score whole objects, SpaceNet style
-        metrics["objects"] = object_f1(pred_path, truth_path, ids[present[-1]], class_field)
+    if len(present) == 2 and region is None:  # binary (buildings vs background): whole objects, SpaceNet style
+        metrics["objects"] = object_f1(Path(pred_path), Path(truth_path), ids[present[-1]], class_field)
     return metrics
 
 

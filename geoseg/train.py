@@ -31,13 +31,17 @@ from ray.util.queue import Empty, Queue
 from rich.console import Console
 from torch.utils.data import DataLoader
 
-from geoseg.bundle import ArchitectureSpec, BandSpec, BundleSpec, save_bundle
+from geoseg.bundle import ArchitectureSpec, BandSpec, BundleSpec, load_spec, model_geometry, save_bundle
 from geoseg.cluster import ray_session
 from geoseg.config import TrainConfig
-from geoseg.data import LabelSource, PatchDataset, TrainScene, band_statistics, loader_worker_init, split_scenes
+from geoseg.data import LabelSource, PatchDataset, Split, band_statistics, loader_worker_init, split_scenes
 from geoseg.errors import GeoSegError
+from geoseg.inference.manifest import write_json_atomic
+from geoseg.io.raster import open_scene
 from geoseg.losses import build_loss
 from geoseg.metrics import summarize
+from geoseg.models import build_model
+from geoseg.split import TEST, write_role_map
 
 IGNORE_INDEX = 255
 
@@ -111,7 +115,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if not cfg.scaling.use_gpu:
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.optim.seed + rank)  # augmentation draws differ per rank; weights are synced by DDP
-    train_scenes, val_scenes = split_scenes(cfg)
+    split = split_scenes(cfg)  # data.buffer was resolved by the driver
+    train_scenes, val_scenes = split.train, split.val
     class_ids = [c.id for c in spec.classes]
     bands = [b.index for b in spec.bands]
     mean, std = [b.mean for b in spec.bands], [b.std for b in spec.bands]
@@ -326,20 +331,30 @@ def bundle_spec(
     )
 
 
-def _prepare(
-    cfg: TrainConfig, output: Path, console: Console
-) -> tuple[TrainConfig, BundleSpec, list[TrainScene], list[TrainScene]]:
-    """Everything checked before Ray starts: scenes, bands, labels that give usable pixels, band statistics."""
+def receptive_field(cfg: TrainConfig, in_channels: int) -> int:
+    """The configured model's receptive-field radius: the default buffer between the spatial sets."""
+    model = build_model(cfg.model.arch, in_channels=in_channels, num_classes=len(cfg.classes), **cfg.model.kwargs)
+    return model_geometry(model).receptive_field
+
+
+def _prepare(cfg: TrainConfig, output: Path, console: Console) -> tuple[TrainConfig, BundleSpec, Split]:
+    """Everything checked before Ray starts: scenes, the split, bands, labels that give usable pixels, band
+    statistics. The returned config has absolute paths and a resolved buffer, so every worker splits alike."""
     stacks = Path(cfg.data.stacks_dir).resolve() if cfg.data.stacks_dir else output / "stacks"
-    data = {"root": str(Path(cfg.data.root).resolve()), "stacks_dir": str(stacks)}
+    data: dict[str, Any] = {"root": str(Path(cfg.data.root).resolve()), "stacks_dir": str(stacks)}
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
-    train_scenes, val_scenes = split_scenes(cfg)
+    if cfg.data.buffer is None:
+        first = open_scene(cfg.scene_pairs()[0][0])
+        data["buffer"] = receptive_field(cfg, first.count)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
+    split = split_scenes(cfg)
+    train_scenes, val_scenes = split.train, split.val
     first = train_scenes[0].info
-    for scene in train_scenes + val_scenes:
+    for scene in train_scenes + val_scenes + split.test:
         if scene.info.count != first.count:
             raise GeoSegError(f"has {scene.info.count} bands, other scenes have {first.count}", scene.info.path)
     class_ids = [c.id for c in cfg.classes]
-    for role, scenes in (("training", train_scenes), ("validation", val_scenes)):
+    for role, scenes in (("training", train_scenes), ("validation", val_scenes), ("test", split.test)):
         usable = 0
         for scene in scenes:
             try:
@@ -352,13 +367,56 @@ def _prepare(
             if unknown:
                 ids = ", ".join(str(i) for i in sorted(unknown)[:8])
                 console.print(f"note: {scene.labels}: label ids {ids} are not among the classes; they are ignored")
-        if not usable:
+        if scenes and not usable:
             raise GeoSegError(f"no {role} scene has labels that give a usable pixel", scenes[0].labels)
     bands = list(range(1, first.count + 1))
     mean, std = band_statistics(train_scenes, bands, cfg.data.nodata)
     with rasterio.open(first.path) as src:
         names = [d or f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
-    return cfg, bundle_spec(cfg, mean, std, names, first.count), train_scenes, val_scenes
+    return cfg, bundle_spec(cfg, mean, std, names, first.count), split
+
+
+def write_split_maps(split: Split, folder: Path) -> dict[str, Path]:
+    """Each scene's role grid (train / validation / test / buffer) as ``folder/<scene>.tif``, by scene path."""
+    maps: dict[str, Path] = {}
+    for scene in split.train + split.val + split.test:
+        if scene.info.path not in maps:
+            taken = {p.name for p in maps.values()}
+            name = Path(scene.info.path).stem
+            if f"{name}.tif" in taken:  # two scenes of one name in different folders
+                name = f"{name}-{len(maps)}"
+            maps[scene.info.path] = write_role_map(folder / f"{name}.tif", scene.roles, scene.info)
+    return maps
+
+
+def score_test(
+    bundle: Path, split: Split, maps: dict[str, Path], output: Path, console: Console
+) -> dict[str, Any] | None:
+    """The test set scored once, with the kept weights: each test scene predicted whole (``geoseg predict``,
+    tiled, as users will run it) and scored on its test pixels through ``geoseg evaluate``'s counting; counts
+    pooled over scenes. None when no test set is configured."""
+    if not split.test:
+        return None
+    from geoseg.evaluate import confusion
+    from geoseg.inference.job import predict_archive
+    from geoseg.inference.options import PredictOptions
+    from geoseg.inference.report import Status
+
+    scenes = {s.info.path: s for s in split.test}
+    reports = predict_archive(bundle, list(scenes), output / "test", PredictOptions(), console=console, in_process=True)
+    spec = load_spec(bundle)
+    ids = [c.id for c in spec.classes]
+    names = {c.id: c.name for c in spec.classes}
+    cm = np.zeros((len(ids), len(ids)), dtype=np.int64)
+    for path, report in zip(scenes, reports, strict=True):
+        if report.status == Status.FAILED or report.output is None:
+            raise GeoSegError(f"the test prediction failed: {report.error}", path)
+        scene = scenes[path]
+        counts, _ = confusion(report.output, scene.labels, scene.label_field, region=maps[path], region_values={TEST})
+        cm += counts.over(ids)
+    if not cm.sum():
+        raise GeoSegError("the test set has no pixel where prediction and labels are both valid", output / "test")
+    return summarize(cm, names, ids) | {"scenes": len(scenes), "pixels": int(cm.sum())}
 
 
 def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, console: Console | None = None) -> Path:
@@ -368,15 +426,18 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
     output = Path(output).resolve()
     created = [p for p in (output, *output.parents) if not p.exists()]  # folders this run makes
     try:
-        cfg, spec, train_scenes, val_scenes = _prepare(cfg, output, console)
+        cfg, spec, split = _prepare(cfg, output, console)
     except BaseException:
         if created:  # a run refused before training leaves nothing behind (stack VRTs included)
             shutil.rmtree(created[-1], ignore_errors=True)
         raise
     output.mkdir(parents=True, exist_ok=True)
+    maps = write_split_maps(split, output / "split")
+    test_note = f", test set in {len(split.test)}" if split.test else ", no test set"
     console.print(
-        f"training {cfg.model.arch} on {len(train_scenes)} scene(s), validating on "
-        f"{len(val_scenes)} ({cfg.data.split} split), {cfg.scaling.workers} Ray Train worker(s)"
+        f"training {cfg.model.arch} on {len(split.train)} scene(s), validating on {len(split.val)}{test_note} "
+        f"({cfg.data.split} split, buffer {cfg.data.buffer} px; sets in {output / 'split'}), "
+        f"{cfg.scaling.workers} Ray Train worker(s)"
     )
     with ray_session(ray_address):
         queue = Queue()
@@ -417,12 +478,26 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
     model = spec.build()
     model.load_state_dict(best)
     bundle = save_bundle(output / "bundle", spec, model)
-    (output / "metrics.json").write_text(json.dumps({"best": spec.metrics, "history": history}, indent=2))
-    plot_curves(history, output / "curves.png")
     console.print(
         f"best epoch {best_epoch['epoch']}: val mIoU {best_epoch['val_miou']:.3f}, "
         f"pixel accuracy {best_epoch['val_pixel_accuracy']:.3f} -> {bundle}"
     )
+    test = score_test(bundle, split, maps, output, console)
+    if test is not None:
+        spec.metrics |= {
+            "test_miou": test["miou"],
+            "test_pixel_accuracy": test["pixel_accuracy"],
+            "test_per_class_iou": {k: v["iou"] for k, v in test["per_class"].items()},
+        }
+        save_bundle(output / "bundle", spec, model)
+        console.print(
+            f"test set ({test['pixels']} px, scored once): mIoU {test['miou']:.3f}, "
+            f"pixel accuracy {test['pixel_accuracy']:.3f}"
+        )
+    split_info = {"method": cfg.data.split, "buffer": cfg.data.buffer, "maps": sorted(str(p) for p in maps.values())}
+    record = {"best": spec.metrics, "test": test, "split": split_info, "history": history}
+    write_json_atomic(output / "metrics.json", record)
+    plot_curves(history, output / "curves.png")
     return bundle
 
 

@@ -36,17 +36,22 @@ def _config(root, labels="{stem}_labels.tif", split="scene"):
 
 
 def test_scene_and_region_splits_are_spatial(archive) -> None:
-    train, val = split_scenes(_config(archive))
-    assert [s.info.name for s in train] == ["scene_000", "scene_001"] and [s.info.name for s in val] == ["scene_002"]
-    train, val = split_scenes(_config(archive, split="region"))
-    for t, v in zip(train, val, strict=True):
+    split = split_scenes(_config(archive))
+    assert [s.info.name for s in split.train] == ["scene_000", "scene_001"]
+    assert [s.info.name for s in split.val] == ["scene_002"] and split.test == []
+    split = split_scenes(_config(archive, split="region"), buffer=0)
+    for t, v in zip(split.train, split.val, strict=True):
         assert t.info.path == v.info.path
         assert t.region.col_off + t.region.width == v.region.col_off  # west | east, no shared pixel
         assert v.region.col_off + v.region.width == 160
+    buffered = split_scenes(_config(archive, split="region"), buffer=20)
+    for t, v in zip(buffered.train, buffered.val, strict=True):
+        assert v.region == split.val[0].region  # the buffer comes out of the lower set (training)
+        assert t.region.col_off + t.region.width + 20 == v.region.col_off
 
 
 def test_band_statistics_ignore_nodata(archive) -> None:
-    train, _ = split_scenes(_config(archive))
+    train = split_scenes(_config(archive)).train
     mean, std = band_statistics(train, [1, 2, 3, 4])
     import rasterio
 
@@ -71,7 +76,7 @@ def test_polygon_labels_equal_raster_labels(archive) -> None:
 
 
 def _dataset_args(archive, labels):
-    train, _ = split_scenes(_config(archive, labels))
+    train = split_scenes(_config(archive, labels)).train
     return train, list(range(6)), [1, 2, 3, 4], np.zeros(4), np.ones(4)
 
 
@@ -91,7 +96,7 @@ def test_labels_tagged_with_another_datum_realisation_are_used_as_is(real_data, 
             "classes": [{"id": i, "name": f"c{i}", "color": [0, 0, 0]} for i in range(1, 8)],
         }
     )
-    train, _ = split_scenes(cfg)
+    train = split_scenes(cfg, buffer=0).train
     dataset = PatchDataset(train, list(range(1, 8)), list(range(1, 7)), np.zeros(6), np.ones(6), 64, stride=64)
     import rasterio
 
@@ -149,7 +154,7 @@ def test_class_balanced_sampling_finds_a_rare_class(make_geotiff, tmp_path, vect
             "classes": classes,
         }
     )
-    train, _ = split_scenes(cfg)
+    train = split_scenes(cfg, buffer=0).train
 
     def patches_with_rare_class(balance: bool) -> float:
         dataset = PatchDataset(train, [0, 1], [1], np.zeros(1), np.ones(1), 32, count=200, balance=balance, seed=2)

@@ -108,3 +108,35 @@ def test_early_stopping_ends_the_run_when_validation_stops_improving(demo, tmp_p
         "road",
         "building",
     }
+
+
+def test_the_test_set_is_scored_once_on_whole_scene_predictions(demo, tmp_path) -> None:
+    """Blocks of every scene held out as validation and test sets; the test set is predicted whole (geoseg predict)
+    after training and scored on its own pixels only: metrics.json equals a count made here from the rasters."""
+    import numpy as np
+
+    from geoseg.split import TEST
+
+    workdir = Path(demo["workdir"])
+    blocks = ["data.split=blocks", "data.block_size=64", "data.val_fraction=0.25", "data.test_fraction=0.25"]
+    cfg = load_config(DEMO_CONFIG, [f"data.root={workdir}", *SMALL, *blocks, "name=blocks"])
+    train(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    spec, _ = load_bundle(tmp_path / "run" / "bundle")
+    ids = [c.id for c in spec.classes]
+    cm = np.zeros((len(ids), len(ids)), dtype=np.int64)
+    maps = sorted((tmp_path / "run" / "split").glob("*.tif"))
+    assert len(maps) == 3 and metrics["split"]["buffer"] == spec.receptive_field > 0
+    for role_map in maps:
+        with rasterio.open(role_map) as src:
+            roles = src.read(1)
+        with rasterio.open(tmp_path / "run" / "test" / role_map.name) as src:
+            pred, pred_valid = src.read(1), src.read_masks(1) > 0
+        with rasterio.open(workdir / "synthetic" / f"{role_map.stem}_labels.tif") as src:
+            truth, truth_valid = src.read(1), src.read_masks(1) > 0
+        scored = (roles == TEST) & pred_valid & truth_valid & np.isin(truth, ids)
+        assert 0 < scored.sum() < 0.5 * scored.size
+        np.add.at(cm, (np.searchsorted(ids, truth[scored]), np.searchsorted(ids, pred[scored])), 1)
+    assert metrics["test"]["pixels"] == int(cm.sum())
+    assert metrics["test"]["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
+    assert spec.metrics["test_miou"] == metrics["test"]["miou"] and spec.metrics["val_miou"] is not None

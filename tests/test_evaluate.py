@@ -154,3 +154,30 @@ def test_footprints_scored_with_remap_and_background(make_geotiff, tmp_path) -> 
     with_background = evaluate(pred_path, footprints, background=0)
     assert with_background["confusion_matrix"] == remapped["confusion_matrix"]
     assert with_background["objects"]["truth"] == 1
+
+
+def test_a_region_limits_the_scored_pixels(make_geotiff, tmp_path) -> None:
+    import geopandas as gpd
+    from bad_inputs import TRANSFORM
+    from rasterio.transform import array_bounds
+    from shapely.geometry import box
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, (40, 60)).astype(np.uint8)
+    pred = np.where(rng.random(truth.shape) < 0.3, (truth + 1) % 3, truth).astype(np.uint8)
+    truth_path, pred_path = make_geotiff(truth, name="t.tif"), make_geotiff(pred, name="p.tif")
+    roles = np.zeros((40, 60), np.uint8)
+    roles[:, 45:] = 2  # a split map: 2 is the test set, 3 a buffer
+    roles[:, 40:45] = 3
+    roles_path = make_geotiff(roles, name="split.tif")
+    west, south, east, north = array_bounds(40, 60, TRANSFORM)
+    x45 = west + 45 * TRANSFORM.a
+    gpd.GeoDataFrame(geometry=[box(x45, south, east, north)], crs="EPSG:32633").to_file(tmp_path / "test.gpkg")
+    expected = summarize(confusion_matrix(pred[:, 45:].ravel(), truth[:, 45:].ravel(), 3))
+    by_raster = evaluate(pred_path, truth_path, region=roles_path, region_values={2})
+    by_polygon = evaluate(pred_path, truth_path, region=tmp_path / "test.gpkg")
+    assert by_raster["confusion_matrix"] == expected["confusion_matrix"] == by_polygon["confusion_matrix"]
+    nonzero = summarize(confusion_matrix(pred[:, 40:].ravel(), truth[:, 40:].ravel(), 3))
+    assert evaluate(pred_path, truth_path, region=roles_path)["confusion_matrix"] == nonzero["confusion_matrix"]
+    with pytest.raises(GeoSegError, match="no valid pixels inside the region"):
+        evaluate(pred_path, truth_path, region=roles_path, region_values={7})

@@ -18,8 +18,8 @@ def is_vector(path: Path) -> bool:
     return path.suffix.lower() in VECTOR_SUFFIXES
 
 
-def read_class_polygons(path: Path, class_field: str, crs: CRS) -> gpd.GeoDataFrame:
-    """Polygons with a class attribute, in ``crs``; one-line errors for what makes them unusable.
+def read_polygons(path: Path, crs: CRS) -> gpd.GeoDataFrame:
+    """Polygons of a vector file in ``crs``; one-line errors for what makes them unusable.
 
     A file whose CRS differs from ``crs`` only by datum realisation is relabelled rather than transformed,
     as the rasters are (see :func:`geoseg.io.raster.same_projection`).
@@ -28,11 +28,19 @@ def read_class_polygons(path: Path, class_field: str, crs: CRS) -> gpd.GeoDataFr
         frame = gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path, engine="pyogrio")
     except Exception as exc:
         raise GeoSegError(f"cannot read polygons: {str(exc).splitlines()[0]}", path) from exc
+    if frame.crs is None:
+        raise GeoSegError("polygons have no CRS", path)
+    if same_projection(CRS.from_user_input(frame.crs.to_wkt()), crs):
+        return frame.set_crs(crs.to_wkt(), allow_override=True)
+    return frame.to_crs(crs.to_wkt())
+
+
+def read_class_polygons(path: Path, class_field: str, crs: CRS) -> gpd.GeoDataFrame:
+    """Polygons with a class attribute, in ``crs`` (see :func:`read_polygons`); ids checked exactly."""
+    frame = read_polygons(path, crs)
     if class_field not in frame.columns:
         fields = ", ".join(repr(c) for c in frame.columns if c != frame.geometry.name) or "none"
         raise GeoSegError(f"polygons have no {class_field!r} attribute (they have: {fields})", path)
-    if frame.crs is None:
-        raise GeoSegError("polygons have no CRS", path)
     values = frame[class_field]
     numeric = pd.to_numeric(values, errors="coerce")
     bad = values[numeric.isna() & values.notna()]
@@ -45,6 +53,4 @@ def read_class_polygons(path: Path, class_field: str, crs: CRS) -> gpd.GeoDataFr
         raise GeoSegError(f"the {class_field!r} attribute holds fractional values, not class ids", path)
     frame = frame[values.notna()].copy()  # a polygon without a class labels nothing
     frame[class_field] = numeric.dropna().astype("int64")
-    if same_projection(CRS.from_user_input(frame.crs.to_wkt()), crs):
-        return frame.set_crs(crs.to_wkt(), allow_override=True)
-    return frame.to_crs(crs.to_wkt())
+    return frame
