@@ -109,7 +109,8 @@ def test_no_pixel_of_a_training_or_validation_patch_lies_in_the_test_region(make
     else:
         gpd.GeoDataFrame(geometry=[box(*bounds)], crs="EPSG:32633").to_file(tmp_path / "test.gpkg")
         region = {"polygons": "test.gpkg"}
-    # A validation strip (15 px, 3 left by the buffer) narrower than a patch (32 px): its windows reach into the test set, blanked there.
+    # A validation strip (15 px, 3 left by the buffer) narrower than a patch (32 px): its windows reach into the
+    # test set, blanked there.
     cfg = _config(root, split="region", val_fraction=0.12, test_region=region, buffer=12)
     split = split_scenes(cfg)
     (test,) = split.test
@@ -131,7 +132,7 @@ def test_no_pixel_of_a_training_or_validation_patch_lies_in_the_test_region(make
     for role_scenes, kwargs in ((split.train, {"count": 64, "augment": True}), (split.val, {"stride": 16})):
         dataset = PatchDataset(role_scenes, [0, 1, 2], [1, 2, 3], mean, std, 32, **kwargs)
         for i in range(len(dataset)):
-            x, y = dataset[i]
+            x, _ = dataset[i]
             assert x.abs().max() < sentinel / 2, "a test pixel reached a patch"
         if "count" in kwargs:  # training windows are drawn where they touch no other set
             windows = [dataset._window(i)[1] for i in range(len(dataset))]
@@ -159,7 +160,7 @@ def test_a_region_outside_every_scene_is_one_clear_error(make_geotiff, tmp_path)
     cfg = _config(root, split="region", test_region={"bounds": [0, 0, 10, 10]}, buffer=0)
     with pytest.raises(GeoSegError, match="leaves no test pixel"):
         split_scenes(cfg)
-    with pytest.raises(GeoSegError, match="data.test_region: .*either bounds or polygons"):
+    with pytest.raises(GeoSegError, match=r"data.test_region: .*either bounds or polygons"):
         _config(root, test_region={"bounds": [0, 0, 1, 1], "polygons": "x.gpkg"})
     with pytest.raises(GeoSegError, match="leave a share for training"):
         _config(root, val_fraction=0.6, test_fraction=0.4)
