@@ -25,6 +25,7 @@ from geoseg import __version__
 from geoseg.errors import GeoSegError
 from geoseg.inference.tiling import ModelGeometry
 from geoseg.models import build_model
+from geoseg.models.pretrained import read_state_dict
 
 SPEC_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
@@ -94,6 +95,11 @@ class BundleSpec(_Strict):
         "covers it. Computed from the architecture.",
     )
     metrics: dict[str, Any] = Field(default_factory=dict, description="Training/validation metrics.")
+    pretrained: dict[str, Any] | None = Field(
+        None,
+        description="The checkpoint the encoder started from (file name, sha256) and which bands took its kernels "
+        "and its normalisation.",
+    )
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @field_validator("format_version")
@@ -200,27 +206,6 @@ def load_bundle(directory: str | Path) -> tuple[BundleSpec, nn.Module]:
 
 def default_classes(num_classes: int) -> list[ClassSpec]:
     return [ClassSpec(id=i, name=f"class_{i}", color=PALETTE[i % len(PALETTE)]) for i in range(num_classes)]
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a weights file as other tools save them: a plain state dict, a checkpoint holding one
-    (``state_dict``/``model_state_dict``/``model``: Lightning, plain PyTorch loops), loaded tensors-only."""
-    path = Path(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise GeoSegError("weights file not found", path) from None
-    except pickle.UnpicklingError as exc:
-        raise GeoSegError("refused: the file holds objects other than tensors (possible pickle payload)", path) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise GeoSegError(f"not a PyTorch weights file: {str(exc).splitlines()[0]}", path) from exc
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-            break
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise GeoSegError("holds no state dict (a mapping of parameter names to tensors)", path)
-    return loaded
 
 
 # Prefixes training wrappers put before a model's own parameter names (DDP, Lightning modules, compiled models).

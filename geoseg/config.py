@@ -91,6 +91,11 @@ class DataConfig(_Strict):
     patches_per_epoch: int = Field(512, ge=1, description="Random patches drawn per epoch (all workers).")
     val_stride: int | None = Field(None, description="Grid stride of validation patches; default patch_size.")
     nodata: float | None = Field(None, description="Image nodata value when the files declare none.")
+    band_names: list[str] | None = Field(
+        None,
+        description="Name of each image band in order (e.g. [B02, B03, B04, B08]): kept in the bundle and matched "
+        "to a pretrained checkpoint's bands. Default: the files' band descriptions, else band_1, band_2, ...",
+    )
     balance_classes: bool = Field(
         False,
         description="Centre training patches on a uniformly drawn class "
@@ -115,12 +120,67 @@ class DataConfig(_Strict):
         return self
 
 
+class PretrainedConfig(_Strict):
+    """A published ResNet checkpoint to start the encoder from (see geoseg/models/pretrained.py)."""
+
+    weights: str = Field(
+        description="Local checkpoint file: torchvision, timm, SSL4EO-S12 (MoCo) or SatlasPretrain layout. Nothing "
+        "is downloaded."
+    )
+    bands: list[str] | None = Field(
+        None,
+        description="The checkpoint's input bands in order (13 for Sentinel-2 L1C: B01 B02 B03 B04 B05 B06 B07 B08 "
+        "B8A B09 B10 B11 B12), matched by name to data.band_names; unknown bands get the mean kernel. Unset: a "
+        "3-band RGB checkpoint whose kernels are cycled over the bands.",
+    )
+    mean: list[float] | None = Field(
+        None, description="The checkpoint's normalisation mean per band (its band order; one value: all bands)."
+    )
+    std: list[float] | None = Field(None, description="Its normalisation std, likewise (SSL4EO-S12: 10000).")
+
+    @model_validator(mode="after")
+    def _per_band(self) -> PretrainedConfig:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if self.bands is None:
+                raise ValueError(f"{name} needs bands (which band each value is for)")
+            if len(values) not in (1, len(self.bands)):
+                raise ValueError(f"{name} has {len(values)} values for {len(self.bands)} bands")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together")
+        return self
+
+    def normalisation(self) -> dict[str, tuple[float, float]]:
+        """(mean, std) by band name (case-folded), for the bands the checkpoint's normalisation covers."""
+        if self.bands is None or self.mean is None or self.std is None:
+            return {}
+        count = len(self.bands)
+        means = self.mean * count if len(self.mean) == 1 else self.mean
+        stds = self.std * count if len(self.std) == 1 else self.std
+        return {b.casefold(): (m, s) for b, m, s in zip(self.bands, means, stds, strict=True)}
+
+
 class ModelConfig(_Strict):
     arch: Literal["unet", "resnet_unet", "smp_unet"] = "unet"
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"base_channels": 16, "depth": 3},
         description="Architecture arguments besides in_channels/num_classes.",
     )
+    pretrained: PretrainedConfig | None = Field(
+        None, description="Start the encoder from a published checkpoint (resnet_unet); the bundle keeps the weights."
+    )
+
+    @model_validator(mode="after")
+    def _pretrained_encoder(self) -> ModelConfig:
+        if self.pretrained is not None and self.arch != "resnet_unet":
+            raise ValueError("pretrained encoders are for arch: resnet_unet")
+        if self.pretrained is not None and "weights" in self.kwargs:
+            raise ValueError("give the checkpoint as model.pretrained.weights, not as kwargs.weights")
+        return self
 
 
 class OptimConfig(_Strict):

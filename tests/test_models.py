@@ -10,7 +10,7 @@ from torchvision.models import resnet18
 
 from geoseg.errors import GeoSegError
 from geoseg.models import MODELS, ResNetUNet, build_model
-from geoseg.models.resnet_unet import adapt_first_conv
+from geoseg.models.pretrained import first_conv
 
 ARCHITECTURES = [
     ("unet", {"base_channels": 8, "depth": 3}),
@@ -77,11 +77,11 @@ def test_unet_rejects_bad_options() -> None:
 
 def test_first_conv_adaptation_copies_rgb_cyclically_and_rescales() -> None:
     weight = torch.randn(64, 3, 7, 7)
-    adapted = adapt_first_conv(weight, 5)
-    assert adapted.shape == (64, 5, 7, 7)
+    adapted, unknown = first_conv(weight, None, None, 5)
+    assert adapted.shape == (64, 5, 7, 7) and unknown == []
     for band, rgb in enumerate([0, 1, 2, 0, 1]):
         torch.testing.assert_close(adapted[:, band], weight[:, rgb] * 3 / 5)
-    assert adapt_first_conv(weight, 3) is weight
+    torch.testing.assert_close(first_conv(weight, None, None, 3)[0], weight)
 
 
 def test_resnet_unet_loads_local_pretrained_weights(tmp_path) -> None:
@@ -90,14 +90,14 @@ def test_resnet_unet_loads_local_pretrained_weights(tmp_path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     model = ResNetUNet(in_channels=6, num_classes=2, encoder="resnet18", weights=path)
-    torch.testing.assert_close(model.stem[0].weight, adapt_first_conv(reference.conv1.weight, 6))
+    torch.testing.assert_close(model.stem[0].weight, first_conv(reference.conv1.weight, None, None, 6)[0])
     torch.testing.assert_close(model.layers[3][1].conv2.weight, reference.layer4[1].conv2.weight)
 
 
 def test_resnet_unet_bad_weights_file_is_a_clear_error(tmp_path) -> None:
     path = tmp_path / "broken.pth"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(GeoSegError, match=r"broken\.pth: cannot load encoder weights"):
+    with pytest.raises(GeoSegError, match=r"broken\.pth: refused: the file holds objects other than tensors"):
         ResNetUNet(in_channels=3, num_classes=2, encoder="resnet18", weights=path)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -11,23 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from geoseg.errors import GeoSegError
+from geoseg.models.pretrained import BN, STEM, encoder_weights, first_conv, read_state_dict
 from geoseg.models.unet import DoubleConv
 
 Encoder = Literal["resnet18", "resnet34", "resnet50"]
 _ENCODERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
-
-
-def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Turn RGB kernels ``[out, 3, k, k]`` into ``[out, in_channels, k, k]``.
-
-    Band ``i`` gets the kernel of RGB channel ``i % 3``; scaling by ``3 / in_channels`` keeps the
-    activation magnitude of the pretrained layer when all bands carry similar signal.
-    """
-    if weight.shape[1] == in_channels:
-        return weight
-    index = torch.arange(in_channels) % weight.shape[1]
-    return weight[:, index] * (weight.shape[1] / in_channels)
 
 
 class _Decoder(nn.Module):
@@ -44,11 +31,14 @@ class ResNetUNet(nn.Module):
     """ResNet encoder + U-Net decoder with a skip at every stage, logits at full input resolution.
 
     Args:
-        in_channels: number of input bands; the first conv is adapted when it is not 3.
+        in_channels: number of input bands.
         num_classes: number of output classes.
         encoder: ``resnet18``, ``resnet34`` or ``resnet50``.
-        weights: path to a local torchvision ResNet state_dict (ImageNet, SSL4EO, ...). There is no download
-            at run time: archive clusters often have no internet, and silent downloads break reproducibility.
+        weights: a local ResNet checkpoint (torchvision, timm, SSL4EO-S12, SatlasPretrain layouts; see
+            :mod:`geoseg.models.pretrained`) loaded at construction, its RGB kernels cycled over the bands. There
+            is no download at run time: archive clusters often have no internet, and silent downloads break
+            reproducibility. Training loads checkpoints by band name instead (``model.pretrained``), and the
+            bundle then holds the weights, not the path.
     """
 
     def __init__(
@@ -62,16 +52,10 @@ class ResNetUNet(nn.Module):
         if encoder not in _ENCODERS:
             raise ValueError(f"encoder must be one of {sorted(_ENCODERS)}, got {encoder!r}")
         net = _ENCODERS[encoder](weights=None)
-        if weights is not None:
-            path = Path(weights)
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                net.load_state_dict(state)
-            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-                raise GeoSegError(f"cannot load encoder weights: {exc}".splitlines()[0], path) from exc
+        self.encoder_name, self.in_channels = encoder, in_channels
         conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         with torch.no_grad():
-            conv1.weight.copy_(adapt_first_conv(net.conv1.weight, in_channels))
+            conv1.weight.copy_(first_conv(net.conv1.weight, None, None, in_channels)[0])
         self.stem = nn.Sequential(conv1, net.bn1, net.relu)  # stride 2
         self.pool = net.maxpool
         self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])  # strides 4..32
@@ -87,6 +71,32 @@ class ResNetUNet(nn.Module):
             channels = width
         self.decoders = nn.ModuleList(blocks)
         self.head = nn.Conv2d(channels, num_classes, 1)
+        if weights is not None:
+            self.load_encoder(read_state_dict(weights), weights)
+
+    def load_encoder(
+        self,
+        state: dict[str, torch.Tensor],
+        path: str | Path,
+        bands: list[str] | None = None,
+        checkpoint_bands: list[str] | None = None,
+    ) -> list[str]:
+        """Take the encoder from a checkpoint (any layout of :mod:`geoseg.models.pretrained`), the first
+        convolution band by band; returns the bands that got no kernel of their own. The decoder keeps its
+        initialisation."""
+        found = encoder_weights(state, _ENCODERS[self.encoder_name](weights=None), path)
+        conv, unknown = first_conv(found.pop(STEM), bands, checkpoint_bands, self.in_channels)
+        renamed = {"stem.0.weight": conv}
+        for key, tensor in found.items():
+            if key.startswith(BN):
+                renamed["stem.1." + key[len(BN) :]] = tensor
+            else:  # layerN.rest -> layers.(N-1).rest
+                stage, rest = key.split(".", 1)
+                renamed[f"layers.{int(stage[len('layer') :]) - 1}.{rest}"] = tensor
+        result = self.load_state_dict(renamed, strict=False)
+        if result.unexpected_keys:  # a mapping bug, never the user's file: every key was checked above
+            raise RuntimeError(f"encoder keys not in the model: {result.unexpected_keys[:3]}")
+        return unknown
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
