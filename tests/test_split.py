@@ -164,3 +164,45 @@ def test_a_region_outside_every_scene_is_one_clear_error(make_geotiff, tmp_path)
         _config(root, test_region={"bounds": [0, 0, 1, 1], "polygons": "x.gpkg"})
     with pytest.raises(GeoSegError, match="leave a share for training"):
         _config(root, val_fraction=0.6, test_fraction=0.4)
+
+
+@pytest.mark.realdata
+def test_the_shipped_nc_config_keeps_its_test_region_out_of_training(real_data, tmp_path) -> None:
+    """configs/nc_landsat.yaml on the real scene: the test set is the lon/lat box, nothing of it (and nothing
+    within the receptive field of it) is in a training or validation patch."""
+    from pathlib import Path
+
+    from rasterio.warp import transform as transform_xy
+
+    from geoseg.config import load_config
+    from geoseg.train import receptive_field
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "nc_landsat.yaml"
+    cfg = load_config(config, [f"data.root={real_data / 'nc_landsat'}", f"data.stacks_dir={tmp_path}"])
+    field = receptive_field(cfg, 6)
+    split = split_scenes(cfg, buffer=field)
+    (test,) = split.test
+    info = test.info
+    roles = test.roles.sample(Window(0, 0, info.width, info.height))
+    # Pixel centres inside the configured lon/lat box are test, all others are not.
+    rows, cols = np.mgrid[0 : info.height, 0 : info.width]
+    xs, ys = info.transform * (cols.ravel() + 0.5, rows.ravel() + 0.5)
+    lon, lat = transform_xy(info.crs, "EPSG:4326", xs, ys)
+    west, south, east, north = cfg.data.test_region.bounds
+    inside = (np.array(lon) >= west) & (np.array(lon) <= east) & (np.array(lat) >= south) & (np.array(lat) <= north)
+    inside = inside.reshape(info.height, info.width)
+    edge = inside ^ dilate(inside, 1)  # a pixel centre on the box's edge may round either way
+    assert ((roles == TEST) == inside)[~edge].all() and (roles == TEST).mean() > 0.2
+    # No training or validation pixel within the receptive field of a test pixel.
+    near_test = dilate(roles == TEST, field)
+    assert not (near_test & ((roles == TRAIN) | (roles == VAL))).any()
+    mean, std = np.zeros(6), np.ones(6)
+    train = PatchDataset(split.train, list(range(1, 8)), list(range(1, 7)), mean, std, 64, count=200, seed=1)
+    for i in range(len(train)):
+        _, window = train._window(i)
+        assert not (test.roles.sample(window) == TEST).any()
+    val = PatchDataset(split.val, list(range(1, 8)), list(range(1, 7)), mean, std, 64, stride=64)
+    for _, window in val.grid:
+        patch_roles = test.roles.sample(window)
+        x, _ = val[val.grid.index((0, window))]
+        assert (x.numpy()[:, patch_roles == TEST] == 0).all()  # blanked where a validation window reaches in
