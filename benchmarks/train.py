@@ -55,7 +55,7 @@ def _pipeline(work: Path, loader_workers: int, model: object | None = None) -> f
     from geoseg.losses import build_loss
 
     cfg = load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={work}", "data.patch_size=256"])
-    scenes, _ = split_scenes(cfg)
+    scenes = split_scenes(cfg).train
     dataset = PatchDataset(
         scenes,
         [c.id for c in cfg.classes],

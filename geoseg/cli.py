@@ -241,7 +241,17 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 @click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
 @click.argument("more_inputs", nargs=-1)
 @click.option(
-    "--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Job folder (created)."
+    "--output",
+    "--out",
+    "output",
+    required=True,
+    help="Job folder (created), or s3://bucket/prefix/: products published there as objects, resumable.",
+)
+@click.option(
+    "--stac-filter",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Which items of STAC inputs to run: datetime=START/END, bbox=W,S,E,N (lon/lat), max-cloud=PCT, ids=A,B.",
 )
 @click.option(
     "--tile", type=click.IntRange(min=32), help="Tile side in pixels (default: from the model's receptive field)."
@@ -294,7 +304,8 @@ def predict(
     model_dir: Path,
     inputs: tuple[str, ...],
     more_inputs: tuple[str, ...],
-    output: Path,
+    output: str,
+    stac_filter: tuple[str, ...],
     tile: int | None,
     halo: int | None,
     overlap: int | None,
@@ -315,10 +326,13 @@ def predict(
     """Predict class rasters (COG) for every input scene; exit 1 if any scene failed.
 
     MORE_INPUTS (like --input): scene files, globs, folders, .txt/.csv lists, band stacks written
-    a.tif+b.tif+c.tif, or GDAL paths (/vsis3/..., s3://...).
+    a.tif+b.tif+c.tif, GDAL paths (/vsis3/..., s3://...), or STAC Items, ItemCollections and Catalogs (.json,
+    local or s3://): one scene per item, bands chosen by the bundle's band names.
     """
     from geoseg.inference.job import predict_archive
     from geoseg.inference.options import PredictOptions
+    from geoseg.io.objectstore import is_s3
+    from geoseg.io.stac import StacFilter
 
     all_inputs = [*inputs, *more_inputs]
     if not all_inputs:
@@ -335,19 +349,22 @@ def predict(
         if vector_format is None
         else _vectorize_options(skip_class, min_area, fill_holes, simplify, fmt=vector_format),
     )
+    job_folder: str | Path = output if is_s3(output) else Path(output)
     reports = predict_archive(
         model_dir,
         all_inputs,
-        output,
+        job_folder,
         options,
         workers,
         ray_address,
         console,
         compile=compile_model,
         in_process=in_process,
+        stac_filter=StacFilter.parse(stac_filter),
     )
     failed = [r for r in reports if r.status == "failed"]
-    console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {output / 'report.json'}")
+    report = f"{output.rstrip('/')}/report.json" if is_s3(output) else Path(output) / "report.json"
+    console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {report}")
     if failed:
         sys.exit(1)
 

@@ -281,7 +281,12 @@ class PredictConfig(_Strict):
 
     model: str | None = Field(None, description="Model bundle folder.")
     input: list[str] = Field(default_factory=list, description="Scene files, globs, folders or .txt/.csv lists.")
-    output: str | None = Field(None, description="Job folder (outputs, manifest.json, report.json).")
+    output: str | None = Field(
+        None, description="Job folder (outputs, manifest.json, report.json), or s3://bucket/prefix/."
+    )
+    stac_filter: list[str] | None = Field(
+        None, description="Which items of STAC inputs run: datetime=START/END, bbox=W,S,E,N, max-cloud=PCT, ids=A,B."
+    )
     tile: int | None = Field(None, ge=32, description="Tile side in pixels.")
     halo: int | None = Field(None, ge=0, description="Pixels cropped from each tile side that has a neighbour.")
     overlap: int | None = Field(None, ge=0, description="Blend width between neighbouring tiles.")

@@ -39,6 +39,7 @@ from geoseg.inference.outputs import (
     remove_stale_partials,
     scene_names,
 )
+from geoseg.inference.remote import RemoteFolder, spool_folder
 from geoseg.inference.report import SceneReport, Status, job_report, print_summary
 from geoseg.inference.scene import (
     Published,
@@ -49,10 +50,13 @@ from geoseg.inference.scene import (
     publish_scene,
     run_scenes,
 )
+from geoseg.io.objectstore import S3Url, is_s3
 from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
+from geoseg.io.stac import StacFilter, build_item_vrt
 from geoseg.io.stack import build_stack_vrt
 from geoseg.progress import meter
+from geoseg.vectorize import VectorizeOptions
 
 #: Below this many megapixels (and with no cluster named) a job runs in this process: see :func:`choose_path`.
 SMALL_JOB_MPX = 24.0
@@ -74,7 +78,7 @@ def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
 def predict_archive(
     bundle_dir: Path,
     inputs: Iterable[str],
-    out_dir: Path,
+    out_dir: Path | str,
     options: PredictOptions,
     workers: int | None = None,
     ray_address: str | None = None,
@@ -82,8 +86,12 @@ def predict_archive(
     executor: BlockExecutor | None = None,
     compile: bool = False,
     in_process: bool | None = None,
+    stac_filter: StacFilter | None = None,
 ) -> list[SceneReport]:
     """Predict every input scene into ``out_dir/<scene>.tif``; write ``manifest.json`` and ``report.json``.
+
+    ``out_dir`` may be ``s3://bucket/prefix/``: products are finished in a local spool and published as objects,
+    and the bucket holds the manifest the job resumes from (:mod:`geoseg.inference.remote`).
 
     A scene that fails (unreadable, no CRS, wrong band count, ...) is reported with a one-line reason and
     the job moves on. Scenes already finished by an earlier run of the same job are skipped. ``options`` may
@@ -97,12 +105,21 @@ def predict_archive(
     console = console or Console(stderr=True, soft_wrap=True)
     bundle_dir = Path(bundle_dir)
     spec, model = load_bundle(bundle_dir)
-    sources = expand_inputs(inputs)
+    sources = expand_inputs(inputs, stac_band_names(spec), stac_filter)
     if not sources:
         raise GeoSegError("no input scenes found", ", ".join(inputs))
     plan = list(zip(sources, scene_names(sources), strict=True))
+    remote: RemoteFolder | None = None
+    if is_s3(out_dir):
+        url = S3Url.parse(str(out_dir))
+        remote = RemoteFolder(url, spool_folder(url))
+        guard_remote_inputs(url, plan)
+        out_dir = remote.spool
+    out_dir = Path(out_dir)
     guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
     prepare_job_folder(out_dir)
+    if remote is not None:
+        remote.pull()  # the bucket's manifest: what is finished there, whoever ran it
     inputs = input_paths(plan)
     remove_stale_partials(out_dir, inputs)  # left by a killed run of this job; never a finished output
     geometry = spec.geometry()
@@ -125,7 +142,7 @@ def predict_archive(
             console.print(f"executor: {path}", highlight=False)
         resolved = options.resolved(geometry, executor.gpu)
         fingerprint = job_fingerprint(bundle_dir, resolved)
-        manifest = Manifest(out_dir)
+        manifest = Manifest(out_dir, store=remote)
         reports: dict[str, SceneReport] = {}
         todo, stale_vectors = [], []
         vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
@@ -140,7 +157,9 @@ def predict_archive(
                 reports[name] = done
         if todo or stale_vectors:
             publish = getattr(executor, "publish", publish_scene)
-            job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish)
+            if remote is not None:
+                publish = _to_bucket(publish, remote, resolved.vector_format)
+            job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)
             try:
                 job.revectorize(stale_vectors, inputs)
                 job.run(todo)
@@ -156,8 +175,41 @@ def predict_archive(
         time.perf_counter() - started,
     )
     write_json_atomic(out_dir / "report.json", summary)
+    if remote is not None:
+        remote.upload(out_dir / "report.json")
     print_summary(console, summary)
     return ordered
+
+
+def _to_bucket(
+    publish: Callable[[StagedScene], Published], remote: RemoteFolder, vector_format: str | None
+) -> Callable[[StagedScene], Published]:
+    """``publish``, then each product uploaded as one object (see :mod:`geoseg.inference.remote`)."""
+
+    def publish_and_upload(staged: StagedScene) -> Published:
+        return remote.publish(publish(staged), staged.classes[1].stem, vector_format)
+
+    return publish_and_upload
+
+
+def guard_remote_inputs(url: S3Url, plan: list[tuple[SceneSource, str]]) -> None:
+    """Refuse a job whose bucket prefix holds one of its inputs: publishing there could replace an input."""
+    prefix = url.child("").key
+    for source, _ in plan:
+        for band in source.bands:
+            if band.startswith("/vsis3/") and S3Url.parse(band).bucket == url.bucket:
+                key = S3Url.parse(band).key
+                if key.startswith(prefix) and "/" not in key[len(prefix) :]:
+                    raise GeoSegError(f"is an input inside the output prefix {url}; choose another prefix", band)
+
+
+def stac_band_names(spec: BundleSpec) -> list[str] | None:
+    """The names a STAC item's assets are chosen by, in the scene's band order; None when the bundle does not name
+    every band it was trained on (a STAC scene is built from names alone)."""
+    indexes = sorted(b.index for b in spec.bands)
+    if indexes != list(range(1, spec.input_band_count + 1)):
+        return None
+    return [b.name for b in sorted(spec.bands, key=lambda b: b.index)]
 
 
 def choose_path(sources: list[SceneSource], ray_address: str | None, workers: int | None, forced: bool | None) -> str:
@@ -209,7 +261,12 @@ def prepare_job_folder(out_dir: Path) -> None:
 
 
 def open_source(source: SceneSource, name: str, out_dir: Path) -> SceneInfo:
-    """The scene's header; a band stack is first written as ``stacks/<name>.vrt`` (its errors are its own)."""
+    """The scene's header; a band stack or a STAC item is first written as ``stacks/<name>.vrt`` (its errors are
+    its own)."""
+    if source.error is not None:
+        raise GeoSegError(source.error, source.text.rsplit("#", 1)[0])
+    if source.assets:
+        return open_scene(build_item_vrt(source.assets, out_dir / STACKS / f"{name}.vrt"))
     if not source.is_stack:
         return open_scene(source.bands[0])
     return open_scene(build_stack_vrt(source.bands, out_dir / STACKS / f"{name}.vrt"))
@@ -229,8 +286,10 @@ class _Job:
         reports: dict[str, SceneReport],
         console: Console,
         publish: Callable[[StagedScene], Published],
+        remote: RemoteFolder | None = None,
     ) -> None:
         self.spec, self.executor, self.out_dir, self.options = spec, executor, out_dir, options
+        self.remote = remote
         self.manifest, self.fingerprint, self.reports, self.console = manifest, fingerprint, reports, console
         self.publish = publish
         self.lock = threading.Lock()  # the publishing threads record too
@@ -269,13 +328,17 @@ class _Job:
             self.identities[name] = identity
             try:
                 started = time.perf_counter()
-                vectors = polygonize_scene(Path(report.output or ""), options)
-                old = Path(report.vectors) if report.vectors else None
-                if old is not None and old != vectors and old.parent == self.out_dir:
-                    for part in [old, *(old.with_suffix(x) for x in SHAPEFILE_PARTS if old.suffix == ".shp")]:
-                        if os.path.realpath(part) not in inputs:
-                            part.unlink(missing_ok=True)
-                report = replace(report, status=Status.OK, vectors=str(vectors))
+                if self.remote is not None:
+                    vectors_url = self._revectorize_in_bucket(name, report, options)
+                    report = replace(report, status=Status.OK, vectors=vectors_url)
+                else:
+                    vectors = polygonize_scene(Path(report.output or ""), options)
+                    old = Path(report.vectors) if report.vectors else None
+                    if old is not None and old != vectors and old.parent == self.out_dir:
+                        for part in [old, *(old.with_suffix(x) for x in SHAPEFILE_PARTS if old.suffix == ".shp")]:
+                            if os.path.realpath(part) not in inputs:
+                                part.unlink(missing_ok=True)
+                    report = replace(report, status=Status.OK, vectors=str(vectors))
                 report.stage_seconds = report.stage_seconds | {"vectorize": round(time.perf_counter() - started, 3)}
                 self.console.print(f"[green]ok[/] {escape(f'{report.output} -> {vectors} (model not rerun)')}")
                 with self.lock:
@@ -283,6 +346,17 @@ class _Job:
                     self.manifest.record(report, self.fingerprint, identity, options.key())
             except Exception as exc:  # one bad scene must not lose the others' work
                 self.record(source.text, name, self.failed(source.text, name, exc))
+
+    def _revectorize_in_bucket(self, name: str, report: SceneReport, options: VectorizeOptions) -> str:
+        """Polygons from the class raster in the bucket: fetched into the spool, polygonized, uploaded."""
+        assert self.remote is not None
+        local = self.remote.fetch(report.output or "")
+        try:
+            vectors = polygonize_scene(local, options)
+            published = self.remote.publish(Published({"vectors": str(vectors)}, "", 0.0, 0.0), name, options.fmt)
+        finally:
+            local.unlink(missing_ok=True)
+        return published.outputs["vectors"]
 
     def run(self, todo: list[tuple[SceneSource, str, str]]) -> None:
         scenes: dict[str, SceneInfo] = {}

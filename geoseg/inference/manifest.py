@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
@@ -55,6 +55,30 @@ def source_identity(paths: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+class Store(Protocol):
+    """Where a job's products and records live: the job folder itself, or a bucket it mirrors to
+    (:class:`geoseg.inference.remote.RemoteFolder`)."""
+
+    def size(self, output: str) -> int | None:
+        """Bytes of a recorded output (a path or a URL); None when it is gone."""
+
+    def saved(self, path: Path, replaces: Path | None = None) -> None:
+        """``path`` (manifest or journal) was just written; ``replaces``, if given, is gone now."""
+
+
+class LocalStore:
+    """The job folder is the store: outputs are local files, records need no copy."""
+
+    def size(self, output: str) -> int | None:
+        try:
+            return Path(output).stat().st_size
+        except OSError:
+            return None
+
+    def saved(self, path: Path, replaces: Path | None = None) -> None:
+        return None
+
+
 class Manifest:
     """Per-scene state of a job folder: ``manifest.json``, plus ``manifest.jsonl`` while a job runs.
 
@@ -66,10 +90,11 @@ class Manifest:
     recorded; a line torn by the kill is not valid JSON and is ignored, so that scene is simply redone.
     """
 
-    def __init__(self, folder: Path, snapshot_seconds: float = 30.0) -> None:
+    def __init__(self, folder: Path, snapshot_seconds: float = 30.0, store: Store | None = None) -> None:
         self.path = folder / MANIFEST
         self.journal = folder / JOURNAL
         self.snapshot_seconds = snapshot_seconds
+        self.store = store or LocalStore()
         self._snapshot_at = time.monotonic()
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.exists():
@@ -92,6 +117,7 @@ class Manifest:
             self.journal.unlink(missing_ok=True)
         except OSError as exc:
             raise GeoSegError(f"cannot write the job manifest ({exc.strerror or exc})", self.path) from exc
+        self.store.saved(self.path, replaces=self.journal)
         self._snapshot_at = time.monotonic()
 
     def finished(self, name: str, source: str, identity: str, fingerprint: str) -> SceneReport | None:
@@ -103,7 +129,7 @@ class Manifest:
             return None
         for key in ("output", "probabilities"):
             output, size = entry.get(key), entry.get(f"{key}_bytes")
-            if output and (not Path(output).exists() or Path(output).stat().st_size != size):
+            if output and self.store.size(output) != size:
                 return None
         report = SceneReport.from_dict(entry)
         report.status = Status.SKIPPED
@@ -113,7 +139,7 @@ class Manifest:
         """Whether the scene's polygons exist and were made with vectorizing options ``key``."""
         entry = self.entries.get(name) or {}
         vectors = entry.get("vectors")
-        return entry.get("vectors_key") == key and isinstance(vectors, str) and Path(vectors).exists()
+        return entry.get("vectors_key") == key and isinstance(vectors, str) and self.store.size(vectors) is not None
 
     def record(self, report: SceneReport, fingerprint: str, identity: str, vectors_key: str | None = None) -> None:
         entry: dict[str, Any] = report.to_dict() | {"fingerprint": fingerprint, "source_identity": identity}
@@ -121,7 +147,7 @@ class Manifest:
             entry["vectors_key"] = vectors_key
         for key, path in (("output", report.output), ("probabilities", report.probabilities)):
             if report.status == Status.OK and path:
-                entry[f"{key}_bytes"] = Path(path).stat().st_size
+                entry[f"{key}_bytes"] = self.store.size(path)
         self.entries[report.scene] = entry
         try:
             with open(self.journal, "a") as journal:
@@ -130,5 +156,6 @@ class Manifest:
                 os.fsync(journal.fileno())
         except OSError as exc:  # the job cannot promise to resume what it cannot record: it stops here
             raise GeoSegError(f"cannot record a finished scene ({exc.strerror or exc})", self.journal) from exc
+        self.store.saved(self.journal)
         if time.monotonic() - self._snapshot_at >= self.snapshot_seconds:
             self.snapshot()

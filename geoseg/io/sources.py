@@ -23,8 +23,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geoseg.errors import GeoSegError
+
+if TYPE_CHECKING:
+    from geoseg.io.stac import BandAsset, StacFilter
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 LIST_SUFFIXES = {".txt", ".csv"}
@@ -48,10 +52,13 @@ class SceneSource:
 
     text: str  # as written: for messages, the manifest and the name's hash
     bands: tuple[str, ...]  # what GDAL opens: one raster, or the band files of a stack
+    name: str | None = None  # a STAC item's id: the output name's base
+    assets: tuple[BandAsset, ...] = ()  # a STAC item's bands, with their scale, offset and nodata
+    error: str | None = None  # why this scene cannot be read (a STAC item without a band): fails it alone
 
     @property
     def is_stack(self) -> bool:
-        return len(self.bands) > 1
+        return len(self.bands) > 1 or bool(self.assets)
 
     def local_files(self) -> list[Path]:
         """The local files behind this scene (a VRT's own sources included): for identity and the input guard."""
@@ -82,12 +89,20 @@ def vrt_sources(vrt: Path) -> list[Path]:
     return files
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[SceneSource]:
-    """Every scene the inputs name, in order, each once (see the module's rules)."""
+def expand_inputs(
+    inputs: Iterable[str], band_names: list[str] | None = None, stac_filter: StacFilter | None = None
+) -> list[SceneSource]:
+    """Every scene the inputs name, in order, each once (see the module's rules). STAC documents give one scene
+    per Item passing ``stac_filter``, with the bands ``band_names`` (see :mod:`geoseg.io.stac`)."""
     sources: list[SceneSource] = []
     for raw in inputs:
         item = gdal_path(raw.strip())
         if not item:
+            continue
+        from geoseg.io.stac import is_stac
+
+        if is_stac(raw.strip()):
+            sources.extend(stac_scenes(raw.strip(), band_names, stac_filter))
             continue
         if is_virtual(item):
             sources.append(SceneSource(item, (item,)))
@@ -97,7 +112,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[SceneSource]:
             rasters = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
             sources.extend(SceneSource(str(p), (str(p),)) for p in rasters)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
-            sources.extend(expand_inputs(read_list(path)))
+            sources.extend(expand_inputs(read_list(path), band_names, stac_filter))
         elif path.exists():
             sources.append(SceneSource(item, (item,)))
         elif STACK_SEPARATOR in item:
@@ -108,6 +123,28 @@ def expand_inputs(inputs: Iterable[str]) -> list[SceneSource]:
         else:  # missing: the scene fails with the file's own error, the others go on
             sources.append(SceneSource(item, (item,)))
     return list({s.text: s for s in sources}.values())
+
+
+def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter | None) -> list[SceneSource]:
+    """One scene per Item of a STAC document; an Item without a band is a scene that fails alone."""
+    from geoseg.io.objectstore import stac_io
+    from geoseg.io.stac import StacFilter, item_bands, read_items
+
+    if band_names is None:
+        raise GeoSegError("STAC inputs need a model bundle that names its bands", href)
+    keep = stac_filter or StacFilter()
+    scenes = []
+    for item in read_items(href, stac_io()):
+        if not keep.accepts(item):
+            continue
+        text = f"{href}#{item.id}"
+        try:
+            assets = tuple(item_bands(item, band_names))
+        except GeoSegError as exc:
+            scenes.append(SceneSource(text, (href,), name=item.id, error=str(exc)))
+            continue
+        scenes.append(SceneSource(text, tuple(a.href for a in assets), name=item.id, assets=assets))
+    return scenes
 
 
 def read_list(path: Path) -> list[str]:
@@ -139,6 +176,8 @@ def _clean(stem: str) -> str:
 def base_name(source: SceneSource) -> str:
     """A scene's name from its files: the file stem; a stack's common stem prefix (``lsat7_2000`` for Landsat);
     characters other than letters, digits and ``._-`` become ``_``, and no name starts with a dot."""
+    if source.name is not None:
+        return _clean(source.name)
     stems = [_stem(b) for b in source.bands]
     if len(stems) == 1:
         return _clean(stems[0])

@@ -1,0 +1,278 @@
+"""STAC catalogues as scenes: one scene per Item, its bands chosen by name, read onto the finest band's grid.
+
+Archives (Sentinel-2, Landsat, commercial) publish **STAC** Items whose assets are per-band COGs. An input that
+is a STAC JSON file (an Item, an ItemCollection, or a static Catalog/Collection walked recursively; local, or
+``s3://`` through :mod:`geoseg.io.objectstore`) becomes one scene per Item that passes the filter
+(:class:`StacFilter`: a date range, a lon/lat box, a maximum ``eo:cloud_cover``, item ids).
+
+**Bands by name.** The model bundle lists its bands by name (``B04``, ``red``, ...). For each, an Item asset is
+found whose key, ``eo:bands`` name or common name, or STAC 1.1 ``bands`` name matches (case-insensitive), so the
+same bundle reads Earth Search items (keys ``red``, ``nir``) and Planetary Computer items (keys ``B04``,
+``B08``). An Item that lacks a band fails as its own scene, naming the band and the assets it has.
+
+**Values as the archive defines them.** Each band's ``raster:bands`` scale, offset and nodata are applied
+(Sentinel-2 L2A since baseline 04.00: reflectance = DN x 0.0001 - 0.1, DN 0 = nodata), so a model sees
+physical values whatever the processing baseline: train it on the same values. Bands of other resolutions
+(10/20/60 m) are read onto the grid of the finest one by nearest neighbour (a 20 m pixel becomes 2 x 2 10 m
+pixels, values unchanged), through a VRT: nothing is copied or resampled ahead of the read.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pystac
+import rasterio
+from rasterio.errors import RasterioIOError
+
+from geoseg.errors import GeoSegError
+from geoseg.io.sources import gdal_path
+from geoseg.io.writer import temp_sibling
+
+STAC_SUFFIXES = {".json"}
+_TYPES = {"Feature", "FeatureCollection", "Catalog", "Collection"}
+
+
+@dataclass(frozen=True)
+class BandAsset:
+    """One band of a STAC scene: where GDAL reads it and how its values become physical ones."""
+
+    name: str  # the band name the model asked for
+    href: str  # as GDAL opens it (s3:// -> /vsis3/, http(s) -> /vsicurl/)
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+
+
+@dataclass(frozen=True)
+class StacFilter:
+    """Which Items of a catalogue become scenes (every condition must hold; unset ones always do)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    bbox: tuple[float, float, float, float] | None = None  # lon/lat: west, south, east, north
+    max_cloud: float | None = None
+    ids: frozenset[str] | None = None
+
+    @classmethod
+    def parse(cls, terms: Iterable[str]) -> StacFilter:
+        """``datetime=2024-01-01/2024-06-30`` (``..`` for an open end), ``bbox=W,S,E,N``, ``max-cloud=20``,
+        ``ids=a,b``; one-line errors naming the term."""
+        fields: dict[str, Any] = {}
+        for term in terms:
+            key, sep, value = term.partition("=")
+            key = key.strip().lower().replace("_", "-")
+            try:
+                if not sep:
+                    raise ValueError("expected KEY=VALUE")
+                if key == "datetime":
+                    start, _, end = value.partition("/")
+                    fields["start"] = _instant(start) if start not in ("", "..") else None
+                    fields["end"] = _instant(end, end_of_day=True) if end not in ("", "..") else None
+                elif key == "bbox":
+                    numbers = tuple(float(v) for v in value.split(","))
+                    if len(numbers) != 4 or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
+                        raise ValueError("expected west,south,east,north in degrees")
+                    fields["bbox"] = numbers
+                elif key == "max-cloud":
+                    fields["max_cloud"] = float(value)
+                elif key == "ids":
+                    fields["ids"] = frozenset(v.strip() for v in value.split(",") if v.strip())
+                else:
+                    raise ValueError("known keys: datetime, bbox, max-cloud, ids")
+            except ValueError as exc:
+                raise GeoSegError(f"--stac-filter {term!r}: {exc}") from None
+        return cls(**fields)
+
+    def accepts(self, item: pystac.Item) -> bool:
+        if self.ids is not None and item.id not in self.ids:
+            return False
+        if self.start is not None or self.end is not None:
+            start = item.common_metadata.start_datetime or item.datetime
+            end = item.common_metadata.end_datetime or item.datetime
+            if start is None or end is None:
+                return False
+            if self.start is not None and _aware(end) < self.start:
+                return False
+            if self.end is not None and _aware(start) > self.end:
+                return False
+        if self.bbox is not None:
+            if item.bbox is None:
+                return False
+            w, s, e, n = item.bbox[0], item.bbox[1], item.bbox[-2], item.bbox[-1]
+            if w > self.bbox[2] or e < self.bbox[0] or s > self.bbox[3] or n < self.bbox[1]:
+                return False
+        if self.max_cloud is not None:
+            cloud = item.properties.get("eo:cloud_cover")
+            if cloud is None or float(cloud) > self.max_cloud:
+                return False
+        return True
+
+
+def _instant(text: str, end_of_day: bool = False) -> datetime:
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if end_of_day and len(text.strip()) == 10:  # a date: the whole day
+        value = value.replace(hour=23, minute=59, second=59, microsecond=999999)
+    return _aware(value)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def is_stac(text: str) -> bool:
+    """Whether an input names a STAC document (a ``.json`` file; a local one must say it is STAC)."""
+    if Path(text.split("?", 1)[0]).suffix.lower() not in STAC_SUFFIXES:
+        return False
+    if text.startswith(("s3://", "/vsis3/", "http://", "https://")):
+        return True
+    try:
+        with open(text, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return True  # missing: reading it gives the one-line error
+    return b"stac_version" in head or b'"type"' in head
+
+
+def read_items(href: str, stac_io: pystac.StacIO | None = None) -> list[pystac.Item]:
+    """Every Item ``href`` holds: itself, an ItemCollection's features, or a Catalog/Collection's items at any
+    depth. One-line errors for what is not readable STAC."""
+    try:
+        obj: Any = pystac.read_file(href, stac_io=stac_io)
+    except pystac.STACTypeError:  # an ItemCollection is no STACObject
+        try:
+            return list(pystac.ItemCollection.from_file(href, stac_io=stac_io))
+        except Exception as exc:
+            raise GeoSegError(f"not a STAC Item, ItemCollection or Catalog: {_cause(exc)}", href) from exc
+    except GeoSegError:
+        raise
+    except Exception as exc:
+        raise GeoSegError(f"cannot read the STAC document: {_cause(exc)}", href) from exc
+    if isinstance(obj, pystac.Item):
+        return [obj]
+    if isinstance(obj, pystac.Catalog):
+        try:
+            return list(obj.get_items(recursive=True))
+        except Exception as exc:
+            raise GeoSegError(f"cannot walk the STAC catalogue: {_cause(exc)}", href) from exc
+    raise GeoSegError(f"a STAC {type(obj).__name__} holds no items", href)
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _asset_names(key: str, asset: pystac.Asset) -> tuple[set[str], dict[str, Any]]:
+    """Names an asset answers to, and its (first) raster:bands / bands entry."""
+    names = {key.casefold()}
+    for band in asset.extra_fields.get("eo:bands") or []:
+        for field in ("name", "common_name"):
+            if isinstance(band.get(field), str):
+                names.add(band[field].casefold())
+    bands = asset.extra_fields.get("bands") or []  # STAC 1.1: eo/raster fields inside "bands"
+    for band in bands:
+        for field in ("name", "eo:common_name"):
+            if isinstance(band.get(field), str):
+                names.add(band[field].casefold())
+    raster = (asset.extra_fields.get("raster:bands") or [{}])[0]
+    if bands:
+        raster = {k.removeprefix("raster:"): v for k, v in bands[0].items()} | raster
+    nodata = raster.get("nodata", asset.extra_fields.get("nodata"))
+    return names, {"scale": raster.get("scale", 1.0), "offset": raster.get("offset", 0.0), "nodata": nodata}
+
+
+def item_bands(item: pystac.Item, names: Sequence[str]) -> list[BandAsset]:
+    """The asset of every band in ``names`` (in that order); a missing band is one line naming what exists."""
+    found: dict[str, BandAsset] = {}
+    keys = []
+    for key, asset in item.assets.items():
+        if asset.roles and not {"data", "reflectance"} & set(asset.roles):
+            continue  # thumbnails, metadata, overviews
+        keys.append(key)
+        answers, values = _asset_names(key, asset)
+        href = _gdal_href(asset.get_absolute_href() or asset.href)
+        nodata = values["nodata"]
+        for name in names:
+            if name.casefold() in answers and name not in found:
+                found[name] = BandAsset(
+                    name,
+                    href,
+                    float(values["scale"]),
+                    float(values["offset"]),
+                    None if nodata is None or (isinstance(nodata, str) and nodata != "nan") else float(nodata),
+                )
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise GeoSegError(
+            f"STAC item {item.id!r} has no asset for band {missing[0]}"
+            f"{f' (nor {len(missing) - 1} more)' if len(missing) > 1 else ''}; its data assets: "
+            f"{', '.join(keys) or 'none'}"
+        )
+    return [found[n] for n in names]
+
+
+def _gdal_href(href: str) -> str:
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    return gdal_path(href)
+
+
+def build_item_vrt(bands: Sequence[BandAsset], out: Path) -> Path:
+    """A VRT of ``bands`` on the finest band's grid, scale/offset applied, nodata kept as NaN (see module)."""
+    opened = []
+    for band in bands:
+        try:
+            with rasterio.open(band.href) as src:
+                if src.count != 1:
+                    raise GeoSegError(f"band {band.name} has {src.count} bands; one asset per band is read", band.href)
+                opened.append((band, src.crs, src.transform, src.width, src.height, src.dtypes[0], src.nodata))
+        except RasterioIOError as exc:
+            raise GeoSegError(f"band {band.name} cannot be read ({_cause(exc)})", band.href) from exc
+    reference = min(opened, key=lambda o: abs(o[2].a))
+    _, crs, ref_t, *_ = reference
+    west = min(o[2].c for o in opened)
+    north = max(o[2].f for o in opened)
+    east = max(o[2].c + o[3] * o[2].a for o in opened)
+    south = min(o[2].f + o[4] * o[2].e for o in opened)
+    width, height = round((east - west) / ref_t.a), round((north - south) / -ref_t.e)
+    parts = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f"<SRS>{html.escape(crs.to_wkt()) if crs else ''}</SRS>",
+        f"<GeoTransform>{west!r}, {ref_t.a!r}, 0.0, {north!r}, 0.0, {ref_t.e!r}</GeoTransform>",
+    ]
+    for i, (band, band_crs, t, w, h, _dtype, file_nodata) in enumerate(opened, start=1):
+        if band_crs != crs:
+            raise GeoSegError(f"band {band.name} is in another CRS than band {reference[0].name}", band.href)
+        if t.b or t.d:
+            raise GeoSegError(f"band {band.name} is rotated; STAC bands must be north-up", band.href)
+        x_off, y_off = (t.c - west) / ref_t.a, (north - t.f) / -ref_t.e
+        x_size, y_size = w * t.a / ref_t.a, h * t.e / ref_t.e
+        if not all(math.isclose(v, round(v), abs_tol=1e-6) for v in (x_off, y_off, x_size, y_size)):
+            raise GeoSegError(f"band {band.name} is not aligned with band {reference[0].name}'s pixels", band.href)
+        nodata = band.nodata if band.nodata is not None else file_nodata
+        parts.append(
+            f'<VRTRasterBand dataType="Float32" band="{i}"><NoDataValue>nan</NoDataValue>'
+            f"<Description>{html.escape(band.name)}</Description>"
+            f'<ComplexSource resampling="nearest"><SourceFilename relativeToVRT="0">'
+            f"{html.escape(band.href if band.href.startswith('/vsi') else str(Path(band.href).resolve()))}"
+            "</SourceFilename><SourceBand>1</SourceBand>"
+            f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+            f'<DstRect xOff="{round(x_off)}" yOff="{round(y_off)}" xSize="{round(x_size)}" ySize="{round(y_size)}"/>'
+            f"{'<NODATA>' + repr(float(nodata)) + '</NODATA>' if nodata is not None else ''}"
+            f"<ScaleOffset>{band.offset!r}</ScaleOffset><ScaleRatio>{band.scale!r}</ScaleRatio>"
+            "</ComplexSource></VRTRasterBand>"
+        )
+    parts.append("</VRTDataset>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_sibling(out)
+    staging.write_text("\n".join(parts))
+    os.replace(staging, out)
+    return out
