@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import PadMode
-from geoseg.io.sources import STACK_SEPARATOR, base_name, parse_stack
+from geoseg.io.sources import STACK_SEPARATOR, base_name, gdal_path, is_virtual, parse_stack
 from geoseg.io.stack import build_stack_vrt
 
 
@@ -224,8 +224,12 @@ class TrainConfig(_Strict):
         return self
 
     def scene_pairs(self) -> list[tuple[Path, Path, str]]:
-        """(image, labels, label_field) for every scene, with globs expanded, sorted by image path."""
-        root = Path(self.data.root)
+        """(image, labels, label_field) for every scene, with globs expanded, sorted by image path.
+
+        ``data.root`` may be in object storage (``s3://bucket/prefix`` or ``/vsis3/...``): scenes and labels are
+        then read in place through GDAL, and a glob is matched against the bucket's listing."""
+        root_text = gdal_path(self.data.root)
+        root = Path(root_text)  # a /vsis3/ path survives Path: no "//" inside
         pairs = []
         for source in self.data.scenes:
             if STACK_SEPARATOR in source.image:
@@ -235,13 +239,30 @@ class TrainConfig(_Strict):
                 pairs.append((image, root / source.labels.format(stem=image.stem), source.label_field))
                 continue
             pattern = str(root / source.image)
-            images = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+            if not glob.has_magic(pattern):
+                images = [Path(pattern)]
+            elif is_virtual(pattern):
+                images = sorted(Path(p) for p in list_matching(pattern))
+            else:
+                images = sorted(Path(p) for p in glob.glob(pattern))
             if not images:
                 raise GeoSegError("data.scenes: no image matches", pattern)
             for image in images:
                 labels = root / source.labels.format(stem=image.stem)
                 pairs.append((image, labels, source.label_field))
         return sorted(pairs)
+
+
+def list_matching(pattern: str) -> list[str]:
+    """``/vsis3/bucket/prefix/*.tif``: the objects whose keys match (listing the prefix before the first wildcard)."""
+    import fnmatch
+
+    from geoseg.io import objectstore
+
+    url = objectstore.S3Url.parse(pattern)
+    fixed = url.key[: min(url.key.index(c) for c in "*?[" if c in url.key)]
+    keys = objectstore.list_keys(objectstore.S3Url(url.bucket, fixed))
+    return [f"/vsis3/{url.bucket}/{k}" for k in keys if fnmatch.fnmatchcase(k, url.key)]
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from geoseg.config import TrainConfig
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
+from geoseg.io.sources import is_virtual
 from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.split import (
     BUFFER,
@@ -75,7 +76,7 @@ def split_scenes(config: TrainConfig, buffer: int | None = None) -> Split:
     scenes = []
     for image, labels, field in config.scene_pairs():
         info = open_scene(image)
-        if not labels.exists():
+        if not is_virtual(str(labels)) and not labels.exists():  # objects in a bucket: opening names a missing one
             raise GeoSegError("label file not found", labels)
         scenes.append((info, labels, field))
     val_share = 0.0 if data.val_region else data.val_fraction

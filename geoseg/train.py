@@ -39,6 +39,7 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.scene import file_sha256
 from geoseg.io.raster import open_scene
+from geoseg.io.sources import gdal_path, is_virtual
 from geoseg.losses import build_loss
 from geoseg.metrics import summarize
 from geoseg.models import ResNetUNet, build_model
@@ -362,7 +363,8 @@ def _prepare(cfg: TrainConfig, output: Path, console: Console) -> tuple[TrainCon
     """Everything checked before Ray starts: scenes, the split, bands, labels that give usable pixels, band
     statistics. The returned config has absolute paths and a resolved buffer, so every worker splits alike."""
     stacks = Path(cfg.data.stacks_dir).resolve() if cfg.data.stacks_dir else output / "stacks"
-    data: dict[str, Any] = {"root": str(Path(cfg.data.root).resolve()), "stacks_dir": str(stacks)}
+    root = gdal_path(cfg.data.root)
+    data: dict[str, Any] = {"root": root if is_virtual(root) else str(Path(root).resolve()), "stacks_dir": str(stacks)}
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
     if cfg.data.buffer is None:
         first = open_scene(cfg.scene_pairs()[0][0])

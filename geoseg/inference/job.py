@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -290,6 +291,7 @@ class _Job:
     ) -> None:
         self.spec, self.executor, self.out_dir, self.options = spec, executor, out_dir, options
         self.remote = remote
+        self.recorded = 0
         self.manifest, self.fingerprint, self.reports, self.console = manifest, fingerprint, reports, console
         self.publish = publish
         self.lock = threading.Lock()  # the publishing threads record too
@@ -305,6 +307,8 @@ class _Job:
             self.reports[name] = report
             vectors_key = self.options.vectors.key() if self.options.vectors is not None else None
             self.manifest.record(report, self.fingerprint, self.identities.get(name, ""), vectors_key)
+            self.recorded += 1
+            _kill_for_test(self.recorded)
 
     def failed(self, path: str, name: str, exc: BaseException) -> SceneReport:
         return SceneReport(scene=name, source=path, status=Status.FAILED, error=scene_error(exc, path))
@@ -402,6 +406,14 @@ class _Job:
             for future in publishing:
                 future.result()
             publisher.shutdown()
+
+
+def _kill_for_test(recorded: int) -> None:
+    """Fault injection for the resume tests: ``GEOSEG_KILL_AFTER_SCENES=N`` kills this process (SIGKILL: no
+    clean-up, as a node loss or an OOM kill) right after the N-th scene is recorded."""
+    after = os.environ.get("GEOSEG_KILL_AFTER_SCENES")
+    if after and recorded == int(after):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def scene_error(exc: BaseException, path: str) -> str:

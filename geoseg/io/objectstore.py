@@ -158,6 +158,17 @@ def download(url: S3Url, local: Path) -> bool:
     return True
 
 
+def list_keys(prefix: S3Url) -> list[str]:
+    """Every key under ``prefix`` (paginated)."""
+    keys: list[str] = []
+    try:
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket, Prefix=prefix.key):
+            keys.extend(o["Key"] for o in page.get("Contents", []))
+    except Exception as exc:
+        raise s3_error(exc, prefix, "list the objects") from exc
+    return keys
+
+
 def delete(url: S3Url) -> None:
     try:
         client().delete_object(Bucket=url.bucket, Key=url.key)

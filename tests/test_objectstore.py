@@ -1,0 +1,245 @@
+"""Archives in object storage, against a real S3 server on 127.0.0.1 (moto in server mode, started here, with
+authentication on): a STAC catalogue in one bucket predicted into another, byte-identical to a local run; a job
+killed mid-way resumed against the bucket from an empty spool; one-line errors for a missing bucket and for
+wrong credentials; an item without a band failing alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from test_stac import catalog
+
+from geoseg import cli
+from geoseg.io import objectstore
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A moto S3 server with IAM authentication: an access key allowed everything, created through the first
+    (unauthenticated) requests; the environment GDAL and boto3 read points at it for this module."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"moto server did not start: {log.read_text()[-500:]}") from None
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        boot = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        iam = boto3.client("iam", **boot)
+        iam.create_user(UserName="geoseg")
+        key = iam.create_access_key(UserName="geoseg")["AccessKey"]
+        allow_all = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        policy = iam.create_policy(PolicyName="all", PolicyDocument=json.dumps(allow_all))["Policy"]["Arn"]
+        iam.attach_user_policy(UserName="geoseg", PolicyArn=policy)
+        settings = {
+            "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
+            "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        saved = {k: os.environ.get(k) for k in settings}
+        os.environ.update(settings)
+        objectstore._client.cache_clear()
+        try:
+            yield settings
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            objectstore._client.cache_clear()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _put_tree(folder: Path, bucket: str, prefix: str) -> None:
+    client = objectstore.client()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
+@pytest.fixture(scope="module")
+def archive(s3, tmp_path_factory) -> dict[str, Path | str]:
+    """The catalogue of test_stac (clear, cloudy, no-nir items) twice: on disk, and in s3://archive/ with its
+    assets' hrefs pointing into the bucket, as published archives are."""
+    local = tmp_path_factory.mktemp("archive")
+    root = catalog(local)
+    remote = tmp_path_factory.mktemp("remote-catalog")
+    for item_file in (local / "catalog").rglob("*.json"):
+        target = remote / item_file.relative_to(local / "catalog")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        doc = json.loads(item_file.read_text())
+        for asset in doc.get("assets", {}).values():
+            asset["href"] = "s3://archive/data/" + Path(asset["href"]).name
+        target.write_text(json.dumps(doc))
+    client = objectstore.client()
+    client.create_bucket(Bucket="archive")
+    client.create_bucket(Bucket="results")
+    _put_tree(local / "data", "archive", "data")
+    _put_tree(remote, "archive", "catalog")
+    return {"local": root, "remote": "s3://archive/catalog/catalog.json"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from geoseg.bundle import BandSpec, init_bundle
+
+    names = ["B02", "B03", "B04", "B08", "B11"]
+    bands = [BandSpec(name=n, index=i, mean=0.1, std=0.1) for i, n in enumerate(names, 1)]
+    return init_bundle(tmp_path_factory.mktemp("b") / "bundle", "unet", 5, 3, bands=bands, base_channels=4, depth=2)
+
+
+def _predict(bundle: Path, source: str, output: str, *extra: str) -> tuple[int, str]:
+    args = ["predict", "--model", str(bundle), "--input", source, "--output", output, "--in-process", *extra]
+    result = CliRunner().invoke(cli.cli, args)
+    return result.exit_code, result.output
+
+
+def _objects(bucket: str, prefix: str) -> dict[str, bytes]:
+    client = objectstore.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"][len(prefix) :]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def test_a_catalogue_in_a_bucket_predicts_into_another_bucket_as_a_local_run_does(
+    s3, archive, bundle, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("GEOSEG_SPOOL", str(tmp_path / "spool"))
+    code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "gpkg")
+    assert code == 1 and "item 'no-nir' has no asset for band B08" in output  # fails alone
+    local_code, _ = _predict(bundle, str(archive["local"]), str(tmp_path / "local"), "--vectorize", "gpkg")
+    assert local_code == 1
+    objects = _objects("results", "job1/")
+    for name in ("clear.tif", "cloudy.tif"):
+        assert objects[name] == (tmp_path / "local" / name).read_bytes()  # the same bytes as the local run
+    assert {"clear.gpkg", "clear.qml", "clear.tif.aux.xml", "manifest.json", "report.json"} <= set(objects)
+    manifest = json.loads(objects["manifest.json"])["scenes"]
+    assert manifest["clear"]["output"] == "s3://results/job1/clear.tif" and manifest["no-nir"]["status"] == "failed"
+    assert not any(k.startswith(".") or "partial" in k for k in objects)  # no staging object ever
+    assert not [p for p in (tmp_path / "spool").rglob("*.tif") if p.parent.name != "stacks"]  # the spool is emptied
+    # Rerun: everything finished is found in the bucket, nothing is recomputed.
+    code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "gpkg")
+    report = json.loads(_objects("results", "job1/")["report.json"])
+    assert [s["status"] for s in report["scenes"] if s["scene"] != "no-nir"] == ["skipped", "skipped"]
+
+
+def test_a_job_killed_mid_way_resumes_against_the_bucket_from_an_empty_spool(s3, archive, bundle, tmp_path) -> None:
+    env = dict(os.environ, GEOSEG_SPOOL=str(tmp_path / "spool-a"), GEOSEG_KILL_AFTER_SCENES="1", PYTHONPATH=str(REPO))
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--input", archive["remote"]]
+    args += ["--output", "s3://results/job2/", "--in-process", "--stac-filter", "ids=clear,cloudy"]
+    killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    first = _objects("results", "job2/")
+    recorded = [json.loads(line)["scene"] for line in first["manifest.jsonl"].decode().splitlines()]
+    assert len(recorded) == 1 and f"{recorded[0]}.tif" in first and "report.json" not in first
+    env = dict(env, GEOSEG_SPOOL=str(tmp_path / "spool-b"))  # another machine: nothing local survives
+    env.pop("GEOSEG_KILL_AFTER_SCENES")
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads(_objects("results", "job2/")["report.json"])
+    status = {s["scene"]: s["status"] for s in report["scenes"]}
+    assert status[recorded[0]] == "skipped" and sorted(status.values()) == ["ok", "skipped"]
+    assert _objects("results", "job2/")[f"{recorded[0]}.tif"] == first[f"{recorded[0]}.tif"]
+
+
+def test_a_missing_bucket_and_wrong_credentials_are_one_line_each(s3, archive, bundle, tmp_path) -> None:
+    env = dict(os.environ, GEOSEG_SPOOL=str(tmp_path / "spool"), PYTHONPATH=str(REPO))
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--input", archive["remote"]]
+
+    def run(output: str, **changes: str) -> tuple[int, str]:
+        done = subprocess.run([*args, "--output", output], env=env | changes, capture_output=True, text=True)
+        return done.returncode, done.stdout + done.stderr
+
+    code, output = run("s3://no-such-bucket/job/")
+    expected = "s3://no-such-bucket/job/: cannot write to the output bucket: the bucket does not exist"
+    assert code == 1 and expected in output and "Traceback" not in output, output
+    code, output = run("s3://results/job3/", AWS_SECRET_ACCESS_KEY="wrong-secret")
+    assert code == 1 and "the credentials are not valid" in output and "wrong-secret" not in output, output
+    assert len(output.strip().splitlines()) == 1, output
+
+
+def test_an_item_whose_asset_is_missing_from_the_bucket_fails_alone(s3, archive, bundle, tmp_path) -> None:
+    doc = json.loads(objectstore.read_bytes(objectstore.S3Url.parse("s3://archive/catalog/s2-l2a/clear/clear.json")))
+    doc["id"] = "lost"
+    doc["assets"]["B02"]["href"] = "s3://archive/data/never-uploaded_B02.tif"
+    doc["links"] = []
+    objectstore.client().put_object(Bucket="archive", Key="single/lost.json", Body=json.dumps(doc).encode())
+    env = dict(os.environ, GEOSEG_SPOOL=str(tmp_path / "spool"), PYTHONPATH=str(REPO))
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--output", "s3://results/job4/"]
+    args += ["--input", archive["remote"], "--input", "s3://archive/single/lost.json", "--in-process"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "band B02 cannot be read" in done.stdout + done.stderr
+    report = json.loads(_objects("results", "job4/")["report.json"])
+    status = {s["scene"]: s["status"] for s in report["scenes"]}
+    assert status == {"clear": "ok", "cloudy": "ok", "no-nir": "failed", "lost": "failed"}
+
+
+def test_training_reads_scenes_and_labels_from_a_bucket_as_from_disk(s3, tmp_path) -> None:
+    """Scenes found by a glob over the bucket's listing, raster and polygon labels read in place: the training
+    patches equal those of the same archive on disk."""
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from geoseg.config import validate_config
+    from geoseg.data import PatchDataset
+    from geoseg.synth import make_archive
+    from geoseg.train import _prepare
+
+    make_archive(tmp_path / "synthetic", scenes=2, size=96, seed=4)
+    objectstore.client().create_bucket(Bucket="training")
+    _put_tree(tmp_path / "synthetic", "training", "synthetic")
+    patches = {}
+    for where, root in (("disk", str(tmp_path / "synthetic")), ("bucket", "s3://training/synthetic")):
+        for labels in ("{stem}_labels.tif", "{stem}_labels.gpkg"):
+            tree = {
+                "data": {"root": root, "scenes": [{"image": "scene_???.tif", "labels": labels}], "split": "scene"},
+                "classes": [{"id": i, "name": f"c{i}", "color": [0, 0, 0]} for i in range(6)],
+            }
+            _, spec, split = _prepare(validate_config(tree), tmp_path / f"run-{where}", Console(quiet=True))
+            assert [s.info.path.rsplit("/", 1)[-1] for s in split.train + split.val] == [
+                "scene_000.tif",
+                "scene_001.tif",
+            ]
+            means = np.array([b.mean for b in spec.bands])
+            stds = np.array([b.std for b in spec.bands])
+            dataset = PatchDataset(split.train, list(range(6)), [1, 2, 3, 4], means, stds, 48, stride=48)
+            patches[(where, labels)] = [dataset[i] for i in range(len(dataset))]
+    for labels in ("{stem}_labels.tif", "{stem}_labels.gpkg"):
+        disk, bucket = patches[("disk", labels)], patches[("bucket", labels)]
+        assert len(disk) == len(bucket) == 4
+        for (x_disk, y_disk), (x_bucket, y_bucket) in zip(disk, bucket, strict=True):
+            assert torch.equal(x_disk, x_bucket) and torch.equal(y_disk, y_bucket)
