@@ -237,7 +237,7 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     callback=_predict_config_defaults,
     help="YAML job file with any of these options (keys: long names with _); the command line wins.",
 )
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True, help="Model bundle.")
+@click.option("--model", "model_dir", required=True, help="Model bundle folder, or s3://bucket/prefix/ of one.")
 @click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
 @click.argument("more_inputs", nargs=-1)
 @click.option(
@@ -301,7 +301,7 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 )
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def predict(
-    model_dir: Path,
+    model_dir: str,
     inputs: tuple[str, ...],
     more_inputs: tuple[str, ...],
     output: str,
@@ -351,7 +351,7 @@ def predict(
     )
     job_folder: str | Path = output if is_s3(output) else Path(output)
     reports = predict_archive(
-        model_dir,
+        model_dir if is_s3(model_dir) else Path(model_dir),
         all_inputs,
         job_folder,
         options,

@@ -156,8 +156,10 @@ def test_a_catalogue_in_a_bucket_predicts_into_another_bucket_as_a_local_run_doe
 
 
 def test_a_job_killed_mid_way_resumes_against_the_bucket_from_an_empty_spool(s3, archive, bundle, tmp_path) -> None:
+    _put_tree(bundle, "archive", "models/landcover")  # the model from the bucket too: nothing on a shared disk
     env = dict(os.environ, GEOSEG_SPOOL=str(tmp_path / "spool-a"), GEOSEG_KILL_AFTER_SCENES="1", PYTHONPATH=str(REPO))
-    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--input", archive["remote"]]
+    model = "s3://archive/models/landcover/"
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", model, "--input", archive["remote"]]
     args += ["--output", "s3://results/job2/", "--in-process", "--stac-filter", "ids=clear,cloudy"]
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -6,6 +6,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -73,13 +75,14 @@ def _copied_into_image(path_in_image: str) -> Path:
     return REPO / relative
 
 
-def test_kuberay_job_matches_the_project() -> None:
+@pytest.mark.parametrize("name", ["rayjob-predict.yaml", "rayjob-predict-s3.yaml"])
+def test_kuberay_job_matches_the_project(name: str) -> None:
     import yaml
 
     from geoseg import __version__
     from geoseg.config import PredictConfig
 
-    docs = list(yaml.safe_load_all((REPO / "configs" / "cluster" / "rayjob-predict.yaml").read_text()))
+    docs = list(yaml.safe_load_all((REPO / "configs" / "cluster" / name).read_text()))
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     job = next(d for d in docs if d["kind"] == "RayJob")
     assert job["apiVersion"] == "ray.io/v1"

@@ -40,7 +40,7 @@ from geoseg.inference.outputs import (
     remove_stale_partials,
     scene_names,
 )
-from geoseg.inference.remote import RemoteFolder, spool_folder
+from geoseg.inference.remote import RemoteFolder, fetch_bundle, spool_folder
 from geoseg.inference.report import SceneReport, Status, job_report, print_summary
 from geoseg.inference.scene import (
     Published,
@@ -77,7 +77,7 @@ def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
 
 
 def predict_archive(
-    bundle_dir: Path,
+    bundle_dir: Path | str,
     inputs: Iterable[str],
     out_dir: Path | str,
     options: PredictOptions,
@@ -104,7 +104,7 @@ def predict_archive(
     named cluster, else a Ray pool (``in_process`` forces either; see :func:`choose_path`).
     """
     console = console or Console(stderr=True, soft_wrap=True)
-    bundle_dir = Path(bundle_dir)
+    bundle_dir = fetch_bundle(S3Url.parse(str(bundle_dir))) if is_s3(bundle_dir) else Path(bundle_dir)
     spec, model = load_bundle(bundle_dir)
     sources = expand_inputs(inputs, stac_band_names(spec), stac_filter)
     if not sources:

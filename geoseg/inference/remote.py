@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import JOURNAL, MANIFEST
 from geoseg.inference.outputs import scene_outputs
 from geoseg.inference.scene import Published
@@ -33,6 +34,18 @@ SPOOL_ENV = "GEOSEG_SPOOL"
 def spool_folder(url: S3Url) -> Path:
     base = Path(os.environ.get(SPOOL_ENV) or Path(tempfile.gettempdir()) / "geoseg-spool")
     return base / hashlib.sha256(str(url).encode()).hexdigest()[:16]
+
+
+def fetch_bundle(url: S3Url) -> Path:
+    """A model bundle in a bucket (``s3://models/landcover/bundle/``), downloaded into the spool: the driver
+    loads it from there and ships the weights to the workers through Ray, as for a local bundle."""
+    from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE
+
+    local = spool_folder(url) / "bundle"
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        if not objectstore.download(url.child(name), local / name):
+            raise GeoSegError(f"no model bundle here ({name} is missing)", str(url))
+    return local
 
 
 class RemoteFolder:
