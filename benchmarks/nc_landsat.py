@@ -25,11 +25,11 @@ import rasterio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geoseg.config import TrainConfig, load_config  # noqa: E402
 from geoseg.io.raster import on_grid, warp_to_grid  # noqa: E402
 from geoseg.metrics import summarize  # noqa: E402
-from geoseg.split import TEST, TRAIN  # noqa: E402
-from geoseg.train import train  # noqa: E402
+from geoseg.training.config import TrainConfig, load_config  # noqa: E402
+from geoseg.training.loop import train  # noqa: E402
+from geoseg.training.split import TEST, TRAIN  # noqa: E402
 
 CONFIG = ROOT / "configs" / "nc_landsat.yaml"
 

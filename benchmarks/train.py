@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import print_table  # noqa: E402
 from geoseg.cluster import ray_session  # noqa: E402
-from geoseg.config import load_config  # noqa: E402
 from geoseg.synth import make_archive  # noqa: E402
-from geoseg.train import train  # noqa: E402
+from geoseg.training.config import load_config  # noqa: E402
+from geoseg.training.loop import train  # noqa: E402
 
 PIPELINE_PATCHES = 192
 
@@ -51,8 +51,8 @@ def _pipeline(work: Path, loader_workers: int, model: object | None = None) -> f
     import torch
     from torch.utils.data import DataLoader
 
-    from geoseg.data import PatchDataset, loader_worker_init, split_scenes
-    from geoseg.losses import build_loss
+    from geoseg.training.data import PatchDataset, loader_worker_init, split_scenes
+    from geoseg.training.losses import build_loss
 
     cfg = load_config(ROOT / "configs" / "synthetic.yaml", [f"data.root={work}", "data.patch_size=256"])
     scenes = split_scenes(cfg).train
@@ -76,7 +76,7 @@ def _pipeline(work: Path, loader_workers: int, model: object | None = None) -> f
         break
     started = time.perf_counter()
     for x, y in loader:
-        if model is not None and optimizer is not None:  # as geoseg.train steps: channels_last, loss on device
+        if model is not None and optimizer is not None:  # as geoseg.training.loop steps: channels_last, loss on device
             loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)  # type: ignore[operator]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -129,7 +129,7 @@ def _compute_only(model: object) -> float:
 
     import torch
 
-    from geoseg.losses import build_loss
+    from geoseg.training.losses import build_loss
 
     x = torch.randn(8, 4, 256, 256).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 6, (8, 256, 256))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
 from geoseg import __version__
@@ -26,6 +26,7 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.tiling import ModelGeometry
 from geoseg.models import build_model
 from geoseg.models.pretrained import read_state_dict
+from geoseg.settings import Strict
 
 SPEC_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
@@ -46,31 +47,27 @@ PALETTE: list[tuple[int, int, int]] = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BandSpec(_Strict):
+class BandSpec(Strict):
     name: str = Field(description="Band name, e.g. 'red' or 'B4'.")
     index: int = Field(ge=1, description="1-based band index to read from the input raster.")
     mean: float = Field(description="Mean of the raw band values over the training scenes.")
     std: float = Field(gt=0, description="Standard deviation of the raw band values.")
 
 
-class ClassSpec(_Strict):
+class ClassSpec(Strict):
     id: int = Field(ge=0, le=254, description="Value written to the class raster (255 is nodata).")
     name: str
     color: tuple[int, int, int] = Field(description="RGB colour for the colour table and quicklooks.")
 
 
-class ArchitectureSpec(_Strict):
+class ArchitectureSpec(Strict):
     name: str = Field(description="Registered architecture name (see geoseg.models.MODELS).")
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Constructor arguments besides in_channels and num_classes."
     )
 
 
-class BundleSpec(_Strict):
+class BundleSpec(Strict):
     format_version: int = FORMAT_VERSION
     geoseg_version: str = __version__
     architecture: ArchitectureSpec

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
-from geoseg.vectorize import VectorizeOptions
+from geoseg.vector.polygonize import VectorizeOptions
 
 if TYPE_CHECKING:
     from geoseg.bundle import BandSpec, ClassSpec
@@ -199,8 +199,8 @@ def bundle_info(directory: Path) -> None:
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_address: str | None) -> None:
     """Train a model with Ray Train; writes OUTPUT/bundle, metrics.json and curves.png."""
-    from geoseg.config import load_config
-    from geoseg.train import train as run_train
+    from geoseg.training.config import load_config
+    from geoseg.training.loop import train as run_train
 
     cfg = load_config(config_path, list(overrides))
     run_train(cfg, output, ray_address=ray_address, console=console)
@@ -219,7 +219,7 @@ _PREDICT_PARAM_NAMES = {
 def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
     """Make the values of ``--config FILE`` the defaults of the other options (the command line wins)."""
     if path is not None:
-        from geoseg.config import load_predict_config
+        from geoseg.inference.jobfile import load_predict_config
 
         values = load_predict_config(path).model_dump(exclude_none=True)
         if not values.get("input"):
@@ -407,8 +407,8 @@ def vectorize(
     ray_address: str | None,
 ) -> None:
     """Polygonize a class raster chunk by chunk (exactly as a whole-raster polygonize) and export it."""
-    from geoseg.export import output_path
-    from geoseg.vectorize_job import vectorize_raster
+    from geoseg.vector.export import output_path
+    from geoseg.vector.job import vectorize_raster
 
     options = _vectorize_options(
         skip_class, min_area, fill_holes, simplify, chunk=chunk, connectivity=int(connectivity), to_crs=to_crs, fmt=fmt

@@ -13,8 +13,6 @@ from rich.table import Table
 
 from geoseg.bundle import load_spec
 from geoseg.cluster import ray_session
-from geoseg.config import load_config
-from geoseg.data import split_scenes
 from geoseg.evaluate import evaluate
 from geoseg.inference.job import predict_archive
 from geoseg.inference.manifest import write_json_atomic
@@ -22,8 +20,10 @@ from geoseg.inference.options import PredictOptions
 from geoseg.metrics import summarize
 from geoseg.quicklook import quicklook
 from geoseg.synth import make_archive
-from geoseg.train import train
-from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+from geoseg.training.config import load_config
+from geoseg.training.data import split_scenes
+from geoseg.training.loop import train
+from geoseg.vector.job import VectorizeOptions, vectorize_raster
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 

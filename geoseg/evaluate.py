@@ -17,7 +17,7 @@ from geoseg.io.raster import on_grid, warp_to_grid
 from geoseg.io.vectors import is_vector, read_class_polygons, read_polygons
 from geoseg.io.writer import class_names_from_tags
 from geoseg.metrics import summarize
-from geoseg.vectorize import polygonize
+from geoseg.vector.polygonize import polygonize
 
 
 def _open(path: Path, role: str) -> rasterio.DatasetReader:

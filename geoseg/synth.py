@@ -20,9 +20,9 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry import LineString, Point, Polygon, box
 
-from geoseg.export import to_geodataframe, write_polygons
 from geoseg.io.writer import class_tags
-from geoseg.vectorize import polygonize
+from geoseg.vector.export import to_geodataframe, write_polygons
+from geoseg.vector.polygonize import polygonize
 
 
 @dataclass(frozen=True)

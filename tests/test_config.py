@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from geoseg.config import load_config, load_predict_config
 from geoseg.errors import GeoSegError
+from geoseg.inference.jobfile import load_predict_config
+from geoseg.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,10 +33,12 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
     job = tmp_path / "job.yaml"
     job.write_text(
         "model: m\ninput: [a.tif, b.tif]\noutput: out\ntile: 128\npad: nodata\nvectorize: fgb\ncompile: true\n"
+        "stac_filter: [max-cloud=20]\n"
     )
 
-    def fake_predict_archive(bundle, inputs, out, options, workers, address, console, compile, in_process):
+    def fake_predict_archive(bundle, inputs, out, options, workers, address, console, compile, in_process, stac_filter):
         seen.update(
+            stac_filter=stac_filter,
             bundle=bundle,
             inputs=inputs,
             out=out,
@@ -52,6 +55,7 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
     assert seen["bundle"] == Path("m") and seen["inputs"] == ["a.tif", "b.tif"] and seen["out"] == Path("out")
     assert seen["options"].tile == 96 and seen["options"].pad_mode == "nodata"
     assert seen["options"].vector_format == "fgb" and seen["workers"] == 3 and seen["compile"] is True
+    assert seen["stac_filter"].max_cloud == 20 and seen["stac_filter"].ids is None  # from the job file
 
 
 def test_set_overrides_nested_keys_with_yaml_values() -> None:

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from geoseg.config import validate_config
-from geoseg.data import PatchDataset, augmentation, band_statistics, split_scenes
 from geoseg.synth import make_archive
+from geoseg.training.config import validate_config
+from geoseg.training.data import PatchDataset, augmentation, band_statistics, split_scenes
 
 CLASSES = [{"id": i, "name": f"c{i}", "color": [i, i, i]} for i in range(6)]
 
@@ -132,8 +132,8 @@ def test_augmentation_moves_image_and_mask_together() -> None:
 
 @pytest.mark.parametrize("vector", [False, True])
 def test_class_balanced_sampling_finds_a_rare_class(make_geotiff, tmp_path, vector) -> None:
-    from geoseg.export import to_geodataframe, write_polygons
-    from geoseg.vectorize import polygonize
+    from geoseg.vector.export import to_geodataframe, write_polygons
+    from geoseg.vector.polygonize import polygonize
 
     make_geotiff(np.ones((1, 512, 512), np.uint16), name="scene_000.tif")
     labels = np.zeros((512, 512), np.uint8)
@@ -171,7 +171,7 @@ def test_loader_processes_give_the_same_patches_and_follow_the_epoch(archive) ->
     from rasterio.windows import Window
     from torch.utils.data import DataLoader
 
-    from geoseg.data import loader_worker_init
+    from geoseg.training.data import loader_worker_init
 
     dataset = PatchDataset(*_dataset_args(archive, "{stem}_labels.tif"), 64, count=12, augment=True, seed=4)
     dataset.labels[0].read(Window(0, 0, 8, 8))  # files already open in the parent must not be shared

@@ -10,8 +10,8 @@ from bad_inputs import write_geotiff
 from rasterio import features
 from shapely.geometry import box, shape
 
-from geoseg.dissolve import RaggedPolygons, ranges
-from geoseg.vectorize import polygonize
+from geoseg.vector.dissolve import RaggedPolygons, ranges
+from geoseg.vector.polygonize import polygonize
 
 
 def test_ranges_is_a_concatenation_of_aranges() -> None:

@@ -12,9 +12,9 @@ import rasterio
 from rich.console import Console
 
 from geoseg.bundle import load_bundle
-from geoseg.config import load_config
 from geoseg.demo import DEMO_CONFIG, run_demo
-from geoseg.train import train
+from geoseg.training.config import load_config
+from geoseg.training.loop import train
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -115,7 +115,7 @@ def test_the_test_set_is_scored_once_on_whole_scene_predictions(demo, tmp_path) 
     after training and scored on its own pixels only: metrics.json equals a count made here from the rasters."""
     import numpy as np
 
-    from geoseg.split import TEST
+    from geoseg.training.split import TEST
 
     workdir = Path(demo["workdir"])
     blocks = ["data.split=blocks", "data.block_size=64", "data.val_fraction=0.25", "data.test_fraction=0.25"]

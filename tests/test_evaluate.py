@@ -8,9 +8,9 @@ from affine import Affine
 
 from geoseg.errors import GeoSegError
 from geoseg.evaluate import evaluate
-from geoseg.export import to_geodataframe, write_polygons
 from geoseg.metrics import confusion_matrix, summarize
-from geoseg.vectorize import polygonize
+from geoseg.vector.export import to_geodataframe, write_polygons
+from geoseg.vector.polygonize import polygonize
 
 
 def test_confusion_and_summary_by_hand() -> None:

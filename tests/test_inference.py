@@ -640,7 +640,7 @@ def test_changing_only_polygon_options_reruns_no_model(make_geotiff, bundle3, tm
     raster (the model is not called, the raster is not rewritten), the old .gpkg is removed, a third run skips."""
     from dataclasses import replace
 
-    from geoseg.vectorize import VectorizeOptions
+    from geoseg.vector.polygonize import VectorizeOptions
 
     spec, model = load_bundle(bundle3)
     calls = []

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from geoseg.losses import BinaryBCELoss, CEDiceLoss, SoftDiceLoss, build_loss
+from geoseg.training.losses import BinaryBCELoss, CEDiceLoss, SoftDiceLoss, build_loss
 
 
 def _logits_for(probs: list[list[float]]) -> torch.Tensor:
@@ -75,7 +75,7 @@ def test_all_ignored_batch_gives_zero_gradient_not_nan() -> None:
 def test_masked_cross_entropy_is_torchs_mean_and_zero_on_an_unlabelled_batch(weights) -> None:
     """Equal to nn.CrossEntropyLoss (weighted mean over labelled pixels) without a host sync per step; a batch
     with no labelled pixel gives 0 and finite (zero) gradients instead of NaN."""
-    from geoseg.losses import MaskedCrossEntropy
+    from geoseg.training.losses import MaskedCrossEntropy
 
     torch.manual_seed(0)
     w = None if weights is None else torch.tensor(weights)

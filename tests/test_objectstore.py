@@ -216,10 +216,10 @@ def test_training_reads_scenes_and_labels_from_a_bucket_as_from_disk(s3, tmp_pat
     import torch
     from rich.console import Console
 
-    from geoseg.config import validate_config
-    from geoseg.data import PatchDataset
     from geoseg.synth import make_archive
-    from geoseg.train import _prepare
+    from geoseg.training.config import validate_config
+    from geoseg.training.data import PatchDataset
+    from geoseg.training.loop import _prepare
 
     make_archive(tmp_path / "synthetic", scenes=2, size=96, seed=4)
     objectstore.client().create_bucket(Bucket="training")

@@ -80,7 +80,7 @@ def test_kuberay_job_matches_the_project(name: str) -> None:
     import yaml
 
     from geoseg import __version__
-    from geoseg.config import PredictConfig
+    from geoseg.inference.jobfile import PredictConfig
 
     docs = list(yaml.safe_load_all((REPO / "configs" / "cluster" / name).read_text()))
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")

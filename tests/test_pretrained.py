@@ -12,11 +12,11 @@ import torch
 from rich.console import Console
 from torchvision.models import resnet18, resnet34, resnet50
 
-from geoseg.config import validate_config
 from geoseg.errors import GeoSegError
 from geoseg.models import ResNetUNet
 from geoseg.synth import make_archive
-from geoseg.train import _prepare, initial_model
+from geoseg.training.config import validate_config
+from geoseg.training.loop import _prepare, initial_model
 
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 

@@ -11,10 +11,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from geoseg.config import validate_config
-from geoseg.data import PatchDataset, split_scenes
 from geoseg.errors import GeoSegError
-from geoseg.split import BUFFER, TEST, TRAIN, VAL, RoleMap, apply_buffer, block_roles, dilate, strip_roles
+from geoseg.training.config import validate_config
+from geoseg.training.data import PatchDataset, split_scenes
+from geoseg.training.split import BUFFER, TEST, TRAIN, VAL, RoleMap, apply_buffer, block_roles, dilate, strip_roles
 
 SIZE = 192
 ORIGIN = Affine(10.0, 0, 500_000, 0, -10.0, 4_100_000)  # 10 m pixels, EPSG:32633
@@ -174,8 +174,8 @@ def test_the_shipped_nc_config_keeps_its_test_region_out_of_training(real_data, 
 
     from rasterio.warp import transform as transform_xy
 
-    from geoseg.config import load_config
-    from geoseg.train import receptive_field
+    from geoseg.training.config import load_config
+    from geoseg.training.loop import receptive_field
 
     config = Path(__file__).resolve().parents[1] / "configs" / "nc_landsat.yaml"
     cfg = load_config(config, [f"data.root={real_data / 'nc_landsat'}", f"data.stacks_dir={tmp_path}"])

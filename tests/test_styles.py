@@ -16,8 +16,8 @@ import rasterio
 from geoseg.io import open_scene
 from geoseg.io.styles import style_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
-from geoseg.vectorize import VectorizeOptions
-from geoseg.vectorize_job import vectorize_raster
+from geoseg.vector.job import vectorize_raster
+from geoseg.vector.polygonize import VectorizeOptions
 
 NAMES = ["water", "forest & shrub", "urban <dense>"]  # names that need escaping in XML
 COLORS = [(31, 119, 180), (44, 160, 44), (214, 39, 40)]

@@ -16,8 +16,8 @@ from rasterio import features
 from shapely.geometry import shape
 
 from geoseg.errors import GeoSegError
-from geoseg.export import FORMATS, to_geodataframe, write_polygons
-from geoseg.vectorize import polygonize
+from geoseg.vector.export import FORMATS, to_geodataframe, write_polygons
+from geoseg.vector.polygonize import polygonize
 
 
 def _whole(path):
@@ -211,7 +211,7 @@ def test_same_polygons_as_gdal_polygonize(real_data, tmp_path) -> None:
 
 
 def test_simplification_keeps_shared_edges(tmp_path) -> None:
-    from geoseg.refine import simplify_shared_edges
+    from geoseg.vector.refine import simplify_shared_edges
 
     rng = np.random.default_rng(1)
     small = rng.integers(0, 3, (8, 8)).astype(np.uint8)
@@ -228,7 +228,7 @@ def test_simplification_keeps_shared_edges(tmp_path) -> None:
 
 def test_min_area_and_hole_filling_keep_a_partition(tmp_path) -> None:
     """Hand-made: a 4-pixel hole, a 1-pixel speck and a 3-pixel island inside a 12-pixel hole."""
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
 
     data = np.zeros((30, 30), np.uint8)
     data[5:25, 5:25] = 1
@@ -260,7 +260,7 @@ def test_min_area_and_hole_filling_keep_a_partition(tmp_path) -> None:
 
 def test_the_minimum_mapping_unit_is_gdal_sieve(tmp_path) -> None:
     """The sieved polygons are exactly GDAL's: rasterio.features.sieve of the whole array, polygonized."""
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
 
     rng = np.random.default_rng(5)
     data = rng.integers(0, 4, (60, 70)).astype(np.uint8)
@@ -283,7 +283,7 @@ def test_the_minimum_mapping_unit_is_gdal_sieve(tmp_path) -> None:
 
 
 def test_confidence_attribute_from_a_probability_raster(tmp_path) -> None:
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
 
     data = np.zeros((20, 20), np.uint8)
     data[:, 10:] = 1
@@ -310,7 +310,7 @@ def test_confidence_attribute_from_a_probability_raster(tmp_path) -> None:
 
 @pytest.mark.realdata
 def test_streamed_outputs_hold_exactly_the_whole_raster_polygons(real_data, tmp_path) -> None:
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
 
     mask = real_data / "nc_landsat" / "strata.tif"
     whole, data, valid, transform = _whole(mask)
@@ -332,7 +332,7 @@ def test_streamed_outputs_hold_exactly_the_whole_raster_polygons(real_data, tmp_
 
 
 def test_a_raster_without_polygons_gives_an_empty_layer(make_geotiff, tmp_path) -> None:
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
 
     mask = make_geotiff(np.full((20, 30), 255, np.uint8), nodata=255)
     assert vectorize_raster(mask, [tmp_path / "e.gpkg"], VectorizeOptions(chunk=8), workers=1) == 0
@@ -356,8 +356,8 @@ def test_the_issues_land_cover_command_keeps_a_partition(real_data, tmp_path) ->
     """`vectorize strata.tif --simplify 30 --min-area 10000 --fill-holes 50000` on the real NC land-cover raster
     (float32 class ids, as GRASS exports them): it left 1 161 holes and overlapping polygons; now a partition of
     exactly the valid pixels, with no region below the unit that had a neighbour to merge into."""
-    from geoseg.refine import absorb_holes
-    from geoseg.vectorize_job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
+    from geoseg.vector.refine import absorb_holes
 
     strata = real_data / "nc_landsat" / "strata.tif"
     plain = polygonize(str(strata))

@@ -137,9 +137,9 @@ def predict(work: Path, size: int, base: int, gpu: bool) -> dict[str, Any]:
 
 
 def train(work: Path, gpu: bool, epochs: int) -> dict[str, Any]:
-    from geoseg.config import load_config
     from geoseg.synth import make_archive
-    from geoseg.train import train as run_train
+    from geoseg.training.config import load_config
+    from geoseg.training.loop import train as run_train
 
     make_archive(work / "synthetic", scenes=4, size=1024 if gpu else 256, seed=0)
     overrides = [

@@ -57,7 +57,7 @@ from geoseg.io.sources import SceneSource, expand_inputs
 from geoseg.io.stac import StacFilter, build_item_vrt
 from geoseg.io.stack import build_stack_vrt
 from geoseg.progress import meter
-from geoseg.vectorize import VectorizeOptions
+from geoseg.vector.polygonize import VectorizeOptions
 
 #: Below this many megapixels (and with no cluster named) a job runs in this process: see :func:`choose_path`.
 SMALL_JOB_MPX = 24.0

@@ -29,7 +29,7 @@ from typing import Any
 from geoseg.errors import GeoSegError
 from geoseg.inference.tiling import BlockGrid, ModelGeometry, TileGrid
 from geoseg.io.raster import PadMode, SceneInfo
-from geoseg.vectorize import VectorizeOptions
+from geoseg.vector.polygonize import VectorizeOptions
 
 MAX_AUTO_HALO = 128
 CPU_BATCH_PIXELS, GPU_BATCH_PIXELS = 2**20, 4 * 2**20

@@ -30,7 +30,7 @@ from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import SceneInfo
 from geoseg.io.styles import style_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
-from geoseg.vectorize import VectorizeOptions
+from geoseg.vector.polygonize import VectorizeOptions
 
 if TYPE_CHECKING:  # torch stays out of processes that only read or publish
     from geoseg.bundle import BundleSpec
@@ -115,7 +115,7 @@ def publish_scene(staged: StagedScene) -> Published:
 
 def polygonize_scene(class_raster: Path, options: VectorizeOptions) -> Path:
     """Polygonize a published class raster into ``<scene>.<format>`` beside it (in this process)."""
-    from geoseg.vectorize_job import vectorize_raster
+    from geoseg.vector.job import vectorize_raster
 
     vectors = class_raster.with_suffix(f".{options.fmt}")
     vectorize_raster(class_raster, [vectors], options, workers=1)

@@ -7,7 +7,7 @@ components (same class, and sharing an edge across a seam, or also a corner unde
 component is unioned once. Everything else passes through untouched. Georeferencing is applied at the end.
 
 Chunks are independent, so :func:`polygonize` takes a ``map_fn``: the builtin ``map`` runs them here, the
-Ray layer (:mod:`geoseg.parallel`) runs them as tasks. Peak memory is one chunk of pixels plus the polygons.
+Ray layer (:mod:`geoseg.vector.parallel`) runs them as tasks. Peak memory is one chunk of pixels plus the polygons.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from rasterio import features
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from geoseg.dissolve import (
+from geoseg.errors import GeoSegError
+from geoseg.io.writer import class_names_from_tags
+from geoseg.vector.dissolve import (
     RaggedPolygons,
     Seams,
     dissolve,
@@ -34,8 +36,6 @@ from geoseg.dissolve import (
     exterior_edges,
     shared_seam_pairs,
 )
-from geoseg.errors import GeoSegError
-from geoseg.io.writer import class_names_from_tags
 
 Connectivity = Literal[4, 8]
 MapFn = Callable[[Callable[..., Any], Iterable[Any]], Iterable[Any]]
@@ -46,7 +46,7 @@ class VectorizeOptions:
     """How a class raster becomes polygons: ``geoseg vectorize`` and ``predict --vectorize`` share them.
 
     ``min_area_m2`` (a minimum mapping unit) and ``fill_holes_m2`` keep the polygons a partition (see
-    :mod:`geoseg.refine`); ``fmt`` None means "from the output's extension".
+    :mod:`geoseg.vector.refine`); ``fmt`` None means "from the output's extension".
     """
 
     chunk: int = 1024
@@ -358,7 +358,7 @@ def iter_polygonize(
         skip_classes: class ids that produce no polygons (background); nodata never does.
         connectivity: 4 (edges) or 8 (edges and corners), as in ``gdal_polygonize``.
         confidence: (raster, band) whose mean over each polygon becomes its ``confidence``.
-        map_fn: how chunks are run (``map`` here, or a Ray map from :mod:`geoseg.parallel`).
+        map_fn: how chunks are run (``map`` here, or a Ray map from :mod:`geoseg.vector.parallel`).
     """
     if chunk < 1:
         raise GeoSegError(f"chunk must be >= 1 pixel, got {chunk}")

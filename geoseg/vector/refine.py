@@ -30,8 +30,8 @@ from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio import features
 
-from geoseg.export import EQUAL_AREA_CRS
-from geoseg.vectorize import ClassPolygons, Connectivity, _categorical
+from geoseg.vector.export import EQUAL_AREA_CRS
+from geoseg.vector.polygonize import ClassPolygons, Connectivity, _categorical
 
 
 def _areas_m2(geoms: np.ndarray, crs: object) -> np.ndarray:

@@ -33,18 +33,18 @@ from torch.utils.data import DataLoader
 
 from geoseg.bundle import ArchitectureSpec, BandSpec, BundleSpec, load_spec, model_geometry, save_bundle
 from geoseg.cluster import ray_session
-from geoseg.config import TrainConfig
-from geoseg.data import LabelSource, PatchDataset, Split, band_statistics, loader_worker_init, split_scenes
 from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.scene import file_sha256
 from geoseg.io.raster import open_scene
 from geoseg.io.sources import gdal_path, is_virtual
-from geoseg.losses import build_loss
 from geoseg.metrics import summarize
 from geoseg.models import ResNetUNet, build_model
 from geoseg.models.pretrained import read_state_dict
-from geoseg.split import TEST, write_role_map
+from geoseg.training.config import TrainConfig
+from geoseg.training.data import LabelSource, PatchDataset, Split, band_statistics, loader_worker_init, split_scenes
+from geoseg.training.losses import build_loss
+from geoseg.training.split import TEST, write_role_map
 
 IGNORE_INDEX = 255
 

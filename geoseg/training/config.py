@@ -11,20 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import PadMode
 from geoseg.io.sources import STACK_SEPARATOR, base_name, gdal_path, is_virtual, parse_stack
 from geoseg.io.stack import build_stack_vrt
+from geoseg.settings import Strict, read_yaml_mapping, validated
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SceneSource(_Strict):
+class SceneSource(Strict):
     image: str = Field(
         description="Image GeoTIFF path or glob, relative to data.root; 'b1.tif+b2.tif+...' "
         "stacks one file per band (Landsat style)."
@@ -36,7 +33,7 @@ class SceneSource(_Strict):
     label_field: str = Field("class_id", description="Attribute holding the class id, for polygon labels.")
 
 
-class RegionSpec(_Strict):
+class RegionSpec(Strict):
     """A held-out place: bounds (in ``crs``) or the polygons of a file."""
 
     bounds: tuple[float, float, float, float] | None = Field(
@@ -56,7 +53,7 @@ class RegionSpec(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     root: str = Field(".", description="Folder that relative paths are resolved against.")
     stacks_dir: str | None = Field(
         None, description="Where band-stack VRTs are written; default: the run's output folder."
@@ -64,9 +61,9 @@ class DataConfig(_Strict):
     scenes: list[SceneSource] = Field(min_length=1, description="Training and validation scenes.")
     split: Literal["scene", "region", "blocks"] = Field(
         "scene",
-        description="Spatial split (see geoseg/split.py): 'scene' holds out whole scenes (the last ones, sorted by "
-        "path), 'region' strips of every scene (validation, then test, in the east), 'blocks' squares of "
-        "block_size px.",
+        description="Spatial split (see geoseg/training/split.py): 'scene' holds out whole scenes (the last ones, "
+        "sorted by path), 'region' strips of every scene (validation, then test, in the east), 'blocks' squares "
+        "of block_size px.",
     )
     val_fraction: float = Field(
         0.25, gt=0, lt=1, description="Share of scenes (of each scene's width, of blocks) held out for validation."
@@ -120,7 +117,7 @@ class DataConfig(_Strict):
         return self
 
 
-class PretrainedConfig(_Strict):
+class PretrainedConfig(Strict):
     """A published ResNet checkpoint to start the encoder from (see geoseg/models/pretrained.py)."""
 
     weights: str = Field(
@@ -164,7 +161,7 @@ class PretrainedConfig(_Strict):
         return {b.casefold(): (m, s) for b, m, s in zip(self.bands, means, stds, strict=True)}
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     arch: Literal["unet", "resnet_unet", "smp_unet"] = "unet"
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"base_channels": 16, "depth": 3},
@@ -183,7 +180,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1, description="Per-worker batch size.")
     lr: float = Field(2e-3, gt=0, description="Peak learning rate (one-cycle schedule).")
@@ -196,14 +193,14 @@ class OptimConfig(_Strict):
     seed: int = 0
 
 
-class ScalingOptions(_Strict):
+class ScalingOptions(Strict):
     workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on a GPU cluster).")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     max_failures: int = Field(2, ge=0, description="Worker crashes survived by restarting from the last checkpoint.")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     name: str = Field(
         "geoseg",
         pattern=r"^[A-Za-z0-9_.-]+$",
@@ -287,73 +284,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
 
 
 def validate_config(tree: dict[str, Any], path: str | Path | None = None) -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise GeoSegError(_first_error(exc), path) from exc
-
-
-class PredictConfig(_Strict):
-    """``geoseg predict --config``: the same options as the command line, kept in a file for batch jobs.
-
-    Keys are the long option names with ``-`` written as ``_``; options given on the command line win.
-    Relative paths are resolved against the working directory of the process (the job's working dir).
-    """
-
-    model: str | None = Field(None, description="Model bundle folder.")
-    input: list[str] = Field(default_factory=list, description="Scene files, globs, folders or .txt/.csv lists.")
-    output: str | None = Field(
-        None, description="Job folder (outputs, manifest.json, report.json), or s3://bucket/prefix/."
-    )
-    stac_filter: list[str] | None = Field(
-        None, description="Which items of STAC inputs run: datetime=START/END, bbox=W,S,E,N, max-cloud=PCT, ids=A,B."
-    )
-    tile: int | None = Field(None, ge=32, description="Tile side in pixels.")
-    halo: int | None = Field(None, ge=0, description="Pixels cropped from each tile side that has a neighbour.")
-    overlap: int | None = Field(None, ge=0, description="Blend width between neighbouring tiles.")
-    block: int | None = Field(None, ge=32, description="Output block side in pixels: the unit of work.")
-    batch_size: int | None = Field(None, ge=1, description="Tiles per model call.")
-    workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else one per CPU).")
-    pad: PadMode | None = Field(None, description="Padding at true image borders.")
-    probabilities: bool | None = Field(None, description="Also write the per-class probability raster.")
-    vectorize: Literal["gpkg", "shp", "geojson", "fgb", "parquet"] | None = Field(
-        None, description="Also polygonize each class raster into this format."
-    )
-    skip_class: list[int] | None = Field(None, description="Class ids that yield no polygons (with vectorize).")
-    min_area: float | None = Field(None, ge=0, description="Minimum mapping unit in m2 (regions merged, a partition).")
-    fill_holes: float | None = Field(None, ge=0, description="Fill holes below this area in m2 (inside absorbed).")
-    simplify: float | None = Field(None, ge=0, description="Polygon simplification tolerance in map units.")
-    compile: bool | None = Field(None, description="torch.compile the model in each worker (GPU jobs).")
-    in_process: bool | None = Field(None, description="True: in this process; False: on Ray; unset: by job size.")
-    ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; errors name the file and the line."""
-    path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise GeoSegError(f"cannot read config ({exc.strerror})", path) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise GeoSegError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from exc
-    if not isinstance(tree, dict):
-        raise GeoSegError("config must be a mapping of keys to values", path)
-    return tree
-
-
-def load_predict_config(path: str | Path) -> PredictConfig:
-    """Read and validate a predict job file; unknown keys are errors that name the key."""
-    try:
-        return PredictConfig.model_validate(read_yaml_mapping(path))
-    except ValidationError as exc:
-        raise GeoSegError(_first_error(exc), path) from exc
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"config key {where}: {first['msg']}{more}"
+    config: TrainConfig = validated(TrainConfig, tree, path)
+    return config

@@ -15,7 +15,7 @@ from pyproj.exceptions import CRSError
 
 from geoseg.errors import GeoSegError
 from geoseg.io.styles import ClassStyle, gpkg_default_style, style_vector_sidecar, vector_qml
-from geoseg.vectorize import ClassPolygons
+from geoseg.vector.polygonize import ClassPolygons
 
 # extension -> (OGR driver or "parquet", reprojected to WGS84 by the format's spec)
 FORMATS: dict[str, tuple[str, bool]] = {

@@ -12,11 +12,10 @@ import rasterio
 from rich.console import Console
 
 from geoseg.cluster import ray_session
-from geoseg.export import PolygonWriter, to_geodataframe
 from geoseg.io.styles import class_table
 from geoseg.progress import meter
-from geoseg.refine import absorb_holes, sieve_raster, simplify_shared_edges
-from geoseg.vectorize import (
+from geoseg.vector.export import PolygonWriter, to_geodataframe
+from geoseg.vector.polygonize import (
     ChunkJob,
     ChunkPieces,
     ClassPolygons,
@@ -27,6 +26,7 @@ from geoseg.vectorize import (
     open_class_raster,
     polygonize,
 )
+from geoseg.vector.refine import absorb_holes, sieve_raster, simplify_shared_edges
 
 # Below this many megapixels, with no cluster or worker count given, chunks run in this process. Measured
 # (benchmarks/small_jobs.py, 2 vCPUs, whole command): Ray (2 workers) / in-process wall 3.85 at 4 Mpx, 1.97 at
@@ -58,7 +58,7 @@ def vectorize_raster(
     Polygons are cleaned and written batch by batch as chunks finish (chunks run on Ray when there are
     enough), so memory holds one chunk's polygons plus the pieces waiting at chunk seams. Hole filling and
     shared-edge simplification need all polygons together and are the options that hold them all. A minimum
-    mapping unit sieves the raster first (see :mod:`geoseg.refine`), so the polygons stay a partition.
+    mapping unit sieves the raster first (see :mod:`geoseg.vector.refine`), so the polygons stay a partition.
     ``console``: where progress goes (none when called per scene by ``predict``, which has its own).
     """
     confidence = confidence_source(mask) if options.confidence else None
@@ -79,7 +79,7 @@ def vectorize_raster(
         args = (source, options.chunk, set(options.skip_classes), options.connectivity, confidence)
         map_fn: MapFn = map
         if parallel:
-            from geoseg.parallel import ray_map
+            from geoseg.vector.parallel import ray_map
 
             stack.enter_context(ray_session(ray_address, num_cpus=workers))
             map_fn = ray_map

@@ -26,12 +26,12 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from geoseg.config import TrainConfig
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
 from geoseg.io.sources import is_virtual
 from geoseg.io.vectors import is_vector, read_class_polygons
-from geoseg.split import (
+from geoseg.training.config import TrainConfig
+from geoseg.training.split import (
     BUFFER,
     TEST,
     TRAIN,
@@ -59,7 +59,7 @@ class TrainScene:
 
 @dataclass(frozen=True)
 class Split:
-    """The three spatial sets (see :mod:`geoseg.split`); ``test`` is empty when none is configured."""
+    """The three spatial sets (see :mod:`geoseg.training.split`); ``test`` is empty when none is configured."""
 
     train: list[TrainScene]
     val: list[TrainScene]
@@ -67,7 +67,7 @@ class Split:
 
 
 def split_scenes(config: TrainConfig, buffer: int | None = None) -> Split:
-    """Train / validation / test sets of the configured scenes (see :mod:`geoseg.split`).
+    """Train / validation / test sets of the configured scenes (see :mod:`geoseg.training.split`).
 
     ``buffer``: pixels between sets; ``data.buffer`` wins, and one of them must be set when the sets share a
     scene (the trainer passes the model's receptive field).

@@ -1,0 +1,52 @@
+"""``geoseg predict --config JOB.yaml``: the predict options kept in a file for batch jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from geoseg.io.raster import PadMode
+from geoseg.settings import Strict, read_yaml_mapping, validated
+
+
+class PredictConfig(Strict):
+    """``geoseg predict --config``: the same options as the command line, kept in a file for batch jobs.
+
+    Keys are the long option names with ``-`` written as ``_``; options given on the command line win.
+    Relative paths are resolved against the working directory of the process (the job's working dir).
+    """
+
+    model: str | None = Field(None, description="Model bundle folder.")
+    input: list[str] = Field(default_factory=list, description="Scene files, globs, folders or .txt/.csv lists.")
+    output: str | None = Field(
+        None, description="Job folder (outputs, manifest.json, report.json), or s3://bucket/prefix/."
+    )
+    stac_filter: list[str] | None = Field(
+        None, description="Which items of STAC inputs run: datetime=START/END, bbox=W,S,E,N, max-cloud=PCT, ids=A,B."
+    )
+    tile: int | None = Field(None, ge=32, description="Tile side in pixels.")
+    halo: int | None = Field(None, ge=0, description="Pixels cropped from each tile side that has a neighbour.")
+    overlap: int | None = Field(None, ge=0, description="Blend width between neighbouring tiles.")
+    block: int | None = Field(None, ge=32, description="Output block side in pixels: the unit of work.")
+    batch_size: int | None = Field(None, ge=1, description="Tiles per model call.")
+    workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else one per CPU).")
+    pad: PadMode | None = Field(None, description="Padding at true image borders.")
+    probabilities: bool | None = Field(None, description="Also write the per-class probability raster.")
+    vectorize: Literal["gpkg", "shp", "geojson", "fgb", "parquet"] | None = Field(
+        None, description="Also polygonize each class raster into this format."
+    )
+    skip_class: list[int] | None = Field(None, description="Class ids that yield no polygons (with vectorize).")
+    min_area: float | None = Field(None, ge=0, description="Minimum mapping unit in m2 (regions merged, a partition).")
+    fill_holes: float | None = Field(None, ge=0, description="Fill holes below this area in m2 (inside absorbed).")
+    simplify: float | None = Field(None, ge=0, description="Polygon simplification tolerance in map units.")
+    compile: bool | None = Field(None, description="torch.compile the model in each worker (GPU jobs).")
+    in_process: bool | None = Field(None, description="True: in this process; False: on Ray; unset: by job size.")
+    ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
+
+
+def load_predict_config(path: str | Path) -> PredictConfig:
+    """Read and validate a predict job file; unknown keys are errors that name the key."""
+    config: PredictConfig = validated(PredictConfig, read_yaml_mapping(path), path)
+    return config

@@ -1,0 +1,1 @@
+"""Training: config, spatial sets, patches, losses, and the Ray Train loop."""

@@ -1,0 +1,1 @@
+"""Class rasters to polygons: polygonize in chunks, merge seams exactly, keep a partition, export."""
