@@ -254,6 +254,11 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     help="Which items of STAC inputs to run: datetime=START/END, bbox=W,S,E,N (lon/lat), max-cloud=PCT, ids=A,B.",
 )
 @click.option(
+    "--stac-items",
+    is_flag=True,
+    help="Also describe the results as a STAC catalogue: stac/catalog.json and one Item per finished scene.",
+)
+@click.option(
     "--tile", type=click.IntRange(min=32), help="Tile side in pixels (default: from the model's receptive field)."
 )
 @click.option(
@@ -306,6 +311,7 @@ def predict(
     more_inputs: tuple[str, ...],
     output: str,
     stac_filter: tuple[str, ...],
+    stac_items: bool,
     tile: int | None,
     halo: int | None,
     overlap: int | None,
@@ -361,6 +367,7 @@ def predict(
         compile=compile_model,
         in_process=in_process,
         stac_filter=StacFilter.parse(stac_filter),
+        stac_items=stac_items,
     )
     failed = [r for r in reports if r.status == "failed"]
     report = f"{output.rstrip('/')}/report.json" if is_s3(output) else Path(output) / "report.json"

@@ -36,7 +36,9 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
         "stac_filter: [max-cloud=20]\n"
     )
 
-    def fake_predict_archive(bundle, inputs, out, options, workers, address, console, compile, in_process, stac_filter):
+    def fake_predict_archive(
+        bundle, inputs, out, options, workers, address, console, compile, in_process, stac_filter, stac_items
+    ):
         seen.update(
             stac_filter=stac_filter,
             bundle=bundle,

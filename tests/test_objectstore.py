@@ -137,7 +137,7 @@ def test_a_catalogue_in_a_bucket_predicts_into_another_bucket_as_a_local_run_doe
     s3, archive, bundle, tmp_path, monkeypatch
 ) -> None:
     monkeypatch.setenv("GEOSEG_SPOOL", str(tmp_path / "spool"))
-    code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "gpkg")
+    code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "gpkg", "--stac-items")
     assert code == 1 and "item 'no-nir' has no asset for band B08" in output  # fails alone
     local_code, _ = _predict(bundle, str(archive["local"]), str(tmp_path / "local"), "--vectorize", "gpkg")
     assert local_code == 1
@@ -145,6 +145,8 @@ def test_a_catalogue_in_a_bucket_predicts_into_another_bucket_as_a_local_run_doe
     for name in ("clear.tif", "cloudy.tif"):
         assert objects[name] == (tmp_path / "local" / name).read_bytes()  # the same bytes as the local run
     assert {"clear.gpkg", "clear.qml", "clear.tif.aux.xml", "manifest.json", "report.json"} <= set(objects)
+    result_item = json.loads(objects["stac/clear/clear.json"])  # the results' own catalogue, in the bucket
+    assert result_item["assets"]["classes"]["href"] == "s3://results/job1/clear.tif" and "stac/catalog.json" in objects
     manifest = json.loads(objects["manifest.json"])["scenes"]
     assert manifest["clear"]["output"] == "s3://results/job1/clear.tif" and manifest["no-nir"]["status"] == "failed"
     assert not any(k.startswith(".") or "partial" in k for k in objects)  # no staging object ever

@@ -166,6 +166,7 @@ def test_predict_runs_a_catalogue_by_item_with_its_filter_and_an_item_failing_al
             "--stac-filter",
             "max-cloud=50",
             "--in-process",
+            "--stac-items",
         ],
     )
     assert result.exit_code == 1, result.output  # one scene failed
@@ -174,3 +175,15 @@ def test_predict_runs_a_catalogue_by_item_with_its_filter_and_an_item_failing_al
     with rasterio.open(tmp_path / "out" / "clear.tif") as out:
         assert (out.width, out.height) == (64, 64) and out.crs.to_epsg() == 32633
         assert out.read_masks(1)[0, 0] == 0 and out.read_masks(1)[10, 10] == 255  # the nodata corner stays nodata
+    # The results as a catalogue of their own: one item for the finished scene, its class list, its raster.
+    results = pystac.Catalog.from_file(str(tmp_path / "out" / "stac" / "catalog.json"))
+    (result,) = list(results.get_items(recursive=True))
+    assert result.id == "clear" and result.datetime == datetime(2024, 6, 5, 10, 0, tzinfo=UTC)
+    classes = result.assets["classes"].extra_fields["classification:classes"]
+    assert [(c["value"], c["name"]) for c in classes] == [(0, "class_0"), (1, "class_1"), (2, "class_2")]
+    assert Path(result.assets["classes"].get_absolute_href()).resolve() == (tmp_path / "out" / "clear.tif").resolve()
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(tmp_path / "out" / "clear.tif") as out:
+        expected = transform_bounds(out.crs, "EPSG:4326", *out.bounds, densify_pts=21)
+    assert result.bbox == pytest.approx(list(expected)) and result.properties["proj:code"] == "EPSG:32633"

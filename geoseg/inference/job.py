@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import rasterio
@@ -54,7 +55,7 @@ from geoseg.inference.scene import (
 from geoseg.io.objectstore import S3Url, is_s3
 from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
-from geoseg.io.stac import StacFilter, build_item_vrt
+from geoseg.io.stac import ResultScene, StacFilter, build_item_vrt, write_result_catalog
 from geoseg.io.stack import build_stack_vrt
 from geoseg.progress import meter
 from geoseg.vector.polygonize import VectorizeOptions
@@ -88,6 +89,7 @@ def predict_archive(
     compile: bool = False,
     in_process: bool | None = None,
     stac_filter: StacFilter | None = None,
+    stac_items: bool = False,
 ) -> list[SceneReport]:
     """Predict every input scene into ``out_dir/<scene>.tif``; write ``manifest.json`` and ``report.json``.
 
@@ -118,6 +120,8 @@ def predict_archive(
         out_dir = remote.spool
     out_dir = Path(out_dir)
     guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
+    if stac_items:
+        guard_stac_folder(out_dir / "stac", plan)
     prepare_job_folder(out_dir)
     if remote is not None:
         remote.pull()  # the bucket's manifest: what is finished there, whoever ran it
@@ -178,8 +182,47 @@ def predict_archive(
     write_json_atomic(out_dir / "report.json", summary)
     if remote is not None:
         remote.upload(out_dir / "report.json")
+    if stac_items:
+        write_stac_items(spec, plan, ordered, out_dir, remote)
     print_summary(console, summary)
     return ordered
+
+
+def write_stac_items(
+    spec: BundleSpec,
+    plan: list[tuple[SceneSource, str]],
+    reports: list[SceneReport],
+    out_dir: Path,
+    remote: RemoteFolder | None,
+) -> None:
+    """``stac/<scene>/<scene>.json`` per finished scene and ``stac/catalog.json`` (see
+    :func:`geoseg.io.stac.write_result_catalog`); in the bucket too when the job folder is one."""
+    now = datetime.now(UTC)
+    scenes = []
+    for (source, _), report in zip(plan, reports, strict=True):
+        if report.status == Status.FAILED or not report.output:
+            continue
+        outputs = {"classes": report.output}
+        outputs |= {"probabilities": report.probabilities} if report.probabilities else {}
+        outputs |= {"vectors": report.vectors} if report.vectors else {}
+        when = datetime.fromisoformat(source.acquired) if source.acquired else now
+        scenes.append(ResultScene(report.scene, outputs, when))
+    classes = [(c.id, c.name, c.color) for c in spec.classes]
+    folder = out_dir / "stac"
+    written = write_result_catalog(folder, scenes, classes)
+    if remote is not None:
+        for path in written:
+            remote.upload(path)
+
+
+def guard_stac_folder(folder: Path, plan: list[tuple[SceneSource, str]]) -> None:
+    """Refuse a job that reads from the STAC folder it would write (chaining jobs on a results catalogue)."""
+    inside = os.path.realpath(folder) + os.sep
+    for source, _ in plan:
+        document = source.text.rsplit("#", 1)[0]
+        for path in [*source.local_files(), Path(document)]:
+            if os.path.realpath(path).startswith(inside):
+                raise GeoSegError(f"is an input inside the job's STAC folder {folder}; choose another --output", path)
 
 
 def _to_bucket(

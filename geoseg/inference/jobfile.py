@@ -23,6 +23,7 @@ class PredictConfig(Strict):
     output: str | None = Field(
         None, description="Job folder (outputs, manifest.json, report.json), or s3://bucket/prefix/."
     )
+    stac_items: bool | None = Field(None, description="Also write stac/catalog.json and one STAC Item per scene.")
     stac_filter: list[str] | None = Field(
         None, description="Which items of STAC inputs run: datetime=START/END, bbox=W,S,E,N, max-cloud=PCT, ids=A,B."
     )

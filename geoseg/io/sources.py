@@ -55,6 +55,7 @@ class SceneSource:
     name: str | None = None  # a STAC item's id: the output name's base
     assets: tuple[BandAsset, ...] = ()  # a STAC item's bands, with their scale, offset and nodata
     error: str | None = None  # why this scene cannot be read (a STAC item without a band): fails it alone
+    acquired: str | None = None  # a STAC item's datetime (ISO 8601), carried to the result's STAC item
 
     @property
     def is_stack(self) -> bool:
@@ -138,12 +139,15 @@ def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter
         if not keep.accepts(item):
             continue
         text = f"{href}#{item.id}"
+        when = item.datetime or item.common_metadata.start_datetime
+        acquired = when.isoformat() if when else None
         try:
             assets = tuple(item_bands(item, band_names))
         except GeoSegError as exc:
-            scenes.append(SceneSource(text, (href,), name=item.id, error=str(exc)))
+            scenes.append(SceneSource(text, (href,), name=item.id, error=str(exc), acquired=acquired))
             continue
-        scenes.append(SceneSource(text, tuple(a.href for a in assets), name=item.id, assets=assets))
+        bands = tuple(a.href for a in assets)
+        scenes.append(SceneSource(text, bands, name=item.id, assets=assets, acquired=acquired))
     return scenes
 
 

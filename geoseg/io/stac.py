@@ -276,3 +276,54 @@ def build_item_vrt(bands: Sequence[BandAsset], out: Path) -> Path:
     staging.write_text("\n".join(parts))
     os.replace(staging, out)
     return out
+
+
+@dataclass(frozen=True)
+class ResultScene:
+    """A finished scene of a job, as its STAC Item describes it."""
+
+    name: str
+    outputs: dict[str, str]  # role ("classes", "probabilities", "vectors") -> path or URL
+    when: datetime  # the source item's acquisition time, else when the job ran
+
+
+def write_result_catalog(
+    folder: Path, scenes: Sequence[ResultScene], classes: Sequence[tuple[int, str, tuple[int, int, int]]]
+) -> list[Path]:
+    """One STAC Item per finished scene (class COG, probabilities and polygons as assets, the class list in the
+    classification extension, footprint and projection from the class raster) and ``catalog.json`` linking them,
+    under ``folder``: the results form a catalogue of their own. Returns the files written."""
+    from pystac.extensions.classification import Classification, ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+    from rasterio.warp import transform_bounds, transform_geom
+    from shapely.geometry import box, mapping
+
+    catalog = pystac.Catalog(id="geoseg-results", description="Class rasters and polygons written by geoseg predict")
+    class_list = [
+        Classification.create(value=i, name=name, color_hint="{:02X}{:02X}{:02X}".format(*color))
+        for i, name, color in classes
+    ]
+    media = {"classes": pystac.MediaType.COG, "probabilities": pystac.MediaType.COG}
+    for scene in scenes:
+        raster = scene.outputs["classes"]
+        with rasterio.open(gdal_path(raster)) as src:
+            bounds = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+            footprint = transform_geom(src.crs, "EPSG:4326", mapping(box(*src.bounds)))
+            epsg, shape, transform = src.crs.to_epsg(), [src.height, src.width], list(src.transform)[:6]
+        item = pystac.Item(id=scene.name, geometry=footprint, bbox=list(bounds), datetime=scene.when, properties={})
+        for role, href in scene.outputs.items():
+            asset = pystac.Asset(href=href, media_type=media.get(role), roles=["data"] if role == "classes" else [role])
+            item.add_asset(role, asset)
+        ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = class_list
+        projection = ProjectionExtension.ext(item, add_if_missing=True)
+        projection.epsg, projection.shape, projection.transform = epsg, shape, transform
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(folder))
+    written = []
+    for item in catalog.get_items():
+        for asset in item.assets.values():  # local products: relative to the item, so the folder can move
+            if not asset.href.startswith(("s3://", "/vsi", "http")):
+                asset.href = os.path.relpath(asset.href, Path(item.self_href).parent)
+        written.append(Path(item.self_href))
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return [folder / "catalog.json", *written]
