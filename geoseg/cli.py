@@ -24,10 +24,9 @@ console = Console(stderr=True, soft_wrap=True)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="geoseg")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """Land-cover segmentation of GeoTIFF archives with U-Nets on Ray."""
-    ctx.obj = {"debug": debug}
+    # --debug is read by main() before click runs: the error handling around the command depends on it.
 
 
 def _polygon_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -190,3 +190,36 @@ def test_loader_processes_give_the_same_patches_and_follow_the_epoch(archive) ->
     assert torch.equal(through_loader, in_process)
     assert not torch.equal(torch.cat(draw(1)), through_loader)  # epoch 1: other windows, in the processes too
     assert torch.equal(torch.cat(draw(0)), through_loader)
+
+
+def test_patches_past_a_small_scenes_edge_are_padded_as_configured(make_geotiff, tmp_path) -> None:
+    """A scene smaller than a patch: ``pad_mode`` decides what the model sees past its edge (prediction pads the
+    same way by default); the labels there are never counted."""
+    image = (np.arange(40 * 40, dtype=np.uint16).reshape(1, 40, 40) % 97 + 1).repeat(2, 0)
+    make_geotiff(image, name="small.tif")
+    make_geotiff(np.ones((40, 40), np.uint8), name="small_labels.tif")
+    cfg = validate_config(
+        {
+            "data": {
+                "root": str(tmp_path),
+                "scenes": [{"image": "small.tif", "labels": "small_labels.tif"}],
+                "split": "region",
+                "val_fraction": 0.5,
+                "buffer": 0,
+            },
+            "classes": CLASSES[:2],
+        }
+    )
+    train = split_scenes(cfg).train
+    patches = {}
+    for mode in ("reflect", "nodata"):
+        dataset = PatchDataset(train, [0, 1], [1, 2], np.zeros(2), np.ones(2), 64, count=1, pad_mode=mode)
+        patches[mode] = dataset[0]
+    (x_reflect, y_reflect), (x_nodata, y_nodata) = patches["reflect"], patches["nodata"]
+    assert (x_nodata[:, 40:, :] == 0).all() and (x_nodata[:, :, 40:] == 0).all()
+    assert (x_reflect[:, 40:, :20] > 0).all()  # mirrored rows of the scene's training part
+    assert (x_reflect[:, :, 20:40] == 0).all() and (x_reflect[:, 40:, 20:40] == 0).all()  # validation: blanked
+    # Past the east edge, columns 40..58 mirror validation columns 38..20 (blanked), 59..63 training ones.
+    assert (x_reflect[:, :40, 40:59] == 0).all() and (x_reflect[:, :40, 59:] > 0).all()
+    assert torch.equal(x_reflect[:, :20, :20], x_nodata[:, :20, :20])  # inside: the same pixels
+    assert (y_reflect[40:] == 255).all() and (y_nodata[40:] == 255).all()

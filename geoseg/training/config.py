@@ -211,7 +211,11 @@ class TrainConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     scaling: ScalingOptions = Field(default_factory=ScalingOptions)
-    pad_mode: PadMode = "reflect"
+    pad_mode: PadMode = Field(
+        "reflect",
+        description="How training patches are padded past a scene's edge; prediction pads tiles the same way "
+        "by default (--pad).",
+    )
 
     @model_validator(mode="after")
     def _dense_class_ids(self) -> TrainConfig:

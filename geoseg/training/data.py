@@ -27,7 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
+from geoseg.io.raster import PadMode, SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
 from geoseg.io.sources import is_virtual
 from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.training.config import TrainConfig
@@ -373,11 +373,12 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         ignore_index: int = 255,
         nodata: float | None = None,
         seed: int = 0,
+        pad_mode: PadMode = "reflect",
     ) -> None:
         self.scenes, self.size, self.bands = scenes, size, bands
         self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
-        self.ignore_index, self.nodata, self.seed = ignore_index, nodata, seed
+        self.ignore_index, self.nodata, self.seed, self.pad_mode = ignore_index, nodata, seed, pad_mode
         self.labels = [LabelSource(s, class_ids, ignore_index) for s in scenes]
         self.transform = augmentation(ignore_index) if augment else None
         # In shared memory: persistent DataLoader processes (forked or spawned) see set_epoch() of the trainer.
@@ -497,11 +498,11 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if i not in self._sources:
             self._sources[i] = rasterio.open(self.scenes[i].info.path)
         # The region may be narrower than a patch (region split): keep the patch inside the region's labels.
-        raw, valid = read_tile(self._sources[i], window, self.bands, pad_mode="reflect")
+        raw, valid = read_tile(self._sources[i], window, self.bands, pad_mode=self.pad_mode)
         if self._sources[i].nodata is None and self.nodata is not None:
             valid &= ~np.any(raw == self.nodata, axis=0)
         # Pixels of another set are blanked like nodata; labels count on the set's own pixels only.
-        roles = self.scenes[i].roles.sample(window)
+        roles = self.scenes[i].roles.sample(window, mirror=self.pad_mode == "reflect")
         valid &= np.isin(roles, (self.scenes[i].role, BUFFER))
         labels = self.labels[i].read(window)
         labels[~valid | (roles != self.scenes[i].role)] = self.ignore_index

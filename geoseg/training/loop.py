@@ -136,6 +136,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         seed=cfg.optim.seed,
         ignore_index=IGNORE_INDEX,
         nodata=cfg.data.nodata,
+        pad_mode=cfg.pad_mode,
     )
     val_set = PatchDataset(
         val_scenes,
@@ -147,6 +148,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         stride=cfg.data.val_stride,
         ignore_index=IGNORE_INDEX,
         nodata=cfg.data.nodata,
+        pad_mode=cfg.pad_mode,
     )
     # Patches are read, labelled and augmented in loader processes (persistent, prefetching, pinned on CUDA),
     # so the training process only steps the model: see data.loader_workers.

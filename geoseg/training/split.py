@@ -43,7 +43,7 @@ from rasterio.windows import Window
 from shapely.geometry import box, mapping
 
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import SceneInfo
+from geoseg.io.raster import SceneInfo, reflect_index
 from geoseg.io.vectors import read_polygons
 
 TRAIN, VAL, TEST, BUFFER = 0, 1, 2, 3
@@ -66,14 +66,17 @@ class RoleMap:
         cell = cell_size(width, height)
         return cls(np.full(_cells(width, height, cell), role, dtype=np.uint8), cell, width, height)
 
-    def sample(self, window: Window, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """Roles at the pixel centres of ``window`` (read at ``shape``, decimated like a GDAL nearest read);
-        outside the scene: BUFFER (a set's own pixels never lie there)."""
+    def sample(self, window: Window, shape: tuple[int, int] | None = None, mirror: bool = False) -> np.ndarray:
+        """Roles at the pixel centres of ``window`` (read at ``shape``, decimated like a GDAL nearest read).
+        Outside the scene: BUFFER, or with ``mirror`` the role of the pixel that reflect padding copies there
+        (a patch padded by mirroring must not mirror another set's pixels into it)."""
         rows_n, cols_n = shape or (int(window.height), int(window.width))
         rows = window.row_off + (np.arange(rows_n) + 0.5) * (window.height / rows_n)
         cols = window.col_off + (np.arange(cols_n) + 0.5) * (window.width / cols_n)
         r = np.floor(rows).astype(np.int64)
         c = np.floor(cols).astype(np.int64)
+        if mirror:
+            r, c = reflect_index(r, self.height), reflect_index(c, self.width)
         inside_r = (r >= 0) & (r < self.height)
         inside_c = (c >= 0) & (c < self.width)
         cr = np.clip(r // self.cell, 0, self.roles.shape[0] - 1)
