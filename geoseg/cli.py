@@ -13,6 +13,7 @@ from rich.console import Console
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
+from geoseg.vector.formats import FORMAT_NAMES
 from geoseg.vector.polygonize import VectorizeOptions
 
 if TYPE_CHECKING:
@@ -106,17 +107,15 @@ def _band_spec(index: int, text: str) -> BandSpec:
 @bundle.command("init")
 @click.option(
     "--arch",
-    type=click.Choice(["unet", "resnet_unet", "smp_unet"]),
     required=True,
-    help="smp_unet: segmentation_models_pytorch / TorchGeo Unet with a ResNet encoder, weight for weight.",
+    help="A registered architecture (geoseg.models.MODELS: unet, resnet_unet, smp_unet); smp_unet is "
+    "segmentation_models_pytorch / TorchGeo's Unet with a ResNet encoder, weight for weight.",
 )
 @click.option("--in-channels", type=click.IntRange(min=1), required=True)
 @click.option("--num-classes", type=click.IntRange(min=1, max=255), required=True)
 @click.option("--base-channels", type=click.IntRange(min=1), help="U-Net width (unet only).")
 @click.option("--depth", type=click.IntRange(min=1), help="U-Net depth (unet only).")
-@click.option(
-    "--encoder", type=click.Choice(["resnet18", "resnet34", "resnet50"]), help="resnet_unet and smp_unet only."
-)
+@click.option("--encoder", help="ResNet encoder of resnet_unet and smp_unet: resnet18, resnet34 or resnet50.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option(
     "--class",
@@ -291,7 +290,7 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 @click.option(
     "--vectorize",
     "vector_format",
-    type=click.Choice(["gpkg", "shp", "geojson", "fgb", "parquet"]),
+    type=click.Choice(FORMAT_NAMES),
     help="Also polygonize each class raster into <scene>.<format> (changing only polygon options reruns no model).",
 )
 @_polygon_options
@@ -385,7 +384,7 @@ def predict(
     required=True,
     help="Output file; its extension (or --format) picks the format.",
 )
-@click.option("--format", "fmt", type=click.Choice(["gpkg", "shp", "geojson", "fgb", "parquet"]))
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES))
 @click.option(
     "--chunk",
     type=click.IntRange(min=1),

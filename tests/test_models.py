@@ -69,8 +69,10 @@ def test_unet_handles_one_pixel_input() -> None:
 
 
 def test_unet_rejects_bad_options() -> None:
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(GeoSegError, match="bad arguments for architecture 'unet': .*norm"):
         build_model("unet", in_channels=1, num_classes=2, norm="group")
+    with pytest.raises(GeoSegError, match="encoder must be one of"):
+        build_model("resnet_unet", in_channels=3, num_classes=2, encoder="resnet101")
     with pytest.raises(GeoSegError, match="unknown architecture"):
         build_model("segformer", in_channels=1, num_classes=2)
 

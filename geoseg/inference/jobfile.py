@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from geoseg.io.raster import PadMode
 from geoseg.settings import Strict, read_yaml_mapping, validated
+from geoseg.vector.formats import FORMAT_NAMES
 
 
 class PredictConfig(Strict):
@@ -35,9 +35,7 @@ class PredictConfig(Strict):
     workers: int | None = Field(None, ge=1, description="Model actors (default: one per GPU, else one per CPU).")
     pad: PadMode | None = Field(None, description="Padding at true image borders.")
     probabilities: bool | None = Field(None, description="Also write the per-class probability raster.")
-    vectorize: Literal["gpkg", "shp", "geojson", "fgb", "parquet"] | None = Field(
-        None, description="Also polygonize each class raster into this format."
-    )
+    vectorize: str | None = Field(None, description="Also polygonize each class raster into this format.")
     skip_class: list[int] | None = Field(None, description="Class ids that yield no polygons (with vectorize).")
     min_area: float | None = Field(None, ge=0, description="Minimum mapping unit in m2 (regions merged, a partition).")
     fill_holes: float | None = Field(None, ge=0, description="Fill holes below this area in m2 (inside absorbed).")
@@ -45,6 +43,13 @@ class PredictConfig(Strict):
     compile: bool | None = Field(None, description="torch.compile the model in each worker (GPU jobs).")
     in_process: bool | None = Field(None, description="True: in this process; False: on Ray; unset: by job size.")
     ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
+
+    @field_validator("vectorize")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in FORMAT_NAMES:
+            raise ValueError(f"one of {', '.join(FORMAT_NAMES)}")
+        return value
 
 
 def load_predict_config(path: str | Path) -> PredictConfig:

@@ -26,7 +26,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         raise GeoSegError(f"unknown architecture {name!r}; choose one of {sorted(MODELS)}") from None
     try:
         return factory(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise GeoSegError(f"bad arguments for architecture {name!r}: {exc}") from exc
 
 

@@ -24,14 +24,32 @@ records it in the bundle for the matched bands (see ``train.pretrained_bands``).
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torchvision import models as tvm
 
 from geoseg.errors import GeoSegError
 
 STEM, BN = "conv1.weight", "bn1."
+
+Encoder = Literal["resnet18", "resnet34", "resnet50"]
+# The torchvision ResNets both ResNet-encoder U-Nets are built from: one declaration of the encoders geoseg has.
+RESNETS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": tvm.resnet18,
+    "resnet34": tvm.resnet34,
+    "resnet50": tvm.resnet50,
+}
+
+
+def resnet(encoder: str) -> Any:
+    """An untrained torchvision ResNet by name; an unknown name is a ValueError listing the known ones."""
+    if encoder not in RESNETS:
+        raise ValueError(f"encoder must be one of {sorted(RESNETS)}, got {encoder!r}")
+    return RESNETS[encoder](weights=None)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from geoseg.models.pretrained import BN, STEM, encoder_weights, first_conv, read_state_dict
+from geoseg.models.pretrained import BN, STEM, Encoder, encoder_weights, first_conv, read_state_dict, resnet
 from geoseg.models.unet import DoubleConv
-
-Encoder = Literal["resnet18", "resnet34", "resnet50"]
-_ENCODERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
 
 
 class _Decoder(nn.Module):
@@ -49,9 +45,7 @@ class ResNetUNet(nn.Module):
         weights: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if encoder not in _ENCODERS:
-            raise ValueError(f"encoder must be one of {sorted(_ENCODERS)}, got {encoder!r}")
-        net = _ENCODERS[encoder](weights=None)
+        net = resnet(encoder)
         self.encoder_name, self.in_channels = encoder, in_channels
         conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         with torch.no_grad():
@@ -84,7 +78,7 @@ class ResNetUNet(nn.Module):
         """Take the encoder from a checkpoint (any layout of :mod:`geoseg.models.pretrained`), the first
         convolution band by band; returns the bands that got no kernel of their own. The decoder keeps its
         initialisation."""
-        found = encoder_weights(state, _ENCODERS[self.encoder_name](weights=None), path)
+        found = encoder_weights(state, resnet(self.encoder_name), path)
         conv, unknown = first_conv(found.pop(STEM), bands, checkpoint_bands, self.in_channels)
         renamed = {"stem.0.weight": conv}
         for key, tensor in found.items():

@@ -10,17 +10,13 @@ when the weights are loaded (attention blocks, a center block, other encoders or
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models as tvm
 
+from geoseg.models.pretrained import Encoder, resnet
 from geoseg.models.resnet_unet import _needs
 
-Encoder = Literal["resnet18", "resnet34", "resnet50"]
-_ENCODERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
 
@@ -68,9 +64,7 @@ class SmpUNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, encoder: Encoder = "resnet34") -> None:
         super().__init__()
-        if encoder not in _ENCODERS:
-            raise ValueError(f"encoder must be one of {sorted(_ENCODERS)}, got {encoder!r}")
-        net = _ENCODERS[encoder](weights=None)
+        net = resnet(encoder)
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         del net.fc, net.avgpool
         self.encoder = net

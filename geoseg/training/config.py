@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
@@ -162,7 +162,7 @@ class PretrainedConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: Literal["unet", "resnet_unet", "smp_unet"] = "unet"
+    arch: str = Field("unet", description="A registered architecture (geoseg.models.MODELS).")
     kwargs: dict[str, Any] = Field(
         default_factory=lambda: {"base_channels": 16, "depth": 3},
         description="Architecture arguments besides in_channels/num_classes.",
@@ -170,6 +170,15 @@ class ModelConfig(Strict):
     pretrained: PretrainedConfig | None = Field(
         None, description="Start the encoder from a published checkpoint (resnet_unet); the bundle keeps the weights."
     )
+
+    @field_validator("arch")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from geoseg.models import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(sorted(MODELS))}")
+        return value
 
     @model_validator(mode="after")
     def _pretrained_encoder(self) -> ModelConfig:

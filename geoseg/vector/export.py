@@ -15,17 +15,9 @@ from pyproj.exceptions import CRSError
 
 from geoseg.errors import GeoSegError
 from geoseg.io.styles import ClassStyle, gpkg_default_style, style_vector_sidecar, vector_qml
+from geoseg.vector.formats import FORMATS
 from geoseg.vector.polygonize import ClassPolygons
 
-# extension -> (OGR driver or "parquet", reprojected to WGS84 by the format's spec)
-FORMATS: dict[str, tuple[str, bool]] = {
-    ".gpkg": ("GPKG", False),
-    ".shp": ("ESRI Shapefile", False),
-    ".geojson": ("GeoJSON", True),  # RFC 7946: always WGS84
-    ".json": ("GeoJSON", True),
-    ".fgb": ("FlatGeobuf", False),
-    ".parquet": ("parquet", False),
-}
 _SHAPEFILE_LIMIT = 2**31  # 2 GB: .shp/.dbf offsets are 32-bit
 _SHAPEFILE_FIELDS = {"perimeter_m": "perimeter"}  # dBASE field names are at most 10 characters
 EQUAL_AREA_CRS = "EPSG:6933"  # for areas when the raster CRS is geographic
