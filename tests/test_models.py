@@ -69,7 +69,7 @@ def test_unet_handles_one_pixel_input() -> None:
 
 
 def test_unet_rejects_bad_options() -> None:
-    with pytest.raises(GeoSegError, match="bad arguments for architecture 'unet': .*norm"):
+    with pytest.raises(GeoSegError, match=r"bad arguments for architecture 'unet': .*norm"):
         build_model("unet", in_channels=1, num_classes=2, norm="group")
     with pytest.raises(GeoSegError, match="encoder must be one of"):
         build_model("resnet_unet", in_channels=3, num_classes=2, encoder="resnet101")
@@ -194,6 +194,30 @@ def seeded_weights(state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, t
         else:
             filled[name] = torch.randn(tensor.shape, generator=generator) * 0.1
     return filled
+
+
+# Every registered architecture, small: (constructor arguments, input shape) for the stored reference outputs.
+REFERENCE_CASES: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "unet": ({"in_channels": 3, "num_classes": 4, "base_channels": 4, "depth": 3}, (1, 3, 48, 40)),
+    "resnet_unet": ({"in_channels": 5, "num_classes": 3, "encoder": "resnet18"}, (1, 5, 64, 64)),
+    "smp_unet": ({"in_channels": 3, "num_classes": 2, "encoder": "resnet18"}, (1, 3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_architecture_reproduces_its_stored_reference_outputs(name: str) -> None:
+    """segmentation_models_pytorch's rule: reference logits per architecture, stored, so that a refactor that
+    changes numerics (a layer order, a padding, an interpolation) fails here. A new architecture must add its
+    case (REFERENCE_CASES) and rerun tests/data/make_references.py."""
+    from pathlib import Path
+
+    references = torch.load(Path(__file__).parent / "data" / "model_references.pt", weights_only=True)
+    assert name in REFERENCE_CASES and name in references, f"no stored reference for {name}"
+    case = references[name]
+    model = build_model(name, **case["kwargs"]).eval()
+    model.load_state_dict(seeded_weights(model.state_dict()))
+    with torch.no_grad():
+        torch.testing.assert_close(model(case["input"]), case["logits"], rtol=1e-4, atol=1e-5)
 
 
 def test_smp_unet_matches_a_stored_smp_reference() -> None:
