@@ -223,3 +223,47 @@ def test_patches_past_a_small_scenes_edge_are_padded_as_configured(make_geotiff,
     assert (x_reflect[:, :40, 40:59] == 0).all() and (x_reflect[:, :40, 59:] > 0).all()
     assert torch.equal(x_reflect[:, :20, :20], x_nodata[:, :20, :20])  # inside: the same pixels
     assert (y_reflect[40:] == 255).all() and (y_nodata[40:] == 255).all()
+
+
+@pytest.mark.realdata
+def test_a_training_patch_equals_the_prediction_input_of_the_same_window(real_data, tmp_path) -> None:
+    """No train/serve skew: the NC Landsat stack (float32 bands, -99999 collars, an int16 band) read as a training
+    patch and as a prediction block, over the same windows, gives the model the same numbers, bit for bit
+    (normalisation, nodata masking, padding past the edge)."""
+    import rasterio
+    import torch
+    from rasterio.windows import Window
+
+    from geoseg.bundle import ClassSpec
+    from geoseg.inference.worker import ModelWorker
+    from geoseg.io.normalisation import Normalisation
+    from geoseg.io.raster import read_tile
+    from geoseg.training.loop import bundle_spec
+
+    bands = "+".join(f"lsat7_2000_{b}.tif" for b in (10, 20, 30, 40, 50, 70))
+    data = {"root": str(real_data / "nc_landsat"), "stacks_dir": str(tmp_path), "split": "region", "buffer": 0}
+    cfg = validate_config(
+        {
+            "data": data | {"val_fraction": 0.1, "scenes": [{"image": bands, "labels": "strata.tif"}]},
+            "classes": [{"id": i, "name": f"c{i}", "color": [0, 0, 0]} for i in range(1, 8)],
+        }
+    )
+    train = split_scenes(cfg).train
+    mean, std = band_statistics(train, list(range(1, 7)))
+    spec = bundle_spec(cfg, mean, std, [f"b{i}" for i in range(1, 7)], 6)
+    spec.classes = [ClassSpec(id=i, name=f"c{i}", color=(0, 0, 0)) for i in range(1, 8)]
+    patches = PatchDataset(train, list(range(1, 8)), list(range(1, 7)), mean, std, 96, stride=96)
+    patches.grid.append((0, Window(-40, 380, 96, 96)))  # past the west and south edges: reflect padding
+    patches.count += 1
+    norm = Normalisation.from_spec(spec)
+    worker = ModelWorker(spec, spec.build().state_dict())
+    saw_nodata = False
+    with rasterio.open(train[0].info.path) as src:
+        for k, (_, window) in enumerate(patches.grid):
+            x_train, _ = patches[k]
+            raw, valid = read_tile(src, window, list(norm.band_indexes), "reflect", native=True)  # as read_block
+            norm.mask_assumed_nodata(raw, valid, src.nodata)
+            x_pred = worker.normalise(torch.from_numpy(raw)[None], torch.from_numpy(valid)[None])[0]
+            assert torch.equal(x_train, x_pred), window
+            saw_nodata |= bool((~valid).any())
+    assert saw_nodata and len(patches) > 10

@@ -85,6 +85,16 @@ class ModelWorker:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
+    def normalise(self, raw: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Model input from raw pixels ``[n, bands, h, w]`` (any numeric type) and validity ``[n, h, w]``: the
+        arithmetic of :class:`geoseg.io.normalisation.Normalisation`, in torch on the model's device (a test
+        compares it with a training patch of the same window, bit for bit)."""
+        x = raw.to(torch.float32)
+        x.sub_(self.mean).div_(self.std)
+        if masks is not None:
+            x.masked_fill_(~masks[:, None], 0.0)
+        return x
+
     @torch.inference_mode()
     def run(self, blocks: BlockGrid, block: Block, pixels: BlockPixels, options: PredictOptions) -> BlockResult:
         """Predict and blend ``block`` from its raw pixels (read by :func:`geoseg.inference.reader.read_block`)."""
@@ -105,12 +115,8 @@ class ModelWorker:
             slices = [window(t) for t in batch]
             # Normalised band-planar, then made channels_last: per-channel arithmetic on channels_last tensors
             # of 4-6 bands broadcasts along the innermost axis and took 2-3x longer (measured).
-            x = torch.stack([raw[(slice(None), *s)] for s in slices]).to(torch.float32)
-            x.sub_(self.mean).div_(self.std)
-            masks = None
-            if valid is not None:
-                masks = torch.stack([valid[s] for s in slices])
-                x.masked_fill_(~masks[:, None], 0.0)
+            masks = None if valid is None else torch.stack([valid[s] for s in slices])
+            x = self.normalise(torch.stack([raw[(slice(None), *s)] for s in slices]), masks)
             probs = self.probabilities(x.contiguous(memory_format=torch.channels_last))
             for i, tile in enumerate(batch):
                 blender.add(tile, probs[i], None if masks is None else masks[i])

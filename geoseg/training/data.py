@@ -27,6 +27,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from geoseg.errors import GeoSegError
+from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import PadMode, SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
 from geoseg.io.sources import is_virtual
 from geoseg.io.vectors import is_vector, read_class_polygons
@@ -376,8 +377,9 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         pad_mode: PadMode = "reflect",
     ) -> None:
         self.scenes, self.size, self.bands = scenes, size, bands
-        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
-        self.std = np.asarray(std, dtype=np.float32)[:, None, None]
+        # The same contract as prediction (geoseg.io.normalisation): train/serve skew cannot creep in.
+        band_count = scenes[0].info.count if scenes else len(bands)
+        self.norm = Normalisation.of(bands, np.asarray(mean), np.asarray(std), band_count, nodata)
         self.ignore_index, self.nodata, self.seed, self.pad_mode = ignore_index, nodata, seed, pad_mode
         self.labels = [LabelSource(s, class_ids, ignore_index) for s in scenes]
         self.transform = augmentation(ignore_index) if augment else None
@@ -499,14 +501,13 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._sources[i] = rasterio.open(self.scenes[i].info.path)
         # The region may be narrower than a patch (region split): keep the patch inside the region's labels.
         raw, valid = read_tile(self._sources[i], window, self.bands, pad_mode=self.pad_mode)
-        if self._sources[i].nodata is None and self.nodata is not None:
-            valid &= ~np.any(raw == self.nodata, axis=0)
+        self.norm.mask_assumed_nodata(raw, valid, self._sources[i].nodata)
         # Pixels of another set are blanked like nodata; labels count on the set's own pixels only.
         roles = self.scenes[i].roles.sample(window, mirror=self.pad_mode == "reflect")
         valid &= np.isin(roles, (self.scenes[i].role, BUFFER))
         labels = self.labels[i].read(window)
         labels[~valid | (roles != self.scenes[i].role)] = self.ignore_index
-        image = np.where(valid, (raw - self.mean) / self.std, 0.0).astype(np.float32)
+        image = self.norm.apply(raw, valid)
         x, y = tv_tensors.Image(torch.from_numpy(image)), tv_tensors.Mask(torch.from_numpy(labels))
         if self.transform is not None:
             x, y = self.transform(x, y)
