@@ -491,6 +491,27 @@ def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bu
     assert [manifest[f"d{i}"]["status"] for i in range(3)] == ["ok", "failed", "failed"]
 
 
+def test_manifest_entries_are_typed_and_a_damaged_one_makes_its_scene_rerun(tmp_path) -> None:
+    from geoseg.inference.manifest import Manifest, ManifestEntry
+    from geoseg.inference.report import SceneReport, Status
+
+    out = tmp_path / "a.tif"
+    out.write_bytes(b"x" * 10)
+    manifest = Manifest(tmp_path, snapshot_seconds=0)
+    report = SceneReport(scene="a", source="/archive/a.tif", status=Status.OK, output=str(out))
+    manifest.record(report, "fp", "id")
+    entry = manifest.entries["a"]
+    assert isinstance(entry, ManifestEntry) and entry.output_bytes == 10 and entry.vectors_key is None
+    skipped = Manifest(tmp_path).finished("a", "/archive/a.tif", "id", "fp")
+    assert skipped is not None and skipped.status == Status.SKIPPED and skipped.output == str(out)
+    assert ManifestEntry.from_json(entry.to_json()) == entry  # the stored form reads back the same
+    stored = json.loads((tmp_path / "manifest.json").read_text())
+    for damage in ({"output_bytes": "10"}, {"fingerprint": 7}, {"output_bytes": True}):
+        broken = stored | {"scenes": {"a": stored["scenes"]["a"] | damage}}
+        (tmp_path / "manifest.json").write_text(json.dumps(broken))
+        assert Manifest(tmp_path).finished("a", "/archive/a.tif", "id", "fp") is None, damage
+
+
 def test_manifest_journal_survives_a_kill_and_is_compacted(tmp_path) -> None:
     from geoseg.inference.manifest import Manifest
     from geoseg.inference.report import SceneReport, Status

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +80,49 @@ class LocalStore:
         return None
 
 
+@dataclass
+class ManifestEntry:
+    """One scene's record: its report, what produced it (fingerprint of model + options, identity of the source
+    bytes), the sizes its outputs had, and the polygon options its vectors were made with.
+
+    Stored flat (the report's fields beside these), as manifests always were; :meth:`from_json` refuses an
+    entry whose fields are not of their types, so a damaged or foreign record makes its scene rerun rather than
+    count as finished."""
+
+    report: SceneReport
+    fingerprint: str
+    source_identity: str
+    output_bytes: int | None = None
+    probabilities_bytes: int | None = None
+    vectors_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        extra = {"fingerprint": self.fingerprint, "source_identity": self.source_identity}
+        for key in ("output_bytes", "probabilities_bytes", "vectors_key"):
+            if getattr(self, key) is not None:
+                extra[key] = getattr(self, key)
+        return self.report.to_dict() | extra
+
+    @classmethod
+    def from_json(cls, entry: Any) -> ManifestEntry | None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("scene"), str):
+            return None
+        try:
+            report = SceneReport.from_dict(entry)
+        except (TypeError, ValueError):
+            return None
+        fingerprint, identity = entry.get("fingerprint", ""), entry.get("source_identity", "")
+        sizes = entry.get("output_bytes"), entry.get("probabilities_bytes")
+        vectors_key = entry.get("vectors_key")
+        if not (isinstance(fingerprint, str) and isinstance(identity, str)):
+            return None
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in sizes):
+            return None
+        if vectors_key is not None and not isinstance(vectors_key, str):
+            return None
+        return cls(report, fingerprint, identity, sizes[0], sizes[1], vectors_key)
+
+
 class Manifest:
     """Per-scene state of a job folder: ``manifest.json``, plus ``manifest.jsonl`` while a job runs.
 
@@ -96,24 +140,29 @@ class Manifest:
         self.snapshot_seconds = snapshot_seconds
         self.store = store or LocalStore()
         self._snapshot_at = time.monotonic()
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries: dict[str, ManifestEntry] = {}
         if self.path.exists():
             try:
-                self.entries = json.loads(self.path.read_text()).get("scenes", {})
+                stored = json.loads(self.path.read_text()).get("scenes", {})
             except (json.JSONDecodeError, AttributeError):
-                self.entries = {}  # unreadable manifest: redo everything rather than trust it
+                stored = {}  # unreadable manifest: redo everything rather than trust it
+            for value in stored.values() if isinstance(stored, dict) else []:
+                entry = ManifestEntry.from_json(value)
+                if entry is not None:
+                    self.entries[entry.report.scene] = entry
         if self.journal.exists():
             for line in self.journal.read_text().splitlines():
                 with contextlib.suppress(json.JSONDecodeError):
-                    entry = json.loads(line)
-                    if isinstance(entry, dict) and isinstance(entry.get("scene"), str):
-                        self.entries[entry["scene"]] = entry
+                    entry = ManifestEntry.from_json(json.loads(line))
+                    if entry is not None:
+                        self.entries[entry.report.scene] = entry
             self.snapshot()  # a fresh journal: appending after a torn line would tear the next entry too
 
     def snapshot(self) -> None:
         """Write ``manifest.json`` from every entry, then drop the journal (replaying it again is harmless)."""
         try:
-            write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": self.entries})
+            scenes = {name: entry.to_json() for name, entry in self.entries.items()}
+            write_json_atomic(self.path, {"geoseg_version": __version__, "scenes": scenes})
             self.journal.unlink(missing_ok=True)
         except OSError as exc:
             raise GeoSegError(f"cannot write the job manifest ({exc.strerror or exc})", self.path) from exc
@@ -123,35 +172,39 @@ class Manifest:
     def finished(self, name: str, source: str, identity: str, fingerprint: str) -> SceneReport | None:
         """The report of a scene that needs no rerun (status ``skipped``), else None."""
         entry = self.entries.get(name)
-        if not entry or entry.get("status") != Status.OK or entry.get("fingerprint") != fingerprint:
+        if entry is None or entry.report.status != Status.OK or entry.fingerprint != fingerprint:
             return None
-        if entry.get("source") != source or entry.get("source_identity") != identity:
+        if entry.report.source != source or entry.source_identity != identity:
             return None
-        for key in ("output", "probabilities"):
-            output, size = entry.get(key), entry.get(f"{key}_bytes")
+        for output, size in (
+            (entry.report.output, entry.output_bytes),
+            (entry.report.probabilities, entry.probabilities_bytes),
+        ):
             if output and self.store.size(output) != size:
                 return None
-        report = SceneReport.from_dict(entry)
-        report.status = Status.SKIPPED
-        return report
+        return replace(entry.report, status=Status.SKIPPED)
 
     def vectors_current(self, name: str, key: str) -> bool:
         """Whether the scene's polygons exist and were made with vectorizing options ``key``."""
-        entry = self.entries.get(name) or {}
-        vectors = entry.get("vectors")
-        return entry.get("vectors_key") == key and isinstance(vectors, str) and self.store.size(vectors) is not None
+        entry = self.entries.get(name)
+        if entry is None or entry.vectors_key != key or not entry.report.vectors:
+            return False
+        return self.store.size(entry.report.vectors) is not None
 
     def record(self, report: SceneReport, fingerprint: str, identity: str, vectors_key: str | None = None) -> None:
-        entry: dict[str, Any] = report.to_dict() | {"fingerprint": fingerprint, "source_identity": identity}
-        if report.vectors:
-            entry["vectors_key"] = vectors_key
-        for key, path in (("output", report.output), ("probabilities", report.probabilities)):
-            if report.status == Status.OK and path:
-                entry[f"{key}_bytes"] = self.store.size(path)
+        ok = report.status == Status.OK
+        entry = ManifestEntry(
+            report,
+            fingerprint,
+            identity,
+            output_bytes=self.store.size(report.output) if ok and report.output else None,
+            probabilities_bytes=self.store.size(report.probabilities) if ok and report.probabilities else None,
+            vectors_key=vectors_key if report.vectors else None,
+        )
         self.entries[report.scene] = entry
         try:
             with open(self.journal, "a") as journal:
-                journal.write(json.dumps(entry) + "\n")
+                journal.write(json.dumps(entry.to_json()) + "\n")
                 journal.flush()
                 os.fsync(journal.fileno())
         except OSError as exc:  # the job cannot promise to resume what it cannot record: it stops here
