@@ -7,6 +7,8 @@ import pytest
 import rasterio
 import shapely
 from bad_inputs import write_geotiff
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio import features
 from shapely.geometry import box, shape
 
@@ -67,3 +69,30 @@ def test_handmade_seam_cases_equal_whole_raster_polygons(tmp_path, name: str, ch
         match = next(i for i in unmatched if whole[i][0] == value and shapely.equals(whole[i][1], geom))
         unmatched.remove(match)
     assert not unmatched
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60), st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=120))
+def test_union_find_gives_each_group_its_smallest_member(n: int, pairs: list[tuple[int, int]]) -> None:
+    from geoseg.vector.polygonize import union_find
+
+    pairs = [(x % n, y % n) for x, y in pairs]
+    a = np.array([x for x, _ in pairs], dtype=np.int64)
+    b = np.array([y for _, y in pairs], dtype=np.int64)
+    # Reference: flood fill over the adjacency lists.
+    neighbours: dict[int, set[int]] = {i: set() for i in range(n)}
+    for x, y in pairs:
+        neighbours[x].add(y)
+        neighbours[y].add(x)
+    expected = np.arange(n)
+    for start in range(n):
+        if expected[start] != start:
+            continue
+        stack, seen = [start], {start}
+        while stack:
+            for nxt in neighbours[stack.pop()] - seen:
+                seen.add(nxt)
+                stack.append(nxt)
+        for member in seen:
+            expected[member] = min(seen)
+    np.testing.assert_array_equal(union_find(n, a, b), expected)

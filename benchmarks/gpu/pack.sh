@@ -22,6 +22,9 @@ packages=(
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     "${platforms[@]}" -d "$dl" "${packages[@]}"
+# pystac (STAC inputs; imported by the predict job) and its pure-Python family: extensions, python-dateutil, six.
+"$PY" -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${platforms[@]}" -d "$dl" pystac
 # ray without its Java jars: unpack, drop them and their RECORD lines, pack again.
 for wheel in "$dl"/ray-*.whl; do
     unpacked=$(mktemp -d)

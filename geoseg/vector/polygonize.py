@@ -204,22 +204,28 @@ def _seam_touching(geoms: np.ndarray, window: Window, width: int, height: int) -
     )
 
 
-def _union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The root (smallest index) of each of ``n`` items' group, given pairs ``a[i] ~ b[i]``."""
-    parent = np.arange(n)
+def union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The root (smallest index) of each of ``n`` items' group, given pairs ``a[i] ~ b[i]``.
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
-    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0).tolist() if len(a) else []
-    for x, y in pairs:
-        rx, ry = find(int(x)), find(int(y))
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
+    Vectorized hook-and-compress: every round each pair whose ends have different roots hooks the larger root
+    under the smaller (``np.minimum.at``), then pointer jumping compresses every path to its root; rounds repeat
+    until no pair spans two roots. Parents only ever point to smaller indices, so each group's root is its
+    smallest member. Numpy work per round, a few rounds, instead of a Python step per pair.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    while len(a):
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        np.minimum.at(parent, np.maximum(ra[differ], rb[differ]), np.minimum(ra[differ], rb[differ]))
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+    return parent
 
 
 def _touching_pairs(geoms: np.ndarray, classes: np.ndarray, chunk_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +280,7 @@ def _merge_seam(seam: list[_SeamPieces], seams: Seams, connectivity: Connectivit
         chunk_ids = np.concatenate([np.full(len(s.classes), i) for i, s in enumerate(seam)])
         a, b = _touching_pairs(pieces.to_geoms(), classes, chunk_ids)
     seam.clear()
-    roots = _union_find(len(pieces), a, b)
+    roots = union_find(len(pieces), a, b)
     size = np.bincount(roots, minlength=len(pieces))
     region_sums = np.bincount(roots, weights=sums, minlength=len(pieces))
     region_counts = np.bincount(roots, weights=counts, minlength=len(pieces))
