@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import shutil
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from geoseg import __version__
 from geoseg.errors import GeoSegError
 from geoseg.inference.tiling import ModelGeometry
+from geoseg.io.writer import temp_sibling
 from geoseg.models import build_model
 from geoseg.models.pretrained import read_state_dict
 from geoseg.settings import Strict
@@ -143,7 +143,7 @@ def save_bundle(directory: str | Path, spec: BundleSpec, model: nn.Module) -> Pa
     # Only a bundle is ever replaced: any other file or folder under that name is the user's, and stays.
     if directory.exists() and not (directory.is_dir() and (directory / SPEC_FILE).is_file()):
         raise GeoSegError("exists and is not a model bundle; refusing to replace it", directory)
-    staging = directory.with_name(f".{directory.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging = temp_sibling(directory)
     try:
         staging.mkdir(parents=True)
     except OSError as exc:

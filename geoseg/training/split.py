@@ -45,6 +45,7 @@ from shapely.geometry import box, mapping
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import SceneInfo, reflect_index
 from geoseg.io.vectors import read_polygons
+from geoseg.io.writer import temp_sibling
 
 TRAIN, VAL, TEST, BUFFER = 0, 1, 2, 3
 ROLE_NAMES = {TRAIN: "train", VAL: "validation", TEST: "test", BUFFER: "buffer"}
@@ -251,7 +252,7 @@ def region_cells(region: Any, info: SceneInfo, cell: int, root: Path) -> np.ndar
 def write_role_map(path: Path, roles: RoleMap, info: SceneInfo) -> Path:
     """The role grid as a small GeoTIFF with a colour table and role names (open it over the scene in QGIS)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = temp_sibling(path)
     with rasterio.open(partial, "w", **roles.profile(info.transform, info.crs)) as dst:
         dst.write(roles.roles, 1)
         dst.write_colormap(1, {k: (*v, 255) for k, v in ROLE_COLORS.items()})

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 import shapely
-from pyproj import CRS
+from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from geoseg.errors import GeoSegError
 from geoseg.io.styles import ClassStyle, gpkg_default_style, style_vector_sidecar, vector_qml
+from geoseg.io.writer import temp_sibling
 from geoseg.vector.formats import FORMATS
 from geoseg.vector.polygonize import ClassPolygons
 
@@ -61,12 +63,23 @@ def to_geodataframe(polygons: ClassPolygons) -> gpd.GeoDataFrame:
         geometry=geoms,
         crs=polygons.crs,
     )
-    measured = frame.to_crs(EQUAL_AREA_CRS) if frame.crs.is_geographic else frame
-    frame["area_m2"] = measured.geometry.area.to_numpy()
-    frame["perimeter_m"] = measured.geometry.length.to_numpy()
+    metric = in_metres(geoms, polygons.crs)
+    frame["area_m2"] = shapely.area(metric)
+    frame["perimeter_m"] = shapely.length(metric)
     if polygons.confidence is not None:
         frame["confidence"] = polygons.confidence
     return frame
+
+
+def in_metres(geoms: np.ndarray, crs: Any) -> np.ndarray:
+    """``geoms`` in a CRS whose unit is the metre: as they are in a projected CRS, in the equal-area
+    :data:`EQUAL_AREA_CRS` when ``crs`` is geographic. Areas and perimeters (exported attributes, the minimum
+    mapping unit) are all measured on these."""
+    proj = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    if not proj.is_geographic:
+        return geoms
+    to_equal_area = Transformer.from_crs(proj, EQUAL_AREA_CRS, always_xy=True)
+    return np.asarray(shapely.transform(geoms, lambda xy: np.column_stack(to_equal_area.transform(xy[:, 0], xy[:, 1]))))
 
 
 class PolygonWriter:
@@ -99,7 +112,7 @@ class PolygonWriter:
             raise GeoSegError(f"cannot create the output folder ({exc.strerror or exc})", self.out.parent) from None
         if not os.access(self.out.parent, os.W_OK):
             raise GeoSegError("output folder is not writable", self.out.parent)
-        self.staging = self.out.parent / f".{self.out.name}.{uuid.uuid4().hex[:8]}.partial"
+        self.staging = temp_sibling(self.out)
         self.staging.mkdir()
         self.target = self.staging / self.out.name
         self.held: list[gpd.GeoDataFrame] = []

@@ -26,22 +26,14 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import shapely
-from pyproj import CRS as ProjCRS
-from pyproj import Transformer
 from rasterio import features
 
-from geoseg.vector.export import EQUAL_AREA_CRS
+from geoseg.vector.export import in_metres
 from geoseg.vector.polygonize import ClassPolygons, Connectivity, _categorical
 
 
 def _areas_m2(geoms: np.ndarray, crs: object) -> np.ndarray:
-    proj = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    if not proj.is_geographic:
-        return np.asarray(shapely.area(geoms))
-    to_equal_area = Transformer.from_crs(proj, EQUAL_AREA_CRS, always_xy=True)
-    return np.asarray(
-        shapely.area(shapely.transform(geoms, lambda xy: np.column_stack(to_equal_area.transform(xy[:, 0], xy[:, 1]))))
-    )
+    return np.asarray(shapely.area(in_metres(geoms, crs)))
 
 
 def simplify_shared_edges(polygons: ClassPolygons, tolerance: float) -> ClassPolygons:
