@@ -204,16 +204,6 @@ def train(config_path: Path, output: Path, overrides: tuple[str, ...], ray_addre
     run_train(cfg, output, ray_address=ray_address, console=console)
 
 
-# Config keys that name a parameter differently from its long option.
-_PREDICT_PARAM_NAMES = {
-    "model": "model_dir",
-    "input": "inputs",
-    "pad": "pad_mode",
-    "vectorize": "vector_format",
-    "compile": "compile_model",
-}
-
-
 def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
     """Make the values of ``--config FILE`` the defaults of the other options (the command line wins)."""
     if path is not None:
@@ -222,7 +212,7 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
         values = load_predict_config(path).model_dump(exclude_none=True)
         if not values.get("input"):
             values.pop("input", None)
-        ctx.default_map = {_PREDICT_PARAM_NAMES.get(k, k): v for k, v in values.items()}
+        ctx.default_map = values  # parameters are named as the job file's keys
     return path
 
 
@@ -235,8 +225,8 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     callback=_predict_config_defaults,
     help="YAML job file with any of these options (keys: long names with _); the command line wins.",
 )
-@click.option("--model", "model_dir", required=True, help="Model bundle folder, or s3://bucket/prefix/ of one.")
-@click.option("--input", "inputs", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
+@click.option("--model", required=True, help="Model bundle folder, or s3://bucket/prefix/ of one.")
+@click.option("--input", multiple=True, help="Scene file, glob, folder or .txt/.csv list.")
 @click.argument("more_inputs", nargs=-1)
 @click.option(
     "--output",
@@ -276,7 +266,6 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 @click.option("--workers", type=click.IntRange(min=1), help="Model actors (default: one per GPU, else one per CPU).")
 @click.option(
     "--pad",
-    "pad_mode",
     type=click.Choice(["reflect", "constant", "nodata"]),
     default="reflect",
     show_default=True,
@@ -289,12 +278,11 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 )
 @click.option(
     "--vectorize",
-    "vector_format",
     type=click.Choice(FORMAT_NAMES),
     help="Also polygonize each class raster into <scene>.<format> (changing only polygon options reruns no model).",
 )
 @_polygon_options
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model in each worker (GPU jobs).")
+@click.option("--compile", is_flag=True, help="torch.compile the model in each worker (GPU jobs).")
 @click.option(
     "--in-process/--ray",
     "in_process",
@@ -303,30 +291,7 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     "cluster or --workers is given; Ray otherwise).",
 )
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
-def predict(
-    model_dir: str,
-    inputs: tuple[str, ...],
-    more_inputs: tuple[str, ...],
-    output: str,
-    stac_filter: tuple[str, ...],
-    stac_items: bool,
-    tile: int | None,
-    halo: int | None,
-    overlap: int | None,
-    block: int | None,
-    batch_size: int | None,
-    workers: int | None,
-    pad_mode: str,
-    probabilities: bool,
-    vector_format: str | None,
-    skip_class: tuple[int, ...],
-    min_area: float,
-    fill_holes: float,
-    simplify: float,
-    compile_model: bool,
-    in_process: bool | None,
-    ray_address: str | None,
-) -> None:
+def predict(more_inputs: tuple[str, ...], **params: Any) -> None:
     """Predict class rasters (COG) for every input scene; exit 1 if any scene failed.
 
     MORE_INPUTS (like --input): scene files, globs, folders, .txt/.csv lists, band stacks written
@@ -334,38 +299,27 @@ def predict(
     local or s3://): one scene per item, bands chosen by the bundle's band names.
     """
     from geoseg.inference.job import predict_archive
-    from geoseg.inference.options import PredictOptions
+    from geoseg.inference.jobfile import PredictConfig
     from geoseg.io.objectstore import is_s3
-    from geoseg.io.stac import StacFilter
+    from geoseg.settings import validated
 
-    all_inputs = [*inputs, *more_inputs]
-    if not all_inputs:
+    params["input"] = [*params["input"], *more_inputs]
+    job: PredictConfig = validated(PredictConfig, params)  # the one place that says what is valid
+    if not job.input:
         raise GeoSegError("no --input given")
-    options = PredictOptions(
-        tile=tile,
-        halo=halo,
-        overlap=overlap,
-        block=block,
-        batch_size=batch_size,
-        pad_mode=pad_mode,  # type: ignore[arg-type]
-        probabilities=probabilities,
-        vectors=None
-        if vector_format is None
-        else _vectorize_options(skip_class, min_area, fill_holes, simplify, fmt=vector_format),
-    )
-    job_folder: str | Path = output if is_s3(output) else Path(output)
+    model, output = job.model or "", job.output or ""
     reports = predict_archive(
-        model_dir if is_s3(model_dir) else Path(model_dir),
-        all_inputs,
-        job_folder,
-        options,
-        workers,
-        ray_address,
+        model if is_s3(model) else Path(model),
+        job.input,
+        output if is_s3(output) else Path(output),
+        job.predict_options(),
+        job.workers,
+        job.ray_address,
         console,
-        compile=compile_model,
-        in_process=in_process,
-        stac_filter=StacFilter.parse(stac_filter),
-        stac_items=stac_items,
+        compile=bool(job.compile),
+        in_process=job.in_process,
+        stac_filter=job.stac(),
+        stac_items=bool(job.stac_items),
     )
     failed = [r for r in reports if r.status == "failed"]
     report = f"{output.rstrip('/')}/report.json" if is_s3(output) else Path(output) / "report.json"

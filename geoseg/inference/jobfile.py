@@ -1,14 +1,22 @@
-"""``geoseg predict --config JOB.yaml``: the predict options kept in a file for batch jobs."""
+"""A prediction job as one validated value: ``geoseg predict``'s options, from the command line, from a job
+file (``--config JOB.yaml``), or both (the command line wins). The CLI only parses; what the options mean and
+which values are valid is declared here, and :meth:`PredictConfig.predict_options` makes the tiling/output
+options the job runs with."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
 from geoseg.io.raster import PadMode
 from geoseg.settings import Strict, read_yaml_mapping, validated
 from geoseg.vector.formats import FORMAT_NAMES
+
+if TYPE_CHECKING:
+    from geoseg.inference.options import PredictOptions
+    from geoseg.io.stac import StacFilter
 
 
 class PredictConfig(Strict):
@@ -50,6 +58,36 @@ class PredictConfig(Strict):
         if value is not None and value not in FORMAT_NAMES:
             raise ValueError(f"one of {', '.join(FORMAT_NAMES)}")
         return value
+
+    def predict_options(self) -> PredictOptions:
+        """Tiling, padding and outputs of this job (unset tiling values follow the model)."""
+        from geoseg.inference.options import PredictOptions
+        from geoseg.vector.polygonize import VectorizeOptions
+
+        vectors = None
+        if self.vectorize is not None:
+            vectors = VectorizeOptions(
+                skip_classes=frozenset(self.skip_class or ()),
+                min_area_m2=self.min_area or 0.0,
+                fill_holes_m2=self.fill_holes or 0.0,
+                simplify=self.simplify or 0.0,
+                fmt=self.vectorize,
+            )
+        return PredictOptions(
+            tile=self.tile,
+            halo=self.halo,
+            overlap=self.overlap,
+            block=self.block,
+            batch_size=self.batch_size,
+            pad_mode=self.pad or "reflect",
+            probabilities=bool(self.probabilities),
+            vectors=vectors,
+        )
+
+    def stac(self) -> StacFilter:
+        from geoseg.io.stac import StacFilter
+
+        return StacFilter.parse(self.stac_filter or [])
 
 
 def load_predict_config(path: str | Path) -> PredictConfig:
