@@ -25,7 +25,7 @@ import rasterio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geoseg.io.raster import on_grid, warp_to_grid  # noqa: E402
+from geoseg.io.raster import onto_grid  # noqa: E402
 from geoseg.metrics import summarize  # noqa: E402
 from geoseg.training.config import TrainConfig, load_config  # noqa: E402
 from geoseg.training.loop import train  # noqa: E402
@@ -52,7 +52,7 @@ def _read_scene(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         valid = np.all(src.read_masks() > 0, axis=0)
         grid = (src.crs, src.transform, src.width, src.height)
     with rasterio.open(labels) as lab:
-        truth_src = lab if on_grid(lab, *grid) else warp_to_grid(lab, *grid)
+        truth_src = onto_grid(lab, *grid)
         truth = truth_src.read(1)
         valid &= truth_src.read_masks(1) > 0
     (role_file,) = sorted((run / "split").glob("*.tif"))

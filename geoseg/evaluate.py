@@ -13,7 +13,7 @@ from rasterio import features
 from rasterio.windows import transform as window_transform
 
 from geoseg.errors import GeoSegError
-from geoseg.io.raster import on_grid, warp_to_grid
+from geoseg.io.raster import onto_grid
 from geoseg.io.vectors import is_vector, read_class_polygons, read_polygons
 from geoseg.io.writer import class_names_from_tags
 from geoseg.metrics import summarize
@@ -121,11 +121,7 @@ class _Region:
             self._shapes = [(g, 1) for g in frame.geometry if g is not None and not g.is_empty]
         else:
             src = self._file = _open(path, "region")
-            self._src = (
-                src
-                if on_grid(src, pred.crs, pred.transform, pred.width, pred.height)
-                else warp_to_grid(src, pred.crs, pred.transform, pred.width, pred.height)
-            )
+            self._src = onto_grid(src, pred.crs, pred.transform, pred.width, pred.height)
 
     def mask(self, window: Any, shape: tuple[int, int]) -> np.ndarray:
         if self._shapes is not None:
@@ -184,11 +180,7 @@ def confusion(
                     if truth_src.count != 1:
                         raise GeoSegError(f"the truth has {truth_src.count} bands; a class raster has one", truth_path)
                     names = class_names_from_tags(truth_src.tags()) | names
-                    truth = (
-                        truth_src
-                        if on_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
-                        else warp_to_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
-                    )
+                    truth = onto_grid(truth_src, pred.crs, pred.transform, pred.width, pred.height)
                     for _, window in pred.block_windows(1):
                         p = pred.read(1, window=window)
                         t = truth.read(1, window=window)

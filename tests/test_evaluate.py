@@ -62,7 +62,7 @@ def test_truth_on_another_grid_is_warped(make_geotiff) -> None:
 
 def test_truth_tagged_with_another_datum_realisation_is_read_as_is(make_geotiff, monkeypatch) -> None:
     """NAD83 vs NAD83(HARN) tags on one grid: the same grid for evaluation as for training labels (no warp)."""
-    import geoseg.evaluate
+    import geoseg.io.raster
 
     truth = np.kron(np.random.default_rng(1).integers(0, 3, (6, 5)), np.ones((5, 5), int)).astype(np.uint8)
     truth_path = make_geotiff(truth, name="t.tif", crs="EPSG:3747")  # NAD83(HARN) / UTM 17N
@@ -71,7 +71,7 @@ def test_truth_tagged_with_another_datum_realisation_is_read_as_is(make_geotiff,
     def no_warp(*args, **kwargs):
         raise AssertionError("truth on the same grid was warped")
 
-    monkeypatch.setattr(geoseg.evaluate, "warp_to_grid", no_warp)
+    monkeypatch.setattr(geoseg.io.raster, "warp_to_grid", no_warp)  # where onto_grid() warps
     result = evaluate(pred_path, truth_path)
     assert result["miou"] == 1.0 and sum(map(sum, result["confusion_matrix"])) == truth.size
 

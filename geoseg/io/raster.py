@@ -275,6 +275,16 @@ def _valid(src: rasterio.DatasetReader, bands: list[int], window: Window, data: 
     return np.all(src.read_masks(bands, window=window) > 0, axis=0)
 
 
+def onto_grid(
+    src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int, height: int
+) -> rasterio.DatasetReader | WarpedVRT:
+    """``src`` read on this grid: itself when its pixels are the grid's (:func:`on_grid`), else warped onto it
+    (:func:`warp_to_grid`). Training labels, evaluation truth and evaluation regions all come through here."""
+    if on_grid(src, crs, transform, width, height):
+        return src
+    return warp_to_grid(src, crs, transform, width, height)
+
+
 def warp_to_grid(src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int, height: int) -> WarpedVRT:
     """``src`` (a class raster) seen on another grid, nearest-neighbour, with a mask that is False outside its
     footprint: without a nodata value the warp would fill the uncovered area with 0, a valid class."""

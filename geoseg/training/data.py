@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from geoseg.errors import GeoSegError
 from geoseg.io.normalisation import Normalisation
-from geoseg.io.raster import PadMode, SceneInfo, on_grid, open_scene, read_tile, warp_to_grid
+from geoseg.io.raster import PadMode, SceneInfo, onto_grid, open_scene, read_tile
 from geoseg.io.sources import is_virtual
 from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.training.config import TrainConfig
@@ -184,10 +184,7 @@ class LabelSource:
         info = self.scene.info
         if src.crs is None:
             raise GeoSegError("label raster has no CRS", path)
-        if on_grid(src, crs, info.transform, info.width, info.height):
-            self._raster = src
-        else:
-            self._raster = warp_to_grid(src, crs, info.transform, info.width, info.height)
+        self._raster = onto_grid(src, crs, info.transform, info.width, info.height)
 
     def reopen(self) -> None:
         """Drop an open label raster (a DataLoader process opens its own); polygons in memory are kept."""
