@@ -30,11 +30,12 @@ from typing import Any
 
 import pystac
 import rasterio
+from affine import Affine
 from rasterio.errors import RasterioIOError
 
 from geoseg.errors import GeoSegError
 from geoseg.io.sources import gdal_path
-from geoseg.io.writer import temp_sibling
+from geoseg.io.stack import vrt_source, write_vrt
 
 STAC_SUFFIXES = {".json"}
 _TYPES = {"Feature", "FeatureCollection", "Catalog", "Collection"}
@@ -243,11 +244,7 @@ def build_item_vrt(bands: Sequence[BandAsset], out: Path) -> Path:
     east = max(o[2].c + o[3] * o[2].a for o in opened)
     south = min(o[2].f + o[4] * o[2].e for o in opened)
     width, height = round((east - west) / ref_t.a), round((north - south) / -ref_t.e)
-    parts = [
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-        f"<SRS>{html.escape(crs.to_wkt()) if crs else ''}</SRS>",
-        f"<GeoTransform>{west!r}, {ref_t.a!r}, 0.0, {north!r}, 0.0, {ref_t.e!r}</GeoTransform>",
-    ]
+    parts = []
     for i, (band, band_crs, t, w, h, _dtype, file_nodata) in enumerate(opened, start=1):
         if band_crs != crs:
             raise GeoSegError(f"band {band.name} is in another CRS than band {reference[0].name}", band.href)
@@ -261,21 +258,14 @@ def build_item_vrt(bands: Sequence[BandAsset], out: Path) -> Path:
         parts.append(
             f'<VRTRasterBand dataType="Float32" band="{i}"><NoDataValue>nan</NoDataValue>'
             f"<Description>{html.escape(band.name)}</Description>"
-            f'<ComplexSource resampling="nearest"><SourceFilename relativeToVRT="0">'
-            f"{html.escape(band.href if band.href.startswith('/vsi') else str(Path(band.href).resolve()))}"
-            "</SourceFilename><SourceBand>1</SourceBand>"
+            f'<ComplexSource resampling="nearest">{vrt_source(band.href)}<SourceBand>1</SourceBand>'
             f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
             f'<DstRect xOff="{round(x_off)}" yOff="{round(y_off)}" xSize="{round(x_size)}" ySize="{round(y_size)}"/>'
             f"{'<NODATA>' + repr(float(nodata)) + '</NODATA>' if nodata is not None else ''}"
             f"<ScaleOffset>{band.offset!r}</ScaleOffset><ScaleRatio>{band.scale!r}</ScaleRatio>"
             "</ComplexSource></VRTRasterBand>"
         )
-    parts.append("</VRTDataset>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = temp_sibling(out)
-    staging.write_text("\n".join(parts))
-    os.replace(staging, out)
-    return out
+    return write_vrt(out, width, height, crs, Affine(ref_t.a, 0.0, west, 0.0, ref_t.e, north), parts)
 
 
 @dataclass(frozen=True)

@@ -85,18 +85,13 @@ def build_stack_vrt(paths: Sequence[str | Path], out: Path) -> Path:
             )
     crs, transform, width, height = reference
     dtype = np.result_type(*[np.dtype(d) for _, d, _, _ in bands]).name
-    parts = [
-        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-        f"<SRS>{html.escape(crs.to_wkt()) if crs else ''}</SRS>",
-        f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>",
-    ]
+    parts = []
     for i, (path, band_dtype, nodata, (block_h, block_w)) in enumerate(bands, start=1):
-        source = path if is_virtual(path) else str(Path(path).resolve())
         nodata_xml = f"<NoDataValue>{nodata!r}</NoDataValue>" if nodata is not None else ""
         parts.append(
             f'<VRTRasterBand dataType="{_VRT_TYPES[dtype]}" band="{i}">{nodata_xml}'
             f"<Description>{html.escape(Path(path).stem)}</Description><SimpleSource>"
-            f'<SourceFilename relativeToVRT="0">{html.escape(source)}</SourceFilename><SourceBand>1</SourceBand>'
+            f"{vrt_source(path)}<SourceBand>1</SourceBand>"
             f'<SourceProperties RasterXSize="{width}" RasterYSize="{height}" DataType="{_VRT_TYPES[band_dtype]}" '
             f'BlockXSize="{block_w}" BlockYSize="{block_h}"/>'
             f'<SrcRect xOff="0" yOff="0" xSize="{width}" ySize="{height}"/>'
@@ -104,9 +99,27 @@ def build_stack_vrt(paths: Sequence[str | Path], out: Path) -> Path:
             f"{'<NODATA>' + repr(nodata) + '</NODATA>' if nodata is not None else ''}"
             "</SimpleSource></VRTRasterBand>"
         )
-    parts.append("</VRTDataset>")
+    return write_vrt(out, width, height, crs, transform, parts)
+
+
+def vrt_source(path: str) -> str:
+    """A VRT ``SourceFilename`` element: GDAL virtual paths as they are, local files absolute."""
+    source = path if is_virtual(path) else str(Path(path).resolve())
+    return f'<SourceFilename relativeToVRT="0">{html.escape(source)}</SourceFilename>'
+
+
+def write_vrt(out: Path, width: int, height: int, crs: Any, transform: Any, bands: list[str]) -> Path:
+    """Write a VRT of ``width`` x ``height`` pixels on this grid holding the ``VRTRasterBand`` elements
+    ``bands``, atomically (several training workers may write the same VRT: never a half file)."""
+    parts = [
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f"<SRS>{html.escape(crs.to_wkt()) if crs else ''}</SRS>",
+        f"<GeoTransform>{', '.join(repr(v) for v in transform.to_gdal())}</GeoTransform>",
+        *bands,
+        "</VRTDataset>",
+    ]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = temp_sibling(out)
     staging.write_text("\n".join(parts))
-    os.replace(staging, out)  # several training workers may write the same VRT: never a half file
+    os.replace(staging, out)
     return out
