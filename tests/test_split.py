@@ -179,7 +179,7 @@ def test_the_shipped_nc_config_keeps_its_test_region_out_of_training(real_data, 
 
     config = Path(__file__).resolve().parents[1] / "configs" / "nc_landsat.yaml"
     cfg = load_config(config, [f"data.root={real_data / 'nc_landsat'}", f"data.stacks_dir={tmp_path}"])
-    field = receptive_field(cfg, 6)
+    field = receptive_field(cfg)
     split = split_scenes(cfg, buffer=field)
     (test,) = split.test
     info = test.info

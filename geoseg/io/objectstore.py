@@ -169,6 +169,17 @@ def list_keys(prefix: S3Url) -> list[str]:
     return keys
 
 
+def glob(pattern: str) -> list[str]:
+    """``/vsis3/bucket/prefix/*.tif`` (or ``s3://``): the objects whose keys match, as ``/vsis3/`` paths; one
+    listing of the prefix before the first wildcard."""
+    import fnmatch
+
+    url = S3Url.parse(pattern)
+    fixed = url.key[: min(url.key.index(c) for c in "*?[" if c in url.key)]
+    keys = list_keys(S3Url(url.bucket, fixed))
+    return [S3Url(url.bucket, k).gdal for k in keys if fnmatch.fnmatchcase(k, url.key)]
+
+
 def delete(url: S3Url) -> None:
     try:
         client().delete_object(Bucket=url.bucket, Key=url.key)

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
+from geoseg.io import objectstore
 from geoseg.io.raster import PadMode
 from geoseg.io.sources import STACK_SEPARATOR, base_name, gdal_path, is_virtual, parse_stack
 from geoseg.io.stack import build_stack_vrt
@@ -252,7 +253,7 @@ class TrainConfig(Strict):
             if not glob.has_magic(pattern):
                 images = [Path(pattern)]
             elif is_virtual(pattern):
-                images = sorted(Path(p) for p in list_matching(pattern))
+                images = sorted(Path(p) for p in objectstore.glob(pattern))
             else:
                 images = sorted(Path(p) for p in glob.glob(pattern))
             if not images:
@@ -261,18 +262,6 @@ class TrainConfig(Strict):
                 labels = root / source.labels.format(stem=image.stem)
                 pairs.append((image, labels, source.label_field))
         return sorted(pairs)
-
-
-def list_matching(pattern: str) -> list[str]:
-    """``/vsis3/bucket/prefix/*.tif``: the objects whose keys match (listing the prefix before the first wildcard)."""
-    import fnmatch
-
-    from geoseg.io import objectstore
-
-    url = objectstore.S3Url.parse(pattern)
-    fixed = url.key[: min(url.key.index(c) for c in "*?[" if c in url.key)]
-    keys = objectstore.list_keys(objectstore.S3Url(url.bucket, fixed))
-    return [f"/vsis3/{url.bucket}/{k}" for k in keys if fnmatch.fnmatchcase(k, url.key)]
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -36,7 +36,6 @@ from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.scene import file_sha256
-from geoseg.io.raster import open_scene
 from geoseg.io.sources import gdal_path, is_virtual
 from geoseg.metrics import summarize
 from geoseg.models import ResNetUNet, build_model
@@ -355,9 +354,10 @@ def initial_model(cfg: TrainConfig, spec: BundleSpec) -> tuple[torch.nn.Module, 
     return model, unknown
 
 
-def receptive_field(cfg: TrainConfig, in_channels: int) -> int:
-    """The configured model's receptive-field radius: the default buffer between the spatial sets."""
-    model = build_model(cfg.model.arch, in_channels=in_channels, num_classes=len(cfg.classes), **cfg.model.kwargs)
+def receptive_field(cfg: TrainConfig) -> int:
+    """The configured model's receptive-field radius: the default buffer between the spatial sets. It is the
+    architecture's geometry, the same for any band count, so it is known before a scene is opened."""
+    model = build_model(cfg.model.arch, in_channels=1, num_classes=len(cfg.classes), **cfg.model.kwargs)
     return model_geometry(model).receptive_field
 
 
@@ -367,11 +367,9 @@ def _prepare(cfg: TrainConfig, output: Path, console: Console) -> tuple[TrainCon
     stacks = Path(cfg.data.stacks_dir).resolve() if cfg.data.stacks_dir else output / "stacks"
     root = gdal_path(cfg.data.root)
     data: dict[str, Any] = {"root": root if is_virtual(root) else str(Path(root).resolve()), "stacks_dir": str(stacks)}
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
     if cfg.data.buffer is None:
-        first = open_scene(cfg.scene_pairs()[0][0])
-        data["buffer"] = receptive_field(cfg, first.count)
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
+        data["buffer"] = receptive_field(cfg)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data)})
     split = split_scenes(cfg)
     train_scenes, val_scenes = split.train, split.val
     first = train_scenes[0].info
