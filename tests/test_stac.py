@@ -187,3 +187,28 @@ def test_predict_runs_a_catalogue_by_item_with_its_filter_and_an_item_failing_al
     with rasterio.open(tmp_path / "out" / "clear.tif") as out:
         expected = transform_bounds(out.crs, "EPSG:4326", *out.bounds, densify_pts=21)
     assert result.bbox == pytest.approx(list(expected)) and result.properties["proj:code"] == "EPSG:32633"
+
+
+def test_a_job_never_writes_over_what_it_reads(tmp_path) -> None:
+    """Chaining jobs on a results catalogue: reading `out/stac/catalog.json` while writing `out/stac/` is refused
+    before anything runs; so is an input inside the bucket prefix the job publishes to."""
+    from geoseg.inference.job import guard_remote_inputs, guard_stac_folder
+    from geoseg.io.objectstore import S3Url
+    from geoseg.io.sources import SceneSource
+
+    catalogue = tmp_path / "out" / "stac" / "catalog.json"
+    catalogue.parent.mkdir(parents=True)
+    catalogue.write_text("{}")
+    source = SceneSource(f"{catalogue}#clear", (str(tmp_path / "data" / "clear_B02.tif"),), name="clear")
+    with pytest.raises(GeoSegError, match="is an input inside the job's STAC folder"):
+        guard_stac_folder(tmp_path / "out" / "stac", [(source, "clear")])
+    guard_stac_folder(tmp_path / "other" / "stac", [(source, "clear")])  # elsewhere: fine
+    inside = SceneSource("s3://results/job/a.tif", ("/vsis3/results/job/a.tif",))
+    with pytest.raises(GeoSegError, match="is an input inside the output prefix s3://results/job/"):
+        guard_remote_inputs(S3Url.parse("s3://results/job/"), [(inside, "a")])
+    deeper = SceneSource("s3://results/job/in/a.tif", ("/vsis3/results/job/in/a.tif",))
+    guard_remote_inputs(S3Url.parse("s3://results/job/"), [(deeper, "a")])  # a sub-folder is not written
+    results = SceneSource("s3://results/job/stac/catalog.json#a", ("/vsis3/archive/a_B02.tif",), name="a")
+    guard_remote_inputs(S3Url.parse("s3://results/job/"), [(results, "a")])  # ... unless --stac-items writes it
+    with pytest.raises(GeoSegError, match=r"s3://results/job/stac/catalog\.json: is an input inside the output"):
+        guard_remote_inputs(S3Url.parse("s3://results/job/"), [(results, "a")], stac_items=True)

@@ -116,7 +116,7 @@ def predict_archive(
     if is_s3(out_dir):
         url = S3Url.parse(str(out_dir))
         remote = RemoteFolder(url, spool_folder(url))
-        guard_remote_inputs(url, plan)
+        guard_remote_inputs(url, plan, stac_items)
         out_dir = remote.spool
     out_dir = Path(out_dir)
     guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
@@ -236,15 +236,21 @@ def _to_bucket(
     return publish_and_upload
 
 
-def guard_remote_inputs(url: S3Url, plan: list[tuple[SceneSource, str]]) -> None:
-    """Refuse a job whose bucket prefix holds one of its inputs: publishing there could replace an input."""
+def guard_remote_inputs(url: S3Url, plan: list[tuple[SceneSource, str]], stac_items: bool = False) -> None:
+    """Refuse a job whose bucket prefix holds one of its inputs where it publishes (the prefix itself, and its
+    ``stac/`` folder with ``--stac-items``): publishing there could replace an input."""
     prefix = url.child("").key
     for source, _ in plan:
-        for band in source.bands:
-            if band.startswith("/vsis3/") and S3Url.parse(band).bucket == url.bucket:
-                key = S3Url.parse(band).key
-                if key.startswith(prefix) and "/" not in key[len(prefix) :]:
-                    raise GeoSegError(f"is an input inside the output prefix {url}; choose another prefix", band)
+        document = source.text.rsplit("#", 1)[0] if source.name is not None else None
+        for path in [*source.bands, *([document] if document else [])]:
+            if not path.startswith(("/vsis3/", "s3://")) or S3Url.parse(path).bucket != url.bucket:
+                continue
+            rest = S3Url.parse(path).key
+            if not rest.startswith(prefix):
+                continue
+            rest = rest[len(prefix) :]
+            if "/" not in rest or (stac_items and rest.startswith("stac/")):
+                raise GeoSegError(f"is an input inside the output prefix {url}; choose another prefix", path)
 
 
 def stac_band_names(spec: BundleSpec) -> list[str] | None:
