@@ -247,3 +247,46 @@ def test_training_reads_scenes_and_labels_from_a_bucket_as_from_disk(s3, tmp_pat
         assert len(disk) == len(bucket) == 4
         for (x_disk, y_disk), (x_bucket, y_bucket) in zip(disk, bucket, strict=True):
             assert torch.equal(x_disk, x_bucket) and torch.equal(y_disk, y_bucket)
+
+
+def test_a_bucket_glob_or_prefix_is_one_scene_per_raster_object(s3, archive, bundle, tmp_path) -> None:
+    """``s3://b/scenes/`` is the rasters directly under the prefix (a local folder's rule); a glob matches keys
+    (``*`` crosses ``/``); a key holding wildcard characters is that object; a glob over the bucket predicts
+    each match, and one that matches nothing is one line."""
+    import numpy as np
+    import rasterio
+
+    from geoseg.io.sources import expand_inputs
+
+    rng = np.random.default_rng(5)
+    profile = {"driver": "GTiff", "width": 40, "height": 30, "count": 5, "dtype": "float32", "crs": "EPSG:32633"}
+    profile["transform"] = rasterio.transform.from_origin(500_000, 5_800_000, 10, 10)
+    client = objectstore.client()
+    for key in ("scenes/a.tif", "scenes/b.tif", "scenes/odd[1].tif", "scenes/old/c.tif"):
+        path = tmp_path / "scene.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(rng.uniform(0, 0.3, (5, 30, 40)).astype(np.float32))
+        client.upload_file(str(path), "archive", key)
+    client.put_object(Bucket="archive", Key="scenes/notes.txt", Body=b"not a raster")
+
+    def found(text: str) -> list[str]:
+        return [s.text for s in expand_inputs([text])]
+
+    top = ["/vsis3/archive/scenes/a.tif", "/vsis3/archive/scenes/b.tif", "/vsis3/archive/scenes/odd[1].tif"]
+    assert found("s3://archive/scenes/") == top
+    assert found("s3://archive/scenes/*.tif") == [*top, "/vsis3/archive/scenes/old/c.tif"]
+    assert found("s3://archive/scenes/odd[1].tif") == ["/vsis3/archive/scenes/odd[1].tif"]
+    assert found("s3://archive/scenes/[ab].tif") == top[:2]
+
+    code, output = _predict(bundle, "s3://archive/scenes/[ab].tif", "s3://results/globbed/")
+    assert code == 0, output
+    objects = _objects("results", "globbed/")
+    with rasterio.MemoryFile(objects["a.tif"]) as memory, memory.open() as out:
+        assert out.shape == (30, 40) and out.crs == "EPSG:32633"
+    assert "b.tif" in objects and "odd[1].tif" not in objects
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--in-process"]
+    args += ["--input", "s3://archive/nowhere/*.tif", "--output", str(tmp_path / "none")]
+    done = subprocess.run(args, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    assert done.returncode == 1 and (done.stdout + done.stderr).strip().splitlines() == [
+        "geoseg: error: s3://archive/nowhere/*.tif: no input scenes found"
+    ], done.stdout + done.stderr

@@ -180,6 +180,22 @@ def glob(pattern: str) -> list[str]:
     return [S3Url(url.bucket, k).gdal for k in keys if fnmatch.fnmatchcase(k, url.key)]
 
 
+def rasters(text: str, suffixes: set[str]) -> list[str]:
+    """The objects a ``/vsis3/`` (or ``s3://``) input names as several scenes, as ``/vsis3/`` paths in key
+    order: a glob over the keys (``.../*.tif``; S3 has no folders, so ``*`` also matches ``/``) or a prefix
+    ending in ``/`` (the objects directly under it, like a local folder), keeping keys whose suffix is in
+    ``suffixes``."""
+    url = S3Url.parse(text)
+    if url.key.endswith("/") or not url.key:
+        keys = [k for k in list_keys(url) if "/" not in k[len(url.key) :]]
+        paths = [S3Url(url.bucket, k).gdal for k in keys]
+    elif size(url) is not None:  # a key that holds wildcard characters is that object, as a local path is
+        return [url.gdal]
+    else:
+        paths = glob(text)
+    return [p for p in sorted(paths) if Path(p).suffix.lower() in suffixes]
+
+
 def delete(url: S3Url) -> None:
     try:
         client().delete_object(Bucket=url.bucket, Key=url.key)

@@ -6,8 +6,9 @@ Two rules, each closing a class of defects that lost or mixed up data (output na
 1. **Paths are taken as written.** An existing path is literal before any glob expansion (a file named
    ``a[1].tif`` is that file, not ``a1.tif``); GDAL virtual paths (``/vsizip/``, ``/vsis3/``, ``/vsicurl/``...) pass
    through unchanged (never normalised as local paths: ``//`` matters inside a URL), and ``s3://bucket/key``
-   means ``/vsis3/bucket/key``; list files (``.txt``, ``.csv``) are read by CSV rules (quoted names may hold
-   commas), first column, ``#`` comments and a ``path`` header skipped.
+   means ``/vsis3/bucket/key``; a bucket glob (``s3://bucket/scenes/*.tif``) or prefix
+   (``s3://bucket/scenes/``) is one listing, like a local glob or folder; list files (``.txt``, ``.csv``) are
+   read by CSV rules (quoted names may hold commas), first column, ``#`` comments and a ``path`` header skipped.
 2. **A band stack is one scene.** ``a.tif+b.tif+c.tif`` (one file per band) is checked when its scene starts,
    not when the job does: a missing band, a band on another grid or of a type that cannot be stacked fails that
    scene alone, naming the band and the cause (:mod:`geoseg.io.stack`).
@@ -104,6 +105,11 @@ def expand_inputs(
 
         if is_stac(raw.strip()):
             sources.extend(stac_scenes(raw.strip(), band_names, stac_filter))
+            continue
+        if item.startswith("/vsis3/") and (glob.has_magic(item) or item.endswith("/")):
+            from geoseg.io import objectstore
+
+            sources.extend(SceneSource(p, (p,)) for p in objectstore.rasters(item, RASTER_SUFFIXES))
             continue
         if is_virtual(item):
             sources.append(SceneSource(item, (item,)))
