@@ -202,12 +202,12 @@ def _model_process(pipe: Connection, datasets: dict[str, tuple[Path, list[Path]]
             for b in pipeline_batches(bundle, paths)[part::parts]
         ]
         if shares[name]:
-            workers[name].probabilities(shares[name][0])  # warm-up (oneDNN primitive cache)
+            workers[name].logits(shares[name][0])  # warm-up (oneDNN primitive cache)
     pipe.send("ready")
     while (name := pipe.recv()) is not None:
         started = time.perf_counter()
         for batch in shares[name]:
-            workers[name].probabilities(batch)
+            workers[name].logits(batch)  # the model alone: what a class-only job runs
         pipe.send(time.perf_counter() - started)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from rasterio.windows import Window
 
 from geoseg.bundle import init_bundle, load_bundle
 from geoseg.inference.executor import LocalExecutor
@@ -160,8 +161,6 @@ def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path)
     halo = options.halo
     assert halo is not None
     with rasterio.open(source) as src:
-        from rasterio.windows import Window
-
         from geoseg.io.raster import read_tile
 
         raw, valid = read_tile(src, Window(-halo, -halo, src.width + 2 * halo, src.height + 2 * halo))
@@ -608,24 +607,16 @@ def _calibrated_depth4_unet(tmp_path, image: np.ndarray):
     return save_bundle(tmp_path / "calibrated", spec, model.eval())
 
 
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_default_options_reproduce_whole_image_inference(real_data, tmp_path) -> None:
-    from geoseg.io.normalisation import Normalisation
-
-    """Real Landsat pixels mirrored into a 2600 x 2300 scene (several default tiles a side): with the defaults
-    (halo from the receptive field, no overlap), tiled prediction equals whole-image inference (one tile, the
-    same border padding) on >= 0.9999 of the pixels; a halo below the receptive field does measurably worse."""
-    import torch
-    from rasterio.windows import Window
-
+@pytest.fixture(scope="module")
+def calibrated_mosaic(real_data, tmp_path_factory):
+    """Real Landsat pixels mirrored into a 2600 x 2300 scene (several default tiles a side) and a depth-4 U-Net
+    calibrated on it: the nodata collar is filled with each band's mean so that every pixel is scored."""
     from geoseg.io.raster import read_tile
 
+    tmp_path = tmp_path_factory.mktemp("mosaic")
     with rasterio.open(real_data / "nc_landsat" / "landsat_multiband.tif") as src:
         image, valid = read_tile(src, Window(0, 0, src.width, src.height))
         profile = {k: src.profile[k] for k in ("crs", "transform")}
-    # Real texture and spectra, mirrored to a scene several default tiles wide; the nodata collar is filled
-    # with each band's mean so that every pixel is scored.
     image = np.where(valid, image, np.nanmean(np.where(valid, image, np.nan), axis=(1, 2), keepdims=True))
     image = np.pad(image, ((0, 0), (0, 2300 - image.shape[1]), (0, 2600 - image.shape[2])), mode="symmetric")
     image = image.astype(np.float32)
@@ -634,7 +625,21 @@ def test_default_options_reproduce_whole_image_inference(real_data, tmp_path) ->
         scene_path, "w", driver="GTiff", width=2600, height=2300, count=5, dtype="float32", tiled=True, **profile
     ) as dst:
         dst.write(image)
-    bundle = _calibrated_depth4_unet(tmp_path, image)
+    return scene_path, _calibrated_depth4_unet(tmp_path, image)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_default_options_reproduce_whole_image_inference(calibrated_mosaic, tmp_path) -> None:
+    """With the defaults (halo from the receptive field, no overlap), tiled prediction equals whole-image
+    inference (one tile, the same border padding) on >= 0.9999 of the pixels; a halo below the receptive field
+    does measurably worse."""
+    import torch
+
+    from geoseg.io.normalisation import Normalisation
+    from geoseg.io.raster import read_tile
+
+    scene_path, bundle = calibrated_mosaic
     spec, model = load_bundle(bundle)
     defaults = PredictOptions().resolved(spec.geometry())
     assert defaults.halo >= spec.receptive_field == 107 and len(defaults.grid(open_scene(scene_path))) >= 4
@@ -654,6 +659,21 @@ def test_default_options_reproduce_whole_image_inference(real_data, tmp_path) ->
 
     assert agreement(PredictOptions()) >= 0.9999
     assert agreement(PredictOptions(tile=256, halo=16, overlap=16)) < 0.999  # the old defaults: visible seams
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_classes_from_logits_equal_classes_from_probabilities(calibrated_mosaic, tmp_path) -> None:
+    """Without --probabilities (and no overlap) the workers take the class from the logits and skip the
+    softmax; with it, from the softmax. On a real scene every pixel gets the same class either way."""
+    scene_path, bundle = calibrated_mosaic
+    from_logits = _local(bundle, scene_path, tmp_path / "logits.tif", PredictOptions())
+    from_probabilities = _local(bundle, scene_path, tmp_path / "probs.tif", PredictOptions(probabilities=True))
+    assert from_logits.probabilities is None and from_probabilities.probabilities is not None
+    with rasterio.open(from_logits.output) as a, rasterio.open(from_probabilities.output) as b:
+        classes = a.read(1)
+        np.testing.assert_array_equal(classes, b.read(1))
+    assert len(np.unique(classes)) >= 3
 
 
 def test_changing_only_polygon_options_reruns_no_model(make_geotiff, bundle3, tmp_path) -> None:

@@ -51,12 +51,12 @@ def bare_model(base: int, tile: int, batch: int, device: torch.device, compile: 
     worker = ModelWorker(spec, spec.build().state_dict(), device=device, compile=compile)
     x = torch.randn(batch, 4, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
     for _ in range(3):  # warm-up: cuDNN autotuning, compilation
-        worker.probabilities(x)
+        worker.logits(x)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     started, calls = time.perf_counter(), 0
     while time.perf_counter() - started < seconds:
-        worker.probabilities(x)
+        worker.logits(x)
         calls += 1
     sync()
     return round(calls * batch * tile * tile / 1e6 / (time.perf_counter() - started), 2)

@@ -14,6 +14,10 @@ counts sum to the whole raster's.
 
 With ``overlap = 0`` every output pixel lies in exactly one tile core (weight 1), the accumulator is skipped
 and each tile's core is reduced to classes directly: ``0 + p * 1 = p`` exactly, so the bytes are the same.
+Without probabilities to write, such a block takes the logits instead (:attr:`BlockBlender.needs_probabilities`
+is False): the softmax is monotonic, so the class is the same wherever float rounding keeps the top two
+probabilities apart (their logits more than ~1e-7 apart; measured: every pixel of a real scene, see
+``test_classes_from_logits_equal_classes_from_probabilities``), and a CPU core saves 35 ns per pixel.
 
 Runs on torch tensors on any device: on a GPU the driver and the host never see a float probability.
 """
@@ -73,6 +77,8 @@ class BlockBlender:
         self.height, self.width = int(out.height), int(out.width)
         shape = (self.height, self.width)
         self.exact_cover = grid.overlap == 0
+        # What add() takes: softmax probabilities to blend or to quantise, else the logits (same first argmax).
+        self.needs_probabilities = probabilities or not self.exact_cover
         if self.exact_cover:  # one tile per pixel: straight to class indices (255 = nothing valid)
             self.index = torch.full(shape, CLASS_NODATA, dtype=torch.uint8, device=device)
             self.quantised = (
@@ -100,8 +106,9 @@ class BlockBlender:
         return in_tile, in_out
 
     def add(self, tile: Tile, probs: torch.Tensor | None, valid: torch.Tensor | None) -> None:
-        """Take ``tile``: its probabilities ``[classes, T, T]`` (None when it was skipped: no valid pixel) and
-        the validity of its window ``[T, T]`` (None: all valid). Tiles must come in grid order."""
+        """Take ``tile``: its probabilities ``[classes, T, T]`` (or its logits, when :attr:`needs_probabilities`
+        is False; None when it was skipped: no valid pixel) and the validity of its window ``[T, T]`` (None: all
+        valid). Tiles must come in grid order."""
         if tile.row in self.block.owned_rows and tile.col in self.block.owned_cols:
             if probs is None:
                 self.result_counts.tiles_skipped += 1
