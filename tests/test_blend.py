@@ -160,6 +160,11 @@ def test_first_argmax_matches_numpy_including_ties() -> None:
     scores = rng.integers(0, 4, (6, 37, 53)).astype(np.float32)  # few values: many ties
     np.testing.assert_array_equal(first_argmax(torch.from_numpy(scores)).numpy(), np.argmax(scores, axis=0))
     np.testing.assert_array_equal(first_argmax_np(scores), np.argmax(scores, axis=0))
+    # The layouts and type the workers give it: channels_last logits (class innermost), bf16 on a GPU.
+    cl = torch.from_numpy(scores)[None].contiguous(memory_format=torch.channels_last)[0]
+    assert cl.stride()[0] == 1
+    np.testing.assert_array_equal(first_argmax(cl).numpy(), np.argmax(scores, axis=0))
+    np.testing.assert_array_equal(first_argmax(cl.to(torch.bfloat16)).numpy(), np.argmax(scores, axis=0))
 
 
 def test_labels_are_reconstructed_and_nodata_stays_nodata() -> None:
