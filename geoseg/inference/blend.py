@@ -17,7 +17,8 @@ and each tile's core is reduced to classes directly: ``0 + p * 1 = p`` exactly, 
 Without probabilities to write, such a block takes the logits instead (:attr:`BlockBlender.needs_probabilities`
 is False): the softmax is monotonic, so the class is the same wherever float rounding keeps the top two
 probabilities apart (their logits more than ~1e-7 apart; measured: every pixel of a real scene, see
-``test_classes_from_logits_equal_classes_from_probabilities``), and a CPU core saves 35 ns per pixel.
+``test_classes_from_logits_equal_classes_from_probabilities``), and the softmax pass is saved (on CPU 15 ns per
+pixel with the workers' allocator settings; on a GPU a float32 copy and pass over every class).
 
 Runs on torch tensors on any device: on a GPU the driver and the host never see a float probability.
 """
@@ -144,7 +145,8 @@ class BlockBlender:
         self.weight[in_out] += w
 
     def _put(self, p: torch.Tensor, v: torch.Tensor | None, in_out: tuple[slice, slice]) -> None:
-        index = first_argmax(p)
+        # Logits come channels_last (class innermost): planes first, then the argmax (17 vs 22 ns/px on CPU).
+        index = first_argmax(p.contiguous())
         if v is not None:
             index.masked_fill_(~v, CLASS_NODATA)
         self.index[in_out] = index
