@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import ray
 from ray._private import ray_constants
@@ -23,6 +24,18 @@ WORKER_KEEPALIVE_ENV = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}
 # 1.7 s, measured); memory then stays at the worker's peak, which a tile bounds. Read by glibc at process start,
 # so it is given to the processes that run models (Ray actors, Ray Train workers, the images) as environment.
 MODEL_PROCESS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+
+
+def release_free_memory() -> None:
+    """Give the memory this process has freed back to the kernel (glibc's ``malloc_trim``).
+
+    For processes that get :data:`MODEL_PROCESS_ENV` (a local Ray gives it to all of its workers) but work only
+    now and then, such as the task that builds a scene's COG: without it their heap stays at the largest scene's
+    peak between scenes (100 MiB after an 8192² class raster, measured). A no-op without glibc.
+    """
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
 
 # Safe defaults for an embedded Ray on a workstation: loopback only, no telemetry, short socket paths
 # (unix sockets are limited to 107 bytes, deep temp dirs break them). Ray binds to loopback only when the

@@ -251,3 +251,27 @@ def test_local_ray_listens_on_loopback_only(ray_local) -> None:
     mapped = {a: getattr(a, "ipv4_mapped", None) for a in addresses}  # ::ffff:127.0.0.1 is loopback too
     public = [a for a, v4 in mapped.items() if not (a.is_loopback or (v4 is not None and v4.is_loopback))]
     assert not public, f"Ray listens beyond loopback: {sorted(map(str, public))}"
+
+
+def test_release_free_memory_hands_a_kept_heap_back_to_the_kernel() -> None:
+    """With the model processes' allocator settings freed memory stays in the process; publishing tasks release
+    it after each scene."""
+    from geoseg.cluster import MODEL_PROCESS_ENV
+
+    script = """
+import numpy as np
+from geoseg.cluster import release_free_memory
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+start = rss()
+chunks = [np.ones(2**20, np.uint8) for _ in range(300)]  # 300 MiB in 1 MiB blocks from the heap
+del chunks
+kept = rss()
+release_free_memory()
+print(start, kept, rss())
+"""
+    env = dict(os.environ, **MODEL_PROCESS_ENV)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    start, kept, released = map(int, done.stdout.split())
+    assert kept - start > 250  # the allocator settings keep what was freed ...
+    assert released - start < 50  # ... until it is released

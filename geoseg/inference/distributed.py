@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from geoseg.cluster import MODEL_PROCESS_ENV
+from geoseg.cluster import MODEL_PROCESS_ENV, release_free_memory
 from geoseg.inference.executor import BlockResult, WorkItem
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.reader import BlockPixels, read_block
@@ -77,7 +77,10 @@ class _Model:
 def _publish(staged: StagedScene) -> Published:
     # No CPU reserved: publishing is mostly GDAL's own threads and the disk, and it must never wait for a CPU
     # that the model actors hold.
-    return publish_scene(staged)
+    try:
+        return publish_scene(staged)
+    finally:
+        release_free_memory()
 
 
 def cpu_actor_share(node_cpus: Sequence[float], workers: int) -> float:
