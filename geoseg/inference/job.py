@@ -219,8 +219,8 @@ def guard_stac_folder(folder: Path, plan: list[tuple[SceneSource, str]]) -> None
     """Refuse a job that reads from the STAC folder it would write (chaining jobs on a results catalogue)."""
     inside = os.path.realpath(folder) + os.sep
     for source, _ in plan:
-        document = source.text.rsplit("#", 1)[0]
-        for path in [*source.local_files(), Path(document)]:
+        documents = [Path(source.document)] if source.document else []
+        for path in [*source.local_files(), *documents]:
             if os.path.realpath(path).startswith(inside):
                 raise GeoSegError(f"is an input inside the job's STAC folder {folder}; choose another --output", path)
 
@@ -241,8 +241,7 @@ def guard_remote_inputs(url: S3Url, plan: list[tuple[SceneSource, str]], stac_it
     ``stac/`` folder with ``--stac-items``): publishing there could replace an input."""
     prefix = url.child("").key
     for source, _ in plan:
-        document = source.text.rsplit("#", 1)[0] if source.name is not None else None
-        for path in [*source.bands, *([document] if document else [])]:
+        for path in [*source.bands, *([source.document] if source.document else [])]:
             if not path.startswith(("/vsis3/", "s3://")) or S3Url.parse(path).bucket != url.bucket:
                 continue
             rest = S3Url.parse(path).key
@@ -314,7 +313,7 @@ def open_source(source: SceneSource, name: str, out_dir: Path) -> SceneInfo:
     """The scene's header; a band stack or a STAC item is first written as ``stacks/<name>.vrt`` (its errors are
     its own)."""
     if source.error is not None:
-        raise GeoSegError(source.error, source.text.rsplit("#", 1)[0])
+        raise GeoSegError(source.error, source.document or source.text)
     if source.assets:
         return open_scene(build_item_vrt(source.assets, out_dir / STACKS / f"{name}.vrt"))
     if not source.is_stack:

@@ -67,14 +67,19 @@ class Store(Protocol):
         """``path`` (manifest or journal) was just written; ``replaces``, if given, is gone now."""
 
 
+def file_size(path: str | Path) -> int | None:
+    """Bytes of a local file; None when it is gone."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None
+
+
 class LocalStore:
     """The job folder is the store: outputs are local files, records need no copy."""
 
     def size(self, output: str) -> int | None:
-        try:
-            return Path(output).stat().st_size
-        except OSError:
-            return None
+        return file_size(output)
 
     def saved(self, path: Path, replaces: Path | None = None) -> None:
         return None

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from geoseg.errors import GeoSegError
-from geoseg.inference.manifest import JOURNAL, MANIFEST
+from geoseg.inference.manifest import JOURNAL, MANIFEST, file_size
 from geoseg.inference.outputs import scene_outputs
 from geoseg.inference.scene import Published
 from geoseg.io import objectstore
@@ -93,15 +93,10 @@ class RemoteFolder:
     # Store (geoseg.inference.manifest): where recorded outputs are looked up, and records mirrored.
 
     def size(self, output: str) -> int | None:
-        if objectstore.is_s3(output):
-            return objectstore.size(S3Url.parse(output))
-        try:
-            return Path(output).stat().st_size
-        except OSError:
-            return None
+        return objectstore.size(S3Url.parse(output)) if objectstore.is_s3(output) else file_size(output)
 
     def saved(self, path: Path, replaces: Path | None = None) -> None:
-        objectstore.upload(path, self.url_of(path))
+        self.upload(path)
         if replaces is not None:
             objectstore.delete(self.url_of(replaces))
 

@@ -89,9 +89,15 @@ def client() -> Any:
     return _client(endpoint_url(), path_style)
 
 
+def _error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore client error (``NoSuchKey``, ``403``...); empty for any other failure."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
 def s3_error(exc: BaseException, url: S3Url | str, doing: str) -> GeoSegError:
     """One line for an S3 failure: the bucket or key, what was being done, and the cause in words."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+    code = _error_code(exc)
     causes = {
         "NoSuchBucket": "the bucket does not exist",
         "404": "not found",
@@ -125,8 +131,7 @@ def size(url: S3Url) -> int | None:
     try:
         return int(client().head_object(Bucket=url.bucket, Key=url.key)["ContentLength"])
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("404", "NoSuchKey", "NotFound"):
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise s3_error(exc, url, "look up the object") from exc
 

@@ -59,6 +59,11 @@ class SceneSource:
     acquired: str | None = None  # a STAC item's datetime (ISO 8601), carried to the result's STAC item
 
     @property
+    def document(self) -> str | None:
+        """The STAC document a STAC item's scene was read from (None for files)."""
+        return self.text.rsplit("#", 1)[0] if self.name is not None else None
+
+    @property
     def is_stack(self) -> bool:
         return len(self.bands) > 1 or bool(self.assets)
 
@@ -96,13 +101,13 @@ def expand_inputs(
 ) -> list[SceneSource]:
     """Every scene the inputs name, in order, each once (see the module's rules). STAC documents give one scene
     per Item passing ``stac_filter``, with the bands ``band_names`` (see :mod:`geoseg.io.stac`)."""
+    from geoseg.io.stac import is_stac
+
     sources: list[SceneSource] = []
     for raw in inputs:
         item = gdal_path(raw.strip())
         if not item:
             continue
-        from geoseg.io.stac import is_stac
-
         if is_stac(raw.strip()):
             sources.extend(stac_scenes(raw.strip(), band_names, stac_filter))
             continue
