@@ -323,7 +323,7 @@ def predict(more_inputs: tuple[str, ...], **params: Any) -> None:
     )
     failed = [r for r in reports if r.status == "failed"]
     report = f"{output.rstrip('/')}/report.json" if is_s3(output) else Path(output) / "report.json"
-    console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {report}")
+    console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {report}", markup=False)
     if failed:
         sys.exit(1)
 
@@ -374,7 +374,7 @@ def vectorize(
     )
     output = output_path(output, fmt)
     count = vectorize_raster(mask, [output], options, workers, ray_address, console)
-    console.print(f"{count} polygons -> {output}")
+    console.print(f"{count} polygons -> {output}", markup=False)
 
 
 @cli.command()

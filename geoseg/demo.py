@@ -44,7 +44,8 @@ def run_demo(
     archive = make_archive(workdir / "synthetic", scenes=scenes, size=size, seed=0)
     console.print(
         f"{len(archive)} scenes of {size} x {size} px in EPSG:"
-        f"{', '.join(sorted({str(s.epsg) for s in archive}))} -> {workdir / 'synthetic'}"
+        f"{', '.join(sorted({str(s.epsg) for s in archive}))} -> {workdir / 'synthetic'}",
+        markup=False,
     )
     cfg = load_config(config, [f"data.root={workdir}", *(overrides or [])])
     with ray_session():
@@ -135,8 +136,8 @@ def _print_summary(console: Console, report: dict[str, Any]) -> None:
         f"{report['pixel_accuracy']:.3f}); demo took {report['total_seconds']:.0f} s"
     )
     workdir = Path(report["workdir"])
-    console.print(f"model bundle:   {report['bundle']}")
-    console.print(f"class rasters:  {workdir / 'predictions'}/*.tif (COG)")
-    console.print(f"polygons:       {workdir / 'vectors'}/*.gpkg, *.shp")
-    console.print(f"quicklooks:     {workdir}/*_quicklook.png")
-    console.print(f"report:         {workdir / 'report.json'}")
+    console.print(f"model bundle:   {report['bundle']}", markup=False)
+    console.print(f"class rasters:  {workdir / 'predictions'}/*.tif (COG)", markup=False)
+    console.print(f"polygons:       {workdir / 'vectors'}/*.gpkg, *.shp", markup=False)
+    console.print(f"quicklooks:     {workdir}/*_quicklook.png", markup=False)
+    console.print(f"report:         {workdir / 'report.json'}", markup=False)

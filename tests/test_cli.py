@@ -81,6 +81,9 @@ def test_synth_vectorize_evaluate(tmp_path) -> None:
     labels = tmp_path / "s" / "scene_000_labels.tif"
     result = run("vectorize", str(labels), "--output", str(tmp_path / "v.shp"), "--chunk", "50")
     assert result.returncode == 0 and (tmp_path / "v.prj").exists()
+    bracketed = tmp_path / "polys [all].gpkg"
+    result = run("vectorize", str(labels), "--output", str(bracketed))
+    assert result.returncode == 0 and result.stderr.splitlines()[-1].endswith(f"polygons -> {bracketed}")
     result = run(
         "evaluate", "--pred", str(labels), "--truth", str(tmp_path / "v.shp"), "--out", str(tmp_path / "m.json")
     )
@@ -129,10 +132,10 @@ def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> Non
     assert "Traceback" not in result.stderr
     assert f"failed {missing}: cannot open as a raster" in result.stderr.replace("\n", " ")
     assert (tmp_path / "job" / "good.tif").exists()
-    ok = run(
-        "predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", "--input", str(good)
-    )
+    job2 = tmp_path / "job [v2]"  # brackets: rich markup must not eat them from the paths it prints
+    ok = run("predict", "--model", str(bundle), "--output", str(job2), "--tile", "64", "--input", str(good))
     assert ok.returncode == 0, ok.stderr
+    assert f"1 scene(s) done, 0 failed; report: {job2 / 'report.json'}" in ok.stderr.splitlines()
     assert "executor: in-process" in ok.stderr  # 6 300 px: no Ray is started for it
     # Piped output (a batch log) gets progress as plain lines, the publishing stage included: not a silent wait.
     log = ok.stderr.splitlines()
@@ -141,7 +144,7 @@ def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> Non
     assert any("publishing good" in line for line in log), ok.stderr
     # The summary as lines a log keeps (no box to wrap at 80 columns); a resumed run says what it found.
     assert "scenes: 1 ok, 0 failed, 0 skipped (done before)" in log and "│" not in ok.stderr
-    again = run("predict", "--model", str(bundle), "--output", str(tmp_path / "job2"), "--tile", "64", str(good))
+    again = run("predict", "--model", str(bundle), "--output", str(job2), "--tile", "64", str(good))
     assert again.returncode == 0 and "scenes: 0 ok, 0 failed, 1 skipped (done before)" in again.stderr
     assert "nothing to run: every scene was done before (0.01 Mpx, 0.63 km2)" in again.stderr
 

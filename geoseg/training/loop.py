@@ -389,7 +389,9 @@ def _prepare(cfg: TrainConfig, output: Path, console: Console) -> tuple[TrainCon
             usable += 1
             if unknown:
                 ids = ", ".join(str(i) for i in sorted(unknown)[:8])
-                console.print(f"note: {scene.labels}: label ids {ids} are not among the classes; they are ignored")
+                console.print(
+                    f"note: {scene.labels}: label ids {ids} are not among the classes; they are ignored", markup=False
+                )
         if scenes and not usable:
             raise GeoSegError(f"no {role} scene has labels that give a usable pixel", scenes[0].labels)
     bands = list(range(1, first.count + 1))
@@ -415,7 +417,9 @@ def _prepare(cfg: TrainConfig, output: Path, console: Console) -> tuple[TrainCon
             "normalisation_from_checkpoint": [n for n in names if n.casefold() in pretrained.normalisation()],
         }
         note = f"; {', '.join(initialised)} start from the mean kernel" if initialised else ""
-        console.print(f"encoder from {weights.name}: first-convolution kernels for {', '.join(known)}{note}")
+        console.print(
+            f"encoder from {weights.name}: first-convolution kernels for {', '.join(known)}{note}", markup=False
+        )
     return cfg, spec, split
 
 
@@ -480,7 +484,8 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
     console.print(
         f"training {cfg.model.arch} on {len(split.train)} scene(s), validating on {len(split.val)}{test_note} "
         f"({cfg.data.split} split, buffer {cfg.data.buffer} px; sets in {output / 'split'}), "
-        f"{cfg.scaling.workers} Ray Train worker(s)"
+        f"{cfg.scaling.workers} Ray Train worker(s)",
+        markup=False,
     )
     with ray_session(ray_address):
         queue = Queue()
@@ -523,7 +528,8 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
     bundle = save_bundle(output / "bundle", spec, model)
     console.print(
         f"best epoch {best_epoch['epoch']}: val mIoU {best_epoch['val_miou']:.3f}, "
-        f"pixel accuracy {best_epoch['val_pixel_accuracy']:.3f} -> {bundle}"
+        f"pixel accuracy {best_epoch['val_pixel_accuracy']:.3f} -> {bundle}",
+        markup=False,
     )
     test = score_test(bundle, split, maps, output, console)
     if test is not None:
