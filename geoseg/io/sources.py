@@ -190,7 +190,8 @@ def _clean(stem: str) -> str:
 
 def base_name(source: SceneSource) -> str:
     """A scene's name from its files: the file stem; a stack's common stem prefix (``lsat7_2000`` for Landsat);
-    characters other than letters, digits and ``._-`` become ``_``, and no name starts with a dot."""
+    characters other than ASCII letters, digits and ``._-`` become ``_`` (``scène`` -> ``sc_ne``: names that
+    every file system, bucket and shapefile reader takes), and no name starts with a dot."""
     if source.name is not None:
         return _clean(source.name)
     stems = [_stem(b) for b in source.bands]
