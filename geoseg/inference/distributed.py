@@ -5,8 +5,11 @@ of its stripes (runs of block rows) in raster order, keeping the file open and G
 each source block is decoded once, with GDAL's own threads decoding one window's source blocks in parallel
 (``GDAL_NUM_THREADS``). Its raw block goes into the node's object store and straight to a model actor on the
 same node (no network hop, no detour through the driver), which normalises, predicts, blends and reduces it
-to uint8 (:mod:`geoseg.inference.worker`). The driver receives 1 byte per pixel and writes it; a finished
-scene's COG is built by a task beside the workers (:func:`geoseg.inference.scene.publish_scene`).
+to uint8 (:mod:`geoseg.inference.worker`). Which reader and which actor is :mod:`geoseg.inference.placement`'s
+choice: a stripe stays with its reader while that node has room, else moves to the least loaded node, so a
+full window holds the same number of blocks on every model actor of the cluster. The driver receives 1 byte
+per pixel and writes it; a finished scene's COG is built by a task beside the workers
+(:func:`geoseg.inference.scene.publish_scene`).
 
 Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries``, so that the driver knows
 exactly which blocks were lost, restarts are bounded per job, and a pool never waits on a replacement that no
@@ -19,7 +22,7 @@ byte-identical.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from geoseg.cluster import MODEL_PROCESS_ENV, release_free_memory
 from geoseg.inference.executor import BlockResult, WorkItem
 from geoseg.inference.options import PredictOptions
+from geoseg.inference.placement import Placement
 from geoseg.inference.reader import BlockPixels, read_block
 from geoseg.inference.scene import Published, StagedScene, publish_scene
 from geoseg.inference.tiling import Block, BlockGrid
@@ -162,6 +166,9 @@ class RayExecutor:
         self.restarts_left = max_restarts
         self.restarts = 0
         self.blocks_redone = 0  # blocks read and predicted again after an actor, a node or an object was lost
+        self._pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # the running stream's blocks in flight
+        self._placement = Placement(self.max_in_flight)
+        self._sync_placement()
         self._driver_node = ray.get_runtime_context().get_node_id()
 
     # -- pool membership ---------------------------------------------------------------------------------
@@ -196,6 +203,10 @@ class RayExecutor:
         self.restarts_left -= 1
         self.restarts += 1
 
+    def _sync_placement(self) -> None:
+        readers = {index: node for index, (_, node) in self.reader_actors.items()}
+        self._placement.set_pool({s: self._actor_node[s] for s in self.actors if s in self._actor_node}, readers)
+
     def _lose_model(self, slot: int) -> None:
         """Drop a dead model actor; start a replacement when a live node can hold it (or when none is left)."""
         self._count_death()
@@ -209,6 +220,7 @@ class RayExecutor:
             node = self._actor_node[self._next_slot - 1]
             if not any(n == node for _, n in self.reader_actors.values()):
                 self._start_reader(node, _alive_nodes().get(node, {}))
+        self._sync_placement()
 
     def _lose_reader(self, index: int) -> None:
         """Drop a dead reader; replace it on its node if that node is alive, and keep at least one reader."""
@@ -221,6 +233,7 @@ class RayExecutor:
         elif not self.reader_actors:
             target = next(iter(self._actor_node.values()), next(iter(alive)))
             self._start_reader(target, alive.get(target, {}))
+        self._sync_placement()
 
     @property
     def parallelism(self) -> int:
@@ -244,6 +257,21 @@ class RayExecutor:
                 continue
         return nodes
 
+    def unfinished_by_node(self) -> Counter[str]:
+        """Blocks submitted and not yet computed, per node of the model actor that holds them.
+
+        What losing a node would cost right now: a finished block's classes are already with the driver (small
+        results are returned inline), an unfinished one is read and predicted again elsewhere.
+        """
+        refs = list(self._pending)
+        if not refs:
+            return Counter()
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+        finished = set(done)
+        return Counter(
+            self._actor_node.get(slot, "?") for ref, (slot, _, _) in self._pending.items() if ref not in finished
+        )
+
     def publish(self, staged: StagedScene) -> Published:
         """Publish a scene in a task on the driver's node (its staging files are there), off the driver."""
         return ray.get(_publish.options(scheduling_strategy=_on(self._driver_node)).remote(staged))
@@ -253,7 +281,9 @@ class RayExecutor:
         self, work: Iterable[WorkItem], options: PredictOptions
     ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
         pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # predict ref -> (model slot, reader, item)
-        ordinals: dict[str, int] = {}
+        self._pending = pending
+        self._placement = placement = Placement(self.max_in_flight)
+        self._sync_placement()
         # A scene's header and grid, and the options, go to the object store once, not pickled into every call
         # (the CRS alone is a WKT string): the driver's CPU per block stays near Ray's own cost of two calls.
         shared: OrderedDict[str, tuple[ray.ObjectRef, ray.ObjectRef]] = OrderedDict()
@@ -269,19 +299,16 @@ class RayExecutor:
             return shared[item.key]
 
         def submit(item: WorkItem) -> None:
-            ordinal = ordinals.setdefault(item.key, len(ordinals))
-            keys = sorted(self.reader_actors)
-            reader = keys[(ordinal + item.stripe) % len(keys)]
-            reader_actor, node = self.reader_actors[reader]
-            load = dict.fromkeys(self.actors, 0)
-            for slot, _, _ in pending.values():
-                load[slot] += 1
-            local = [s for s in load if self._actor_node.get(s) == node] or list(load)
-            slot = min(local, key=load.__getitem__)
+            reader, slot = placement.place(item.key, item.stripe)  # a model actor on the reader's node
             scene_ref, blocks_ref = refs(item)
-            read_ref = reader_actor.read.remote(scene_ref, item.block, options.pad_mode)
+            read_ref = self.reader_actors[reader][0].read.remote(scene_ref, item.block, options.pad_mode)
             ref = self.actors[slot].run.remote(blocks_ref, item.block, read_ref, options_ref)
             pending[ref] = (slot, reader, item)
+
+        def take(ref: ray.ObjectRef) -> tuple[int, int, WorkItem]:
+            slot, reader, item = pending.pop(ref)
+            placement.release(reader, slot)
+            return slot, reader, item
 
         def resubmit(lost: list[WorkItem]) -> None:
             for item in lost:  # read again: the old read result may have lived on a lost node
@@ -299,11 +326,11 @@ class RayExecutor:
                 if not pending:
                     break
                 [ref], _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
-                slot, reader, item = pending.pop(ref)
+                slot, _, item = take(ref)
                 try:
                     output: BlockResult | Exception = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
-                    lost = self._recover(exc, slot, reader, item, pending)
+                    lost = [item, *(take(r)[2] for r in self._recover(exc, slot, pending))]
                     self.blocks_redone += len(lost)
                     resubmit(lost)
                     continue
@@ -317,16 +344,16 @@ class RayExecutor:
         finally:  # the consumer stopped early: drop the blocks still queued
             for ref in pending:
                 ray.cancel(ref)
+            self._pending = {}
 
     def _recover(
         self,
         exc: ray.exceptions.RayActorError,
         slot: int,
-        reader: int,
-        item: WorkItem,
         pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]],
-    ) -> list[WorkItem]:
-        """After an actor died: replace it and return every block it held (to be read and predicted again).
+    ) -> list[ray.ObjectRef]:
+        """After an actor died on a block of model ``slot``: replace it and return the calls still in flight
+        that it (or its node) took down, whose blocks are read and predicted again.
 
         When the actor's node is gone, every actor on that node is gone with it: they are all dropped now, with
         their blocks, instead of waiting for each to fail (a dead model actor that only ever got blocks from the
@@ -347,7 +374,7 @@ class RayExecutor:
             self._lose_model(other)
         for index in readers:
             self._lose_reader(index)
-        return [item, *(pending.pop(r)[2] for r in lost)]
+        return lost
 
     def shutdown(self) -> None:
         for actor in self.actors.values():
