@@ -167,7 +167,7 @@ class RayExecutor:
         self.restarts = 0
         self.blocks_redone = 0  # blocks read and predicted again after an actor, a node or an object was lost
         self._pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # the running stream's blocks in flight
-        self._placement = Placement(self.max_in_flight)
+        self._placement: Placement[WorkItem] = Placement(self.max_in_flight)
         self._sync_placement()
         self._driver_node = ray.get_runtime_context().get_node_id()
 
@@ -282,7 +282,7 @@ class RayExecutor:
     ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
         pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # predict ref -> (model slot, reader, item)
         self._pending = pending
-        self._placement = placement = Placement(self.max_in_flight)
+        self._placement = placement = Placement[WorkItem](self.max_in_flight)
         self._sync_placement()
         # A scene's header and grid, and the options, go to the object store once, not pickled into every call
         # (the CRS alone is a WKT string): the driver's CPU per block stays near Ray's own cost of two calls.
@@ -298,8 +298,7 @@ class RayExecutor:
             shared.move_to_end(item.key)
             return shared[item.key]
 
-        def submit(item: WorkItem) -> None:
-            reader, slot = placement.place(item.key, item.stripe)  # a model actor on the reader's node
+        def submit(item: WorkItem, reader: int, slot: int) -> None:
             scene_ref, blocks_ref = refs(item)
             read_ref = self.reader_actors[reader][0].read.remote(scene_ref, item.block, options.pad_mode)
             ref = self.actors[slot].run.remote(blocks_ref, item.block, read_ref, options_ref)
@@ -310,19 +309,16 @@ class RayExecutor:
             placement.release(reader, slot)
             return slot, reader, item
 
-        def resubmit(lost: list[WorkItem]) -> None:
-            for item in lost:  # read again: the old read result may have lived on a lost node
-                submit(item)
+        def pull() -> WorkItem | None:
+            return next(work_iter, None)
 
-        exhausted = False
         try:
-            while pending or not exhausted:
-                while not exhausted and len(pending) < self.max_in_flight * max(1, len(self.actors)):
-                    item = next(work_iter, None)
-                    if item is None:
-                        exhausted = True
+            while True:
+                while len(pending) < self.max_in_flight * max(1, len(self.actors)):
+                    choice = placement.next(pull)  # the next block, its reader and a model actor on that node
+                    if choice is None:
                         break
-                    submit(item)
+                    submit(*choice)
                 if not pending:
                     break
                 [ref], _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
@@ -332,11 +328,11 @@ class RayExecutor:
                 except ray.exceptions.RayActorError as exc:
                     lost = [item, *(take(r)[2] for r in self._recover(exc, slot, pending))]
                     self.blocks_redone += len(lost)
-                    resubmit(lost)
+                    placement.requeue(lost)  # read again: the old read result may have lived on a lost node
                     continue
                 except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
                     self.blocks_redone += 1
-                    submit(item)
+                    placement.requeue([item])
                     continue
                 except ray.exceptions.RayError as exc:  # the reader or the model failed on this block
                     output = exc

@@ -1,42 +1,63 @@
-"""Which reader reads a block and which model actor predicts it: keep every node busy, keep pixels on their node.
+"""Which block goes next, which reader reads it and which model actor predicts it.
 
-The driver keeps a window of ``per_actor`` blocks in flight per model actor and hands out blocks in stream
-order: scene after scene, each scene as one or a few *stripes* (runs of block rows that one reader reads in
-raster order, so each source block is decoded once; see :func:`geoseg.inference.scene.stripes`). A block is
-read by a reader and predicted by a model actor **on the reader's node**: the raw pixels never cross the
-network.
+The driver keeps a window of ``per_actor`` blocks in flight per model actor. Blocks arrive in stream order:
+scene after scene, each scene as one or a few *stripes* (runs of block rows that one reader reads in raster
+order, so each source block is decoded once with its file open and GDAL's block cache warm; see
+:func:`geoseg.inference.scene.stripes`). A block is read by a reader and predicted by a model actor **on the
+reader's node**: raw pixels never cross the network.
 
-Why a policy at all. A fixed rule (stripe -> reader by round-robin) puts the whole window on a handful of
-nodes on a large cluster: with 50 GPU nodes (one actor and three readers each), a 10980 px scene at 2048 px
-blocks is a single stripe of 36 blocks, consecutive scenes go to consecutive readers, and the 300-block
-window (about 8 scenes) lands on about 3 nodes while the other 47 GPUs wait (``benchmarks/placement.py``).
+Two things have to hold on a cluster, and a fixed rule gets neither:
 
-The rule here, per block:
+- **every actor busy**: each slot that frees is refilled on its own node. A round-robin rule (stripe ->
+  reader by scene ordinal) put the whole window of a 50-GPU-node cluster on about 3 nodes, because scenes
+  stream one after another and readers are numbered node by node (``benchmarks/placement.py``);
+- **stripes kept whole**: a stripe that changes reader costs the new reader a row of source blocks decoded
+  again (for a strip-organised TIFF, the block row's whole width). Refilling slots from the stream in order
+  moved a stripe on nearly every block.
 
-1. A stripe stays with the reader it started on while that reader's node has room: some model actor there
-   holds fewer than ``per_actor`` blocks. Staying keeps the reader's file handle and GDAL block cache warm.
-2. Otherwise (a new stripe, a full node, a reader that died) the stripe moves to the reader on the least
-   loaded node (blocks in flight per model actor), then the reader with the fewest reads queued, then the
-   lowest index (deterministic). A moved stripe costs its new reader one row of source blocks decoded again,
-   the same as a stripe boundary.
-3. The block goes to the least loaded model actor on the reader's node (any actor when that node has none).
+So the placement looks ahead. It keeps the blocks it has taken from the stream in per-stripe queues, and when
+a slot is to be filled:
 
-Since the window is ``per_actor`` x actors, a full window puts exactly ``per_actor`` blocks on every actor.
-This module holds only counts and node names: no Ray, so it is tested without a cluster.
+1. the node is the least loaded one with room (blocks in flight per model actor; room = an actor holding
+   fewer than ``per_actor``);
+2. the block is the next one of blocks lost and re-queued, if any; else of the earliest queued stripe
+   **that one of this node's readers owns**; else of
+   the earliest queued stripe nobody owns yet, which this node's reader with the fewest reads in flight now
+   owns; else more blocks are taken from the stream (their stripes queue for the nodes that own them) until one
+   of those two exists;
+3. once the stream is exhausted, a node with room and nothing of its own splits the longest queued stripe of
+   another node and takes its second half (a stripe boundary: one more row of source blocks decoded);
+4. the actor is the least loaded one on the reader's node.
+
+Blocks lost with an actor or a node are queued again as stripes nobody owns. The lookahead holds at most the
+rest of the stripes being read, not their pixels. This module holds only counts, names and queues: no Ray,
+so it is tested without a cluster.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from collections.abc import Hashable, Mapping
-from typing import TypeVar
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Generic, Protocol, TypeVar
 
-REMEMBERED_SCENES = 64  # scenes whose stripe -> reader choices are kept (a stream holds a few at once)
+REMEMBERED_SCENES = 64  # scenes whose stripes' owners are kept once their queues are empty
+
+
+class Placeable(Protocol):
+    @property
+    def key(self) -> str: ...  # the scene
+
+    @property
+    def stripe(self) -> int: ...  # the run of block rows it belongs to
+
+
+T = TypeVar("T", bound=Placeable)
 K = TypeVar("K", bound=Hashable)
+StripeId = tuple[str, int, int]  # (scene, stripe, part): 0 as streamed, > 0 split-off halves, < 0 re-queued
 
 
-class Placement:
-    """Places blocks on (reader, model actor) pairs and counts what each holds.
+class Placement(Generic[T]):
+    """Chooses the next block and its (reader, model actor), and counts what each holds.
 
     Args:
         per_actor: blocks in flight per model actor that fill it (the executor's window per actor).
@@ -46,60 +67,188 @@ class Placement:
         self.per_actor = per_actor
         self.loads: Counter[int] = Counter()  # model slot -> blocks in flight
         self.reads: Counter[int] = Counter()  # reader -> blocks in flight
-        self._node_load: Counter[str] = Counter()  # node -> blocks in flight on its model actors
-        self._slot_node: dict[int, str] = {}  # every slot ever placed on (slots are never reused)
+        self.moves = 0  # stripes split or handed to another reader (each decodes a row of source blocks again)
+        self._node_load: Counter[str] = Counter()  # node -> blocks in flight on its live model actors
+        self._room: Counter[str] = Counter()  # node -> places below per_actor on its live model actors
+        self._slot_node: dict[int, str] = {}
         self._by_node: dict[str, list[int]] = {}
         self._readers: dict[int, str] = {}
-        self._stripes: OrderedDict[str, dict[int, int]] = OrderedDict()
+        self._reader_nodes: set[str] = set()
+        self._queues: dict[StripeId, deque[T]] = {}  # in the order the stripes were first queued
+        self._owner: dict[StripeId, int] = {}
+        self._current: dict[int, StripeId] = {}  # reader -> the stripe it read last
+        self._stream_scene = ""  # the scene of the stream's latest block
+        self._scenes: OrderedDict[str, list[StripeId]] = OrderedDict()
+        self._parts = 0
+        self._exhausted = False
 
+    # -- the pool ---------------------------------------------------------------------------------------------
     def set_pool(self, actors: Mapping[int, str], readers: Mapping[int, str]) -> None:
-        """The live model actors (slot -> node) and readers (index -> node); call again when either changes."""
+        """The live model actors (slot -> node) and readers (index -> node); call again when either changes.
+
+        Stripes owned by a reader that is gone are owned by nobody and go to whichever node takes them next.
+        """
         if not readers:
             raise ValueError("a pool needs at least one reader")
-        self._slot_node.update(actors)
+        self._slot_node = dict(actors)
         self._by_node = {}
         for slot, node in sorted(actors.items()):
             self._by_node.setdefault(node, []).append(slot)
         self._readers = dict(readers)
-
-    def place(self, key: str, stripe: int) -> tuple[int, int]:
-        """The (reader, model slot) for the next block of ``stripe`` of scene ``key``; counted as in flight."""
-        stripes = self._stripes.setdefault(key, {})
-        self._stripes.move_to_end(key)
-        while len(self._stripes) > REMEMBERED_SCENES:
-            self._stripes.popitem(last=False)
-        reader = stripes.get(stripe)
-        if reader not in self._readers or self._full(self._readers[reader]):
-            reader = min(self._readers, key=self._reader_rank)
-            stripes[stripe] = reader
-        local = self._by_node.get(self._readers[reader]) or [s for slots in self._by_node.values() for s in slots]
-        if not local:
-            raise RuntimeError("no model actor is left to place a block on")
-        slot = min(local, key=lambda s: (self.loads[s], s))
-        self.loads[slot] += 1
-        self.reads[reader] += 1
-        self._node_load[self._slot_node[slot]] += 1
-        return reader, slot
-
-    def release(self, reader: int, slot: int) -> None:
-        """A block placed on (reader, slot) left the window: finished, lost or cancelled."""
-        _decrement(self.loads, slot)
-        _decrement(self.reads, reader)
-        _decrement(self._node_load, self._slot_node[slot])
+        self._reader_nodes = set(self._readers.values())
+        self._node_load = Counter({n: sum(self.loads[s] for s in slots) for n, slots in self._by_node.items()})
+        self._room = Counter(
+            {n: sum(max(0, self.per_actor - self.loads[s]) for s in slots) for n, slots in self._by_node.items()}
+        )
+        self._owner = {sid: r for sid, r in self._owner.items() if r in self._readers}
 
     def node_loads(self) -> dict[str, int]:
         """Blocks in flight per node of the live pool (0 for an idle node)."""
         return {node: self._node_load[node] for node in self._by_node}
 
-    def _full(self, node: str) -> bool:
-        slots = self._by_node.get(node)
-        return not slots or min(self.loads[s] for s in slots) >= self.per_actor
+    # -- blocks in and out --------------------------------------------------------------------------------------
+    def next(self, pull: Callable[[], T | None]) -> tuple[T, int, int] | None:
+        """The next block and its (reader, model slot), counted as in flight; ``None`` when no block is left.
 
-    def _reader_rank(self, reader: int) -> tuple[float, int, int]:
-        node = self._readers[reader]
-        slots = self._by_node.get(node)
-        pressure = self._node_load[node] / len(slots) if slots else float("inf")
-        return pressure, self.reads[reader], reader
+        ``pull`` gives the stream's next block, or ``None`` once it is exhausted (it is not called again).
+        """
+        node = self._roomiest_node()
+        readers = [r for r, n in self._readers.items() if n == node] if node is not None else list(self._readers)
+        sid = self._stripe_for(readers, pull)
+        if sid is None:
+            return None
+        queue = self._queues[sid]
+        item = queue.popleft()
+        if not queue:
+            del self._queues[sid]
+        reader = self._owner[sid]
+        self._current[reader] = sid
+        local = self._by_node.get(self._readers[reader]) or list(self._slot_node)
+        if not local:
+            raise RuntimeError("no model actor is left to place a block on")
+        slot = min(local, key=lambda s: (self.loads[s], s))
+        if self.loads[slot] < self.per_actor:
+            self._room[self._slot_node[slot]] -= 1
+        self.loads[slot] += 1
+        self.reads[reader] += 1
+        self._node_load[self._slot_node[slot]] += 1
+        return item, reader, slot
+
+    def release(self, reader: int, slot: int) -> None:
+        """A block placed on (reader, slot) left the window: finished, lost or cancelled."""
+        _decrement(self.loads, slot)
+        _decrement(self.reads, reader)
+        node = self._slot_node.get(slot)  # None: the actor has left the pool
+        if node is not None:
+            _decrement(self._node_load, node)
+            if self.loads[slot] < self.per_actor:
+                self._room[node] += 1
+
+    def requeue(self, items: Iterable[T]) -> None:
+        """Blocks to place again (lost with an actor or a node), ahead of everything queued, owned by nobody."""
+        lost: dict[tuple[str, int], deque[T]] = {}
+        for item in items:
+            lost.setdefault((item.key, item.stripe), deque()).append(item)
+        parts: dict[StripeId, deque[T]] = {}
+        for (key, stripe), queue in lost.items():
+            self._parts += 1
+            parts[(key, stripe, -self._parts)] = queue
+        self._queues = {**parts, **self._queues}
+
+    @property
+    def queued(self) -> int:
+        """Blocks taken from the stream (or re-queued) and not placed yet."""
+        return sum(len(q) for q in self._queues.values())
+
+    # -- choices --------------------------------------------------------------------------------------------------
+    def _roomiest_node(self) -> str | None:
+        open_nodes = [n for n in self._by_node if self._room[n] > 0 and n in self._reader_nodes]
+        if not open_nodes:  # every actor is full or no reader shares a node with one: any reader, any actor
+            return None
+        return min(open_nodes, key=lambda n: (self._node_load[n] / len(self._by_node[n]), n))
+
+    def _stripe_for(self, readers: list[int], pull: Callable[[], T | None]) -> StripeId | None:
+        mine = set(readers)
+        for sid in self._queues:  # re-queued blocks first (they are queued first): their scenes wait for them
+            if sid[2] >= 0:
+                break
+            if self._owner.get(sid) in mine or sid not in self._owner:
+                return sid if sid in self._owner else self._bind(sid, readers)
+        going_on = [r for r in readers if self._current.get(r) in self._queues and self._owner[self._current[r]] == r]
+        if going_on:  # a reader goes on with the stripe it read last: its cache holds those rows
+            return self._current[self._idlest(going_on)]
+        free = None
+        for sid in self._queues:
+            owner = self._owner.get(sid)
+            if owner in mine:
+                return sid
+            if owner is None and free is None:
+                free = sid
+        while True:
+            if free is not None and self._unbusy(readers):
+                return self._bind(free, self._unbusy(readers))
+            item = None if self._exhausted else pull()
+            if item is None:
+                self._exhausted = True
+                return self._bind(free, readers) if free is not None else self._steal(readers)
+            sid = self._queue(item)
+            owner = self._owner.get(sid)
+            if owner in mine:
+                return sid
+            if owner is None and free is None:
+                free = sid
+
+    def _unbusy(self, readers: list[int]) -> list[int]:
+        """Readers not in the middle of a stripe whose next blocks the stream has still to give.
+
+        The stream gives a scene's stripes interleaved and scenes one after another, so a reader's stripe of
+        the scene the stream is in may go on; a stripe of an earlier scene is complete.
+        """
+        return [
+            r
+            for r in readers
+            if (current := self._current.get(r)) is None
+            or current[0] != self._stream_scene
+            or self._owner.get(current) != r
+        ]
+
+    def _bind(self, sid: StripeId, readers: list[int]) -> StripeId:
+        self._owner[sid] = self._idlest(readers)
+        return sid
+
+    def _queue(self, item: T) -> StripeId:
+        self._stream_scene = item.key
+        sid = (item.key, item.stripe, 0)
+        self._queues.setdefault(sid, deque()).append(item)
+        if item.key not in self._scenes:
+            self._scenes[item.key] = []
+            while len(self._scenes) > REMEMBERED_SCENES:  # forget old owners, never queued blocks
+                for old in self._scenes.popitem(last=False)[1]:
+                    if old not in self._queues:
+                        self._owner.pop(old, None)
+        if sid not in self._scenes[item.key]:
+            self._scenes[item.key].append(sid)
+        return sid
+
+    def _steal(self, readers: list[int]) -> StripeId | None:
+        if not self._queues:
+            return None
+        longest = max(self._queues, key=lambda s: len(self._queues[s]))
+        queue = self._queues[longest]
+        reader = self._idlest(readers)
+        self.moves += 1
+        if len(queue) == 1:
+            self._owner[longest] = reader
+            return longest
+        self._parts += 1
+        half = (longest[0], longest[1], self._parts)
+        tail = [queue.pop() for _ in range(len(queue) // 2)][::-1]
+        self._queues[half] = deque(tail)
+        self._owner[half] = reader
+        return half
+
+    def _idlest(self, readers: list[int]) -> int:
+        return min(readers, key=lambda r: (self.reads[r], r))
 
 
 def _decrement(counter: Counter[K], key: K) -> None:
