@@ -184,3 +184,15 @@ def test_every_block_is_delivered_exactly_once_through_completions_in_any_order_
         delivered[item] += 1
     assert delivered == Counter(expected)
     assert not placement.loads and not placement.reads and placement.queued == 0
+
+
+def test_a_failed_scene_s_queued_blocks_are_dropped() -> None:
+    placement: Placement[Item] = Placement(per_actor=1)
+    placement.set_pool({0: "a", 1: "b"}, {0: "a", 1: "b"})
+    pull = Puller(iter([Item("s", 0, i) for i in range(5)] + [Item("t", 0, i) for i in range(2)]))
+    a, b = placement.next(pull), placement.next(pull)  # b reads past s's blocks (queued for a) to t
+    assert a and b and b[0] == Item("t", 0, 0) and placement.queued == 4
+    assert placement.drop("s") == 4 and placement.queued == 0
+    placement.release(a[1], a[2])
+    again = placement.next(pull)
+    assert again and again[0] == Item("t", 0, 1)  # nothing of s is placed again

@@ -336,6 +336,7 @@ class RayExecutor:
                     continue
                 except ray.exceptions.RayError as exc:  # the reader or the model failed on this block
                     output = exc
+                    placement.drop(item.key)  # its scene fails: send none of its queued blocks
                 yield item, output
         finally:  # the consumer stopped early: drop the blocks still queued
             for ref in pending:

@@ -20,18 +20,20 @@ a slot is to be filled:
 
 1. the node is the least loaded one with room (blocks in flight per model actor; room = an actor holding
    fewer than ``per_actor``);
-2. the block is the next one of blocks lost and re-queued, if any; else of the earliest queued stripe
-   **that one of this node's readers owns**; else of
-   the earliest queued stripe nobody owns yet, which this node's reader with the fewest reads in flight now
-   owns; else more blocks are taken from the stream (their stripes queue for the nodes that own them) until one
-   of those two exists;
+2. the block is, in this order: the next of the blocks lost with an actor or a node (re-queued first: their
+   scenes wait for them); the next of the stripe one of this node's readers read last (its cache holds those
+   rows); the next of the earliest queued stripe this node's readers own; the next of the earliest queued
+   stripe nobody owns, which this node's idlest reader *not in the middle of a stripe* now owns. When none
+   exists, more blocks are taken from the stream (their stripes queue for the nodes that own them). A
+   reader is in the middle of a stripe when that stripe belongs to the scene the stream is in (a scene's
+   stripes come interleaved, scenes one after another), so reading on stops at that scene's end;
 3. once the stream is exhausted, a node with room and nothing of its own splits the longest queued stripe of
    another node and takes its second half (a stripe boundary: one more row of source blocks decoded);
 4. the actor is the least loaded one on the reader's node.
 
-Blocks lost with an actor or a node are queued again as stripes nobody owns. The lookahead holds at most the
-rest of the stripes being read, not their pixels. This module holds only counts, names and queues: no Ray,
-so it is tested without a cluster.
+The lookahead holds blocks' descriptions, not their pixels: at most the rest of the scene the stream is in
+plus the queued blocks of stripes being read (a scene's blocks per node at most). This module holds only
+counts, names and queues: no Ray, so it is tested without a cluster.
 """
 
 from __future__ import annotations
@@ -155,6 +157,11 @@ class Placement(Generic[T]):
             parts[(key, stripe, -self._parts)] = queue
         self._queues = {**parts, **self._queues}
 
+    def drop(self, key: str) -> int:
+        """Forget the queued blocks of scene ``key`` (it failed: none of its blocks is wanted); how many."""
+        gone = [sid for sid in self._queues if sid[0] == key]
+        return sum(len(self._queues.pop(sid)) for sid in gone)
+
     @property
     def queued(self) -> int:
         """Blocks taken from the stream (or re-queued) and not placed yet."""
@@ -174,7 +181,7 @@ class Placement(Generic[T]):
                 break
             if self._owner.get(sid) in mine or sid not in self._owner:
                 return sid if sid in self._owner else self._bind(sid, readers)
-        going_on = [r for r in readers if self._current.get(r) in self._queues and self._owner[self._current[r]] == r]
+        going_on = [r for r in readers if (c := self._current.get(r)) in self._queues and self._owner.get(c) == r]
         if going_on:  # a reader goes on with the stripe it read last: its cache holds those rows
             return self._current[self._idlest(going_on)]
         free = None
@@ -185,8 +192,8 @@ class Placement(Generic[T]):
             if owner is None and free is None:
                 free = sid
         while True:
-            if free is not None and self._unbusy(readers):
-                return self._bind(free, self._unbusy(readers))
+            if free is not None and (unbusy := self._unbusy(readers)):
+                return self._bind(free, unbusy)
             item = None if self._exhausted else pull()
             if item is None:
                 self._exhausted = True
