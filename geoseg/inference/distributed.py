@@ -5,11 +5,11 @@ of its stripes (runs of block rows) in raster order, keeping the file open and G
 each source block is decoded once, with GDAL's own threads decoding one window's source blocks in parallel
 (``GDAL_NUM_THREADS``). Its raw block goes into the node's object store and straight to a model actor on the
 same node (no network hop, no detour through the driver), which normalises, predicts, blends and reduces it
-to uint8 (:mod:`geoseg.inference.worker`). Which reader and which actor is :mod:`geoseg.inference.placement`'s
-choice: a stripe stays with its reader while that node has room, else moves to the least loaded node, so a
-full window holds the same number of blocks on every model actor of the cluster. The driver receives 1 byte
-per pixel and writes it; a finished scene's COG is built by a task beside the workers
-(:func:`geoseg.inference.scene.publish_scene`).
+to uint8 (:mod:`geoseg.inference.worker`). Which block goes next, to which reader and which actor, is
+:mod:`geoseg.inference.placement`'s choice: the least loaded node takes the next block of a stripe its readers
+own, looking ahead in the stream, so a full window holds the same number of blocks on every model actor of
+the cluster and each stripe keeps one reader. The driver receives 1 byte per pixel and writes it; a finished
+scene's COG is built by a task beside the workers (:func:`geoseg.inference.scene.publish_scene`).
 
 Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries``, so that the driver knows
 exactly which blocks were lost, restarts are bounded per job, and a pool never waits on a replacement that no
