@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.inference.placement import Placement
-from geoseg.inference.scene import stripes
+from geoseg.inference.scene import interleave, stripes
 
 
 @dataclass(frozen=True)
@@ -129,19 +129,13 @@ class Block:
 
 
 def stream(s: Scenario, scenes: int, readers: int):
+    """Square scenes one after another, each cut into stripes and interleaved as ``scene_work`` does."""
     side = math.ceil(s.scene_px / s.block_px)
     for k in range(scenes):
-        runs = [
+        yield from interleave(
             iter([Block(f"scene{k}", i, b) for b in range(rows.start * side, rows.stop * side)])
             for i, rows in enumerate(stripes(side, readers))
-        ]
-        while runs:  # interleaved as scene_work interleaves them
-            for run in list(runs):
-                block = next(run, None)
-                if block is None:
-                    runs.remove(run)
-                else:
-                    yield block
+        )
 
 
 def simulate(s: Scenario, rule, scenes: int, seed: int, cold: float) -> dict[str, float]:

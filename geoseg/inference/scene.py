@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from geoseg.vector.polygonize import VectorizeOptions
 if TYPE_CHECKING:  # torch stays out of processes that only read or publish
     from geoseg.bundle import BundleSpec
 
+T = TypeVar("T")
 MIN_STRIPE_ROWS = 4  # block rows per reader stripe: each stripe boundary decodes one row of source blocks twice
 
 
@@ -45,6 +46,18 @@ def stripes(block_rows: int, readers: int) -> list[range]:
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
+def interleave(runs: Iterable[Iterator[T]]) -> Iterator[T]:
+    """One item of each run in turn, dropping runs as they end (the order in which a scene's stripes stream)."""
+    live = list(runs)
+    while live:
+        for current in list(live):
+            item = next(current, None)
+            if item is None:
+                live.remove(current)
+            else:
+                yield item
+
+
 def scene_work(key: str, scene: SceneInfo, blocks: BlockGrid, readers: int) -> Iterator[WorkItem]:
     """The blocks of a scene, each stripe in raster order, stripes interleaved so all readers start at once."""
 
@@ -52,14 +65,7 @@ def scene_work(key: str, scene: SceneInfo, blocks: BlockGrid, readers: int) -> I
         for index in range(rows.start * blocks.cols, rows.stop * blocks.cols):
             yield WorkItem(key, scene, blocks, blocks[index], stripe)
 
-    runs = [run(s, rows) for s, rows in enumerate(stripes(blocks.rows, readers))]
-    while runs:
-        for current in list(runs):
-            item = next(current, None)
-            if item is None:
-                runs.remove(current)
-            else:
-                yield item
+    return interleave(run(s, rows) for s, rows in enumerate(stripes(blocks.rows, readers)))
 
 
 @dataclass
