@@ -462,6 +462,193 @@ def evaluate(
             raise GeoSegError(f"cannot write the metrics ({exc.strerror or exc})", out) from exc
 
 
+class _Pairs(click.Option):
+    """A repeatable ``ID=VALUE`` option that also takes the pairs that follow it (``--per-class 1=75 2=75``), as
+    the survey literature writes them; ``--per-class 1=75 --per-class 2=75`` works too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            option = parser._long_opt.get(name)
+            if option is None:
+                continue
+            single = option.process
+
+            def process(value: Any, state: Any, single: Any = single) -> None:
+                single(value, state)
+                while state.rargs and "=" in state.rargs[0] and not state.rargs[0].startswith("-"):
+                    single(state.rargs.pop(0), state)
+
+            option.process = process
+
+
+def _pairs(option: str, items: tuple[str, ...], kind: type) -> dict[int, Any]:
+    """``ID=VALUE`` items as a mapping; one line naming the option for anything else (or an id given twice)."""
+    values: dict[int, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            cid, number = int(key), kind(value)
+        except ValueError:
+            raise GeoSegError(f"{option} takes CLASS_ID={kind.__name__.upper()} pairs, got {item!r}") from None
+        if cid in values:
+            raise GeoSegError(f"{option} gives class {cid} twice")
+        values[cid] = number
+    return values
+
+
+@cli.command()
+@click.argument("map_a", type=click.Path(path_type=Path))
+@click.argument("map_b", type=click.Path(path_type=Path))
+@click.option(
+    "--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Folder for the products."
+)
+@click.option("--no-change", is_flag=True, help="All unchanged pixels one id (0, 'no change') instead of their class.")
+@click.option(
+    "--vectorize", type=click.Choice(FORMAT_NAMES), help="Also polygonize the transitions into change.<format>."
+)
+@_polygon_options
+def change(
+    map_a: Path,
+    map_b: Path,
+    output: Path,
+    no_change: bool,
+    vectorize: str | None,
+    skip_class: tuple[int, ...],
+    min_area: float,
+    fill_holes: float,
+    simplify: float,
+) -> None:
+    """From/to map of two maps of one place (B read on A's grid), with the transition matrix and its areas.
+
+    Writes OUTPUT/change.tif (a COG: one id per transition, named 'forest -> developed', with colours and a QGIS
+    style), transitions.json and transitions.csv (areas in m2 and ha), and with --vectorize change.<format>.
+    """
+    from geoseg.areas.change import change as run_change
+
+    options = _vectorize_options(skip_class, min_area, fill_holes, simplify, fmt=vectorize) if vectorize else None
+    record = run_change(map_a, map_b, output, no_change, options, console)
+    changed = [t for t in record["transitions"] if t["from"] != t["to"]]  # type: ignore[attr-defined]
+    total = float(record["total_area_m2"])  # type: ignore[arg-type]
+    moved = sum(t["area_m2"] for t in changed)
+    click.echo(f"{'transition':<40}{'pixels':>14}{'ha':>16}")
+    for t in record["transitions"]:  # type: ignore[attr-defined]
+        click.echo(f"{t['name'][:39]:<40}{t['pixels']:>14}{t['area_ha']:>16.2f}")
+    console.print(
+        f"{len(changed)} transition(s), {moved / 1e4:.2f} ha of {total / 1e4:.2f} ha changed -> {output}", markup=False
+    )
+
+
+@cli.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option(
+    "--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="The sheet to create (.gpkg)."
+)
+@click.option("--size", type=click.IntRange(min=1), help="Total sample size.")
+@click.option(
+    "--target-se",
+    type=click.FloatRange(min=0, min_open=True, max=1, max_open=True),
+    help="Or: the target standard error of overall accuracy (Olofsson et al. 2014, eq. 13), e.g. 0.01.",
+)
+@click.option(
+    "--expected-ua",
+    cls=_Pairs,
+    metavar="ID=UA ...",
+    help="With --target-se: each stratum's expected user's accuracy, e.g. --expected-ua 1=0.7 2=0.6 3=0.9.",
+)
+@click.option(
+    "--allocation",
+    type=click.Choice(["proportional", "equal"]),
+    default="proportional",
+    show_default=True,
+    help="How the total is shared among strata (--per-class gives it explicitly).",
+)
+@click.option(
+    "--min-per-class",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Floor per stratum, taken from the larger strata (Olofsson et al. recommend 50-100).",
+)
+@click.option("--per-class", cls=_Pairs, metavar="ID=N ...", help="Explicit sizes, e.g. --per-class 1=75 2=75 3=165.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same map: the same sheet.")
+@click.option("--aoi", type=click.Path(path_type=Path), help="Sample only pixel centres inside these polygons.")
+def sample(
+    map_path: Path,
+    output: Path,
+    size: int | None,
+    target_se: float | None,
+    expected_ua: tuple[str, ...],
+    allocation: str,
+    min_per_class: int,
+    per_class: tuple[str, ...],
+    seed: int,
+    aoi: Path | None,
+) -> None:
+    """A stratified random sample of MAP (its classes, or a change map's transitions, as strata) as a labelling
+    sheet: a GeoPackage of points with a QGIS form for the reference class, and the strata's areas."""
+    from geoseg.areas.sample import SampleDesign
+    from geoseg.areas.sample import sample as run_sample
+
+    given = [
+        name for name, value in (("--size", size), ("--target-se", target_se), ("--per-class", per_class)) if value
+    ]
+    if len(given) > 1:
+        raise GeoSegError(f"{' and '.join(given)} both set the sample size: give one")
+    uas = _pairs("--expected-ua", expected_ua, float)
+    if any(not 0 <= v <= 1 for v in uas.values()):
+        raise GeoSegError("--expected-ua values are accuracies between 0 and 1")
+    if uas and target_se is None:
+        raise GeoSegError("--expected-ua goes with --target-se")
+    design = SampleDesign(
+        size=size,
+        target_se=target_se,
+        expected_ua=uas,
+        allocation="explicit" if per_class else allocation,  # type: ignore[arg-type]
+        min_per_class=min_per_class,
+        per_class=_pairs("--per-class", per_class, int),
+        seed=seed,
+    )
+    sheet, strata, sizes = run_sample(map_path, output, design, aoi, console)
+    click.echo(f"{'stratum':<30}{'pixels':>14}{'area ha':>14}{'samples':>9}")
+    for s in strata:
+        click.echo(f"{s.name[:29]:<30}{s.pixels:>14}{s.area_m2 / 1e4:>14.2f}{sizes[s.id]:>9}")
+    if size is not None and sum(sizes.values()) != size:
+        console.print(
+            f"warning: {sum(sizes.values())} samples, not --size {size}: the floor of {min_per_class} per stratum "
+            "(--min-per-class) or the strata's own sizes decide",
+            markup=False,
+        )
+    few = [s.name for s in strata if sizes[s.id] < 2]
+    if few:
+        console.print(
+            f"warning: strata with fewer than 2 samples will have no variance: {', '.join(few)}", markup=False
+        )
+    console.print(f"{sum(sizes.values())} samples -> {sheet}", markup=False)
+
+
+@cli.command()
+@click.argument("sheet", type=click.Path(path_type=Path))
+@click.option(
+    "--out", "--output", "out", type=click.Path(path_type=Path), help="Write the JSON here (and <stem>_matrices.csv)."
+)
+def assess(sheet: Path, out: Path | None) -> None:
+    """Accuracy and error-adjusted class areas with 95 % confidence intervals from a labelled sheet."""
+    from geoseg.areas.assess import assess as run_assess
+    from geoseg.areas.assess import table
+
+    report, warnings = run_assess(sheet, out)
+    for line in warnings:
+        console.print(f"warning: {line}", markup=False)
+    click.echo(table(report))
+    if out is not None:
+        console.print(f"assessment -> {out}", markup=False)
+
+
 @cli.command()
 @click.option("--out", "--output", "out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True)

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from geoseg.errors import GeoSegError
 from geoseg.io.sources import SceneSource, base_name
+from geoseg.vector.formats import SHAPEFILE_PARTS
 
 PROBABILITIES_SUFFIX = "_probabilities"
 JOB_FILES = ("manifest.json", "manifest.jsonl", "report.json")
 STACKS = "stacks"
-SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
 _PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
 
 

@@ -16,7 +16,6 @@ added. Files are written under a temporary name and renamed.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import rasterio
 
-from geoseg.io.writer import class_names_from_tags, temp_sibling
+from geoseg.io.writer import class_names_from_tags, write_text_atomic
 
 QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
 
@@ -49,15 +48,6 @@ def class_table(src: rasterio.DatasetReader) -> list[ClassStyle]:
         colors = {}
     ids = sorted(names) if names else []
     return [ClassStyle(i, names[i], tuple(colors.get(i, (128, 128, 128, 255))[:3])) for i in ids]
-
-
-def _write_text(path: Path, text: str) -> None:
-    staging = temp_sibling(path)
-    try:
-        staging.write_text(text, encoding="utf-8")
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
 
 
 def _qgis(children: ET.Element) -> str:
@@ -117,8 +107,8 @@ def style_class_raster(path: Path) -> list[Path]:
         return []
     written = [path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")]
     try:
-        _write_text(written[0], category_names_pam(table))
-        _write_text(written[1], raster_qml(table))
+        write_text_atomic(written[0], category_names_pam(table))
+        write_text_atomic(written[1], raster_qml(table))
     except BaseException:  # a full disk: no half of a style left behind
         for leftover in written:
             leftover.unlink(missing_ok=True)
@@ -131,18 +121,20 @@ def style_vector_sidecar(path: Path, table: list[ClassStyle]) -> Path | None:
     if not table or any(path.with_suffix(ext).exists() for ext in (".tif", ".tiff")):
         return None
     sidecar = path.with_suffix(".qml")
-    _write_text(sidecar, vector_qml(table))
+    write_text_atomic(sidecar, vector_qml(table))
     return sidecar
 
 
-def gpkg_default_style(path: Path, layer: str, qml: str, geometry_column: str = "geom") -> None:
+def gpkg_default_style(
+    path: Path, layer: str, qml: str, geometry_column: str = "geom", description: str = "geoseg classes"
+) -> None:
     """Store ``qml`` as the layer's default style in the GeoPackage, as QGIS's "Save as default" does."""
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute(
             "CREATE TABLE IF NOT EXISTS layer_styles (id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256),"
             " f_table_schema TEXT(256), f_table_name TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30),"
             " styleQML TEXT, styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), ui TEXT(30),"
-            " update_time DATETIME DEFAULT CURRENT_TIMESTAMP)"
+            " update_time DATETIME DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
         )
         db.execute(
             "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier) VALUES (?, ?, ?)",
@@ -151,6 +143,43 @@ def gpkg_default_style(path: Path, layer: str, qml: str, geometry_column: str = 
         db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
         db.execute(
             "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName,"
-            " styleQML, styleSLD, useAsDefault, description) VALUES ('', '', ?, ?, ?, ?, '', 1, ?)",
-            (layer, geometry_column, layer, qml, "geoseg classes"),
+            " styleQML, styleSLD, useAsDefault, description, update_time)"
+            " VALUES ('', '', ?, ?, ?, ?, '', 1, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",  # ISO 8601 for GDAL
+            (layer, geometry_column, layer, qml, description),
         )
+
+
+def sheet_qml(table: list[ClassStyle], field: str, choices: dict[str, list[tuple[str, str]]], locked: list[str]) -> str:
+    """A labelling form for a point layer, as QGIS's layer properties save it: points coloured by ``field``'s
+    class (names as labels), a drop-down (value map) per field of ``choices`` (label, stored value), and the
+    fields in ``locked`` read-only, so an interpreter can only fill in what the sheet asks for."""
+    root = ET.Element("qgis", version=QGIS_VERSION, styleCategories="Symbology|Fields|Forms")
+    renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr=field, symbollevels="0")
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for n, c in enumerate(table):
+        ET.SubElement(categories, "category", value=str(c.id), label=c.name, symbol=str(n), render="true")
+        symbol = ET.SubElement(symbols, "symbol", type="marker", name=str(n), alpha="1", clip_to_extent="1")
+        layer = ET.SubElement(symbol, "layer", {"class": "SimpleMarker", "pass": "0", "locked": "0", "enabled": "1"})
+        options = ET.SubElement(layer, "Option", type="Map")
+        for key, value in (
+            ("color", f"{c.rgb[0]},{c.rgb[1]},{c.rgb[2]},255"),
+            ("name", "circle"),
+            ("outline_color", "35,35,35,255"),
+            ("size", "3"),
+        ):
+            ET.SubElement(options, "Option", name=key, type="QString", value=value)
+    fields = ET.SubElement(root, "fieldConfiguration")
+    for name, entries in choices.items():
+        widget = ET.SubElement(ET.SubElement(fields, "field", name=name, configurationFlags="None"), "editWidget")
+        widget.set("type", "ValueMap")
+        config = ET.SubElement(ET.SubElement(widget, "config"), "Option", type="Map")
+        values = ET.SubElement(config, "Option", name="map", type="List")
+        for label, stored in entries:
+            entry = ET.SubElement(values, "Option", type="Map")
+            ET.SubElement(entry, "Option", name=label, value=stored, type="QString")
+    editable = ET.SubElement(root, "editable")
+    for name in locked:
+        ET.SubElement(editable, "field", name=name, editable="0")
+    ET.indent(root)
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(root, encoding="unicode")

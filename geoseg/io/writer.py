@@ -71,6 +71,16 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` (UTF-8) at ``path``, written under a temporary name and renamed: never half a file."""
+    staging = temp_sibling(path)
+    try:
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
 class StagingRaster:
     """A uint8 raster written window by window under a temporary name beside its final path.
 
@@ -84,6 +94,7 @@ class StagingRaster:
         colormap: RGB per value for band 1 (class rasters).
         tags: dataset metadata (class names).
         scale: GDAL scale of every band (value x scale = physical value), e.g. 1/254 for probabilities.
+        dtype: uint8, or uint16 for class rasters with more ids than a byte holds (change maps).
     """
 
     def __init__(
@@ -96,8 +107,10 @@ class StagingRaster:
         colormap: Mapping[int, tuple[int, int, int]] | None = None,
         tags: Mapping[str, str] | None = None,
         scale: float | None = None,
+        dtype: str = "uint8",
     ) -> None:
         self.path = Path(path)
+        self.dtype = np.dtype(dtype)
         self.scene = scene
         self.staging = temp_sibling(self.path)
         aligned = tile % 16 == 0 and tile <= _MAX_STAGING_TILE
@@ -106,7 +119,7 @@ class StagingRaster:
             "width": scene.width,
             "height": scene.height,
             "count": len(descriptions),
-            "dtype": "uint8",
+            "dtype": self.dtype.name,
             "crs": scene.crs,
             "transform": scene.transform,
             "nodata": nodata,
@@ -121,19 +134,25 @@ class StagingRaster:
             self._dst = rasterio.open(self.staging, "w", **profile)
         for band, text in enumerate(descriptions, start=1):
             self._dst.set_band_description(band, text)
+        if colormap or tags:
+            self.describe(colormap or {}, tags or {})
+        if scale is not None:  # GDAL's own scale: QGIS and gdalinfo then show physical values (probabilities)
+            self._dst.scales = (scale,) * len(descriptions)
+            self._dst.offsets = (0.0,) * len(descriptions)
+
+    def describe(self, colormap: Mapping[int, tuple[int, int, int]], tags: Mapping[str, str]) -> None:
+        """Band 1's colour table and the dataset's tags; may follow the pixels (a change map learns which of
+        its ids occur only once every block is written)."""
         if colormap:
             self._dst.write_colormap(1, {value: (*rgb, 255) for value, rgb in colormap.items()})
         if tags:
             self._dst.update_tags(**tags)
-        if scale is not None:  # GDAL's own scale: QGIS and gdalinfo then show physical values (probabilities)
-            self._dst.scales = (scale,) * len(descriptions)
-            self._dst.offsets = (0.0,) * len(descriptions)
 
     def write(self, window: Window, array: np.ndarray) -> None:
         """Write ``array`` (``[h, w]`` for one band, ``[bands, h, w]``) at ``window``."""
         data = array[None] if array.ndim == 2 else array
         with said_plainly(self.path.parent), rasterio.Env(GDAL_CACHEMAX=STAGING_CACHE):
-            self._dst.write(data.astype(np.uint8, copy=False), window=window)
+            self._dst.write(data.astype(self.dtype, copy=False), window=window)
 
     def close(self) -> Path:
         """Finish the staging file; returns its path (hand it to :func:`publish_cog`)."""

@@ -12,5 +12,6 @@ FORMATS: dict[str, tuple[str, bool]] = {
     ".fgb": ("FlatGeobuf", False),
     ".parquet": ("parquet", False),
 }
+SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")  # the files beside a .shp that are part of it
 # what --vectorize / --format accept (".json" is GeoJSON under another extension)
 FORMAT_NAMES: tuple[str, ...] = tuple(ext[1:] for ext in FORMATS if ext != ".json")

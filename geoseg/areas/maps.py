@@ -1,0 +1,118 @@
+"""Class maps as ``change`` and ``sample`` read them: block by block, with their class table and pixel areas.
+
+A map is read in its own blocks (the tiles of a COG), so memory holds one block and each compressed block is
+decoded once. Areas are square metres: on a projected grid one pixel's area in the CRS's unit squared, times
+that unit in metres; on a geographic grid each pixel row's area in the equal-area CRS that polygon areas use
+(:data:`geoseg.vector.export.EQUAL_AREA_CRS`), where a lon/lat rectangle is a rectangle, so the area is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from rasterio.windows import Window
+
+from geoseg.errors import GeoSegError
+from geoseg.io.styles import ClassStyle, class_table
+from geoseg.vector.polygonize import open_class_raster
+
+EQUAL_AREA_CRS = "EPSG:6933"
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """An open class map: the dataset, its classes (from geoseg's tags and colour table; empty for a map
+    written elsewhere) and what a pixel measures."""
+
+    path: Path
+    src: rasterio.DatasetReader
+    classes: list[ClassStyle]
+
+    @property
+    def class_ids(self) -> list[int]:
+        return [c.id for c in self.classes]
+
+    def windows(self) -> Iterator[Window]:
+        """The map's blocks in raster order: its tiles, or bands of whole rows when it is stored in strips."""
+        bh, bw = self.src.block_shapes[0]
+        width, height = self.src.width, self.src.height
+        if bw >= width:  # strips (or one tile wider than the map): bands of about a megapixel of whole rows
+            bh = max(bh, -(-(2**20 // width) // bh) * bh)
+        for row in range(0, height, bh):
+            for col in range(0, width, bw):
+                yield Window(col, row, min(bw, width - col), min(bh, height - row))
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Class ids (int64 where the raster's type is wider than uint8) and validity of ``window``."""
+        values = self.src.read(1, window=window)
+        valid = self.src.read_masks(1, window=window) > 0
+        if values.dtype.kind == "f":
+            valid &= np.isfinite(values)
+            if np.any(values[valid] != np.round(values[valid])):
+                raise GeoSegError("holds fractional values: not a class map", self.path)
+            values = np.where(valid, values, 0).astype(np.int64)
+        elif values.dtype != np.uint8:
+            values = values.astype(np.int64)
+        if values.dtype.kind == "i" and np.any(values[valid] < 0):
+            raise GeoSegError("holds negative class ids: declare its nodata value or remap them", self.path)
+        return values, valid
+
+    def pixel_areas(self, window: Window) -> np.ndarray:
+        """Square metres of each pixel of ``window``, shaped to broadcast over it (``[h, 1]`` or ``[1, 1]``)."""
+        return _pixel_areas(self.src.crs, self.src.transform, int(window.row_off), int(window.height))
+
+
+def open_map(path: Path, role: str = "map") -> ClassMap:
+    """A class map for areas: one band of class ids with a CRS and geotransform; one-line errors otherwise."""
+    src = open_class_raster(path)
+    try:
+        classes = class_table(src)
+        ProjCRS.from_user_input(src.crs.to_wkt())
+        _pixel_areas(src.crs, src.transform, 0, 1)
+    except GeoSegError:
+        src.close()
+        raise
+    except Exception as exc:
+        src.close()
+        raise GeoSegError(f"the {role}'s CRS cannot measure areas ({exc})", path) from exc
+    return ClassMap(Path(path), src, classes)
+
+
+@contextlib.contextmanager
+def opened(path: Path, role: str = "map") -> Iterator[ClassMap]:
+    cmap = open_map(path, role)
+    try:
+        yield cmap
+    finally:
+        cmap.src.close()
+
+
+def _pixel_areas(crs: rasterio.crs.CRS, transform: rasterio.Affine, row0: int, height: int) -> np.ndarray:
+    proj = ProjCRS.from_user_input(crs.to_wkt())
+    if not proj.is_geographic:
+        unit = proj.axis_info[0].unit_conversion_factor if proj.axis_info else 1.0
+        side = abs(transform.a * transform.e - transform.b * transform.d)
+        return np.full((1, 1), side * unit * unit)
+    if transform.b or transform.d:
+        raise GeoSegError("a rotated grid in geographic coordinates: warp it to a north-up grid first")
+    to_equal_area = Transformer.from_crs(proj, EQUAL_AREA_CRS, always_xy=True)
+    rows = np.arange(row0, row0 + height + 1, dtype=np.float64)
+    lat = np.clip(transform.f + rows * transform.e, -90.0, 90.0)
+    _, y = to_equal_area.transform(np.zeros_like(lat), lat)
+    x0, _ = to_equal_area.transform(np.array([0.0]), np.array([0.0]))
+    x1, _ = to_equal_area.transform(np.array([abs(transform.a)]), np.array([0.0]))
+    width = abs(float(x1[0] - x0[0]))  # a cylindrical equal-area projection: x is linear in longitude
+    return (np.abs(np.diff(y)) * width)[:, None]
+
+
+def class_names(cmap: ClassMap, ids: list[int]) -> dict[int, str]:
+    """Names of ``ids``: the map's own, else ``class <id>``."""
+    own = {c.id: c.name for c in cmap.classes}
+    return {i: own.get(i, f"class {i}") for i in ids}

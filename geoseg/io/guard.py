@@ -1,0 +1,42 @@
+"""The output guard of the area commands: a product never replaces an input, nor a file this tool did not write.
+
+Checked before any work starts, on resolved paths and on inodes (a hard link or a symbolic link to an input is
+that input). ``owned`` are the files a previous run of the same command recorded as its own (its record file
+names them); any other existing file at an output path is the user's and is refused in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from geoseg.errors import GeoSegError
+
+
+def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
+    try:
+        status = path.stat()
+    except OSError:
+        return os.path.realpath(path), None
+    return os.path.realpath(path), (status.st_dev, status.st_ino)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (resolved links, hard links)."""
+    (real_a, inode_a), (real_b, inode_b) = _identity(a), _identity(b)
+    return real_a == real_b or (inode_a is not None and inode_a == inode_b)
+
+
+def refuse_overwrite(outputs: Iterable[Path], inputs: Iterable[Path], owned: Iterable[Path] = ()) -> None:
+    """Raise a one-line :class:`GeoSegError` if an output path is an input, or an existing file not ``owned``."""
+    sources = [(p, *_identity(p)) for p in inputs]
+    mine = {_identity(p)[0] for p in owned}
+    for output in outputs:
+        real, inode = _identity(output)
+        for path, source_real, source_inode in sources:
+            if real == source_real or (inode is not None and inode == source_inode):
+                raise GeoSegError(f"would write over the input {path}: choose another output", output)
+        if (os.path.lexists(output)) and real not in mine:
+            kind = "a folder" if output.is_dir() else "a file"
+            raise GeoSegError(f"is {kind} this command did not write; refusing to replace it", output)
