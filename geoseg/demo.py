@@ -1,4 +1,5 @@
-"""``geoseg demo``: synthesise an archive, train with Ray Train, predict with Ray actors, vectorize, report."""
+"""``geoseg demo``: synthesise an archive, train with Ray Train, predict with Ray actors, vectorize, estimate areas
+from a sample, report."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 import ray
 from rich.console import Console
 from rich.table import Table
 
+from geoseg.areas.assess import assess
+from geoseg.areas.sample import SampleDesign, sample
+from geoseg.areas.sheet import fill_reference
 from geoseg.bundle import load_spec
 from geoseg.cluster import ray_session
 from geoseg.evaluate import evaluate
@@ -40,7 +45,7 @@ def run_demo(
     console = console or Console(soft_wrap=True)
     workdir = Path(workdir).resolve()
     started = time.perf_counter()
-    console.rule("[bold]1/5 synthesise")
+    console.rule("[bold]1/6 synthesise")
     archive = make_archive(workdir / "synthetic", scenes=scenes, size=size, seed=0)
     console.print(
         f"{len(archive)} scenes of {size} x {size} px in EPSG:"
@@ -52,16 +57,16 @@ def run_demo(
         console.print(
             f"Ray: {int(ray.cluster_resources().get('CPU', 0))} CPUs, {int(ray.cluster_resources().get('GPU', 0))} GPUs"
         )
-        console.rule("[bold]2/5 train (Ray Train)")
+        console.rule("[bold]2/6 train (Ray Train)")
         t0 = time.perf_counter()
         bundle = train(cfg, workdir / "train", console=console)
         train_seconds = time.perf_counter() - t0
-        console.rule("[bold]3/5 predict (Ray actors)")
+        console.rule("[bold]3/6 predict (Ray actors)")
         options = PredictOptions()  # tiles, halo and blocks from the model's receptive field
         reports = predict_archive(
             bundle, [str(s.image) for s in archive], workdir / "predictions", options, console=console, in_process=False
         )
-    console.rule("[bold]4/5 vectorize and export")
+    console.rule("[bold]4/6 vectorize and export")
     spec = load_spec(bundle)
     held_out = {str(s.info.path) for s in split_scenes(cfg).val}
     vectors = workdir / "vectors"
@@ -88,8 +93,11 @@ def run_demo(
                 "iou": {k: v["iou"] for k, v in metrics["per_class"].items()},
             }
         )
-    console.rule("[bold]5/5 report")
+    console.rule("[bold]5/6 areas with confidence intervals")
     names = {c.id: c.name for c in spec.classes}
+    done = [(s, r) for s, r in zip(archive, reports, strict=True) if r.status == "ok" and r.output is not None]
+    areas = _areas(workdir / "areas", *min(done, key=lambda d: str(d[0].image) not in held_out)) if done else None
+    console.rule("[bold]6/6 report")
     overall = summarize(total_cm, names) if total_cm is not None else {"miou": None, "per_class": {}}
     report_json = {
         "workdir": str(workdir),
@@ -101,10 +109,44 @@ def run_demo(
         "iou_per_class": {k: v["iou"] for k, v in overall["per_class"].items()},
         "validation": spec.metrics,
         "scenes": scene_rows,
+        "areas": areas,
     }
     write_json_atomic(workdir / "report.json", report_json)
     _print_summary(console, report_json)
     return report_json
+
+
+def _areas(folder: Path, scene: Any, report: Any) -> dict[str, Any]:
+    """``sample`` the predicted map, label the sheet from the synthetic truth (standing in for an interpreter),
+    ``assess`` it: error-adjusted areas with 95 % intervals, beside the map's areas and the true ones."""
+    folder.mkdir(exist_ok=True)
+    sheet = folder / f"{report.scene}_sheet.gpkg"
+    assessment = folder / f"{report.scene}_assessment.json"
+    for previous in (sheet, assessment):  # the demo's own products of an earlier run
+        previous.unlink(missing_ok=True)
+    sample(Path(report.output), sheet, SampleDesign(size=400, min_per_class=30, seed=0))
+    fill_reference(sheet, scene.labels)
+    result, _ = assess(sheet, assessment)
+    with rasterio.open(report.output) as pred, rasterio.open(scene.labels) as truth:
+        mapped = pred.read_masks(1) > 0
+        true_pixels = np.bincount(truth.read(1)[mapped], minlength=256)
+        pixel_m2 = abs(pred.transform.a * pred.transform.e)
+    rows = {}
+    for cid, row in result["classes"].items():
+        rows[row["name"]] = {
+            "mapped_ha": row["mapped_area_ha"],
+            "estimated_ha": row["area_ha"],
+            "ci95_ha": row["area_ci95_ha"],
+            "true_ha": float(true_pixels[int(cid)] * pixel_m2 / 1e4),
+        }
+    return {
+        "scene": report.scene,
+        "sheet": str(sheet),
+        "assessment": str(assessment),
+        "classes": rows,
+        "overall_accuracy": result["overall_accuracy"],
+        "overall_ci95": result["overall_ci95"],
+    }
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -140,4 +182,14 @@ def _print_summary(console: Console, report: dict[str, Any]) -> None:
     console.print(f"class rasters:  {workdir / 'predictions'}/*.tif (COG)", markup=False)
     console.print(f"polygons:       {workdir / 'vectors'}/*.gpkg, *.shp", markup=False)
     console.print(f"quicklooks:     {workdir}/*_quicklook.png", markup=False)
+    if report.get("areas"):
+        areas = report["areas"]
+        table = Table(title=f"areas of {areas['scene']}: map vs sample-based estimate (400 labelled points) vs truth")
+        for column in ("class", "mapped ha", "estimated ha", "+- 95 %", "true ha"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, row in areas["classes"].items():
+            ci = "-" if row["ci95_ha"] is None else f"{row['ci95_ha']:.2f}"
+            table.add_row(name, f"{row['mapped_ha']:.2f}", f"{row['estimated_ha']:.2f}", ci, f"{row['true_ha']:.2f}")
+        console.print(table)
+        console.print(f"sampling sheet: {areas['sheet']}  (geoseg sample; geoseg assess)", markup=False)
     console.print(f"report:         {workdir / 'report.json'}", markup=False)

@@ -473,6 +473,19 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
             str(f["classes"]),
             "cannot bring the labels onto",
         ),
+        (["change", str(f["missing"]), str(a_file), "--output", str(out / "c0")], str(f["missing"]), "cannot open"),
+        (["change", str(a_file), str(f["html"]), "--output", str(out / "c1")], str(f["html"]), "cannot open"),
+        (["change", str(a_file), str(f["rgb"]), "--output", str(out / "c2")], str(f["rgb"]), "has 3 bands"),
+        (["change", str(a_file), str(f["far_labels"]), "--output", str(out / "c3")], str(f["far_labels"]), "overlap"),
+        (["change", str(a_file), str(a_file), "--output", str(a_file)], str(a_file), "is a file; --output takes"),
+        (["sample", str(f["fraction"]), "--output", str(out / "s0.gpkg"), "--size", "5"], str(f["fraction"]), "fract"),
+        (["sample", str(f["negative"]), "--output", str(out / "s1.gpkg"), "--size", "5"], str(f["negative"]), "negat"),
+        (["sample", str(f["complex"]), "--output", str(out / "s2.gpkg"), "--size", "5"], str(f["complex"]), "complex"),
+        (["sample", str(f["no_crs"]), "--output", str(out / "s3.gpkg"), "--size", "5"], str(f["no_crs"]), "no CRS"),
+        (["sample", str(a_file), "--output", str(a_file.with_suffix(".gpkg")), "--size", "0"], "--size", "range"),
+        (["assess", str(f["folder"])], str(f["folder"]), "no such sheet"),
+        (["assess", str(f["html"])], str(f["html"]), "cannot read as a GeoPackage"),
+        (["assess", str(f["missing"]), "--out", str(f["folder"])], str(f["folder"]), "is a folder"),
         (["bundle", "info", str(f["missing"])], str(f["missing"]), "not a model bundle"),
         (["bundle", "info", str(a_file)], str(a_file), "not a model bundle"),
         (
@@ -523,7 +536,7 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr, (args, result.stderr)
         assert result.returncode == 1, (args, result.returncode, result.stderr)
         _one_line_error(result, where, cause)
-    assert not any(p.name.startswith("t") for p in out.iterdir()) if out.exists() else True  # refused runs leave none
+    assert not any(p.name.startswith(("t", "c", "s")) for p in out.iterdir()) if out.exists() else True  # none left
     assert f["folder"].is_dir() and not list(f["folder"].parent.glob(".*.partial"))
 
 

@@ -153,6 +153,13 @@ def test_areas_on_a_geographic_grid_are_geodesic(tmp_path: Path) -> None:
     assert areas["developed -> forest"] == pytest.approx(band(60, 55), rel=1e-6)
     assert areas["developed"] == pytest.approx(band(55, 50), rel=1e-6)
     assert record["total_area_m2"] == pytest.approx(band(60, 50), rel=1e-6)
+    # sample's strata carry the same per-pixel areas
+    sheet = tmp_path / "sheet.gpkg"
+    assert run("sample", str(map_b), "--output", str(sheet), "--size", "10", "--min-per-class", "5").returncode == 0
+    strata = pyogrio.read_dataframe(sheet, layer="strata", read_geometry=False)
+    assert dict(zip(strata["name"], strata["area_m2"], strict=True)) == pytest.approx(
+        {"developed": band(55, 50), "forest": band(60, 55)}, rel=1e-6
+    )
 
 
 def test_vectorized_transitions_carry_the_same_areas_and_qgis_shows_their_names(tmp_path: Path) -> None:
@@ -193,6 +200,7 @@ def test_more_classes_than_a_byte_of_transitions(tmp_path: Path) -> None:
 
 def test_bad_pairs_are_one_line_and_nothing_is_replaced(tmp_path: Path) -> None:
     map_a, map_b, a, _ = two_maps(tmp_path)
+    inputs = {p: p.read_bytes() for p in (map_a, map_b)}
     other_names = write_class_map(tmp_path / "renamed.tif", a, {1: "urban", 2: "forest", 3: "water"})
     _one_line_error(
         run("change", str(map_a), str(other_names), "--output", str(tmp_path / "x")),
@@ -222,6 +230,7 @@ def test_bad_pairs_are_one_line_and_nothing_is_replaced(tmp_path: Path) -> None:
     assert run("change", str(map_a), str(map_b), "--output", str(ours), "--no-change").returncode == 0
     assert json.loads((ours / "transitions.json").read_text())["no_change"] is True
     assert not list(tmp_path.rglob(".*partial*"))
+    assert all(p.read_bytes() == data for p, data in inputs.items())  # inputs never written
 
 
 @pytest.mark.realdata

@@ -62,6 +62,16 @@ def test_demo_writes_every_product(demo) -> None:
         gpkg, shp = (Path(p) for p in row["vector_outputs"])
         assert len(gpd.read_file(gpkg)) == row["polygons"] == len(gpd.read_file(shp))
         assert Path(row["quicklook"]).stat().st_size > 10_000
+    # areas: the held-out map sampled, labelled from the synthetic truth, assessed
+    areas = demo["areas"]
+    assessment = json.loads(Path(areas["assessment"]).read_text())
+    assert assessment["samples_labelled"] == 400 and assessment["samples_unlabelled"] == 0
+    rows = areas["classes"].values()
+    mapped = sum(r["mapped_ha"] for r in rows)
+    assert mapped == pytest.approx(192 * 192 * 4 / 1e4)  # 2 m pixels, every pixel mapped
+    assert sum(r["estimated_ha"] for r in rows) == pytest.approx(mapped)
+    assert sum(r["true_ha"] for r in rows) == pytest.approx(mapped)
+    assert 0 < assessment["overall_accuracy"] <= 1
     metrics = json.loads((workdir / "train" / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["history"]] == [1, 2]
     assert all(r["workers"] == 2 and r["replicas_identical"] for r in metrics["history"])

@@ -28,7 +28,7 @@ from rasterio.warp import transform_bounds
 from rich.console import Console
 
 from geoseg import __version__
-from geoseg.areas.maps import ClassMap, opened
+from geoseg.areas.maps import ClassMap, opened, read_ahead
 from geoseg.errors import GeoSegError
 from geoseg.io.guard import refuse_overwrite
 from geoseg.io.raster import SceneInfo, onto_grid
@@ -116,15 +116,12 @@ def _classes(a: ClassMap, b: ClassMap) -> list[ClassStyle]:
     return [ClassStyle(i, f"class {i}", (128, 128, 128)) for i in sorted(seen)]
 
 
-def _positions(cmap: ClassMap, values: np.ndarray, valid: np.ndarray, table: TransitionTable) -> np.ndarray:
-    """Class positions of ``values`` (-1 on invalid pixels); an id outside the classes is a one-line error."""
-    lookup = np.full(max(256, max(table.position) + 1), -1, dtype=np.int64)
-    for cid, k in table.position.items():
-        lookup[cid] = k
-    too_big = valid & (values >= len(lookup))
-    if np.any(too_big):
-        raise GeoSegError(f"holds class id {int(values[too_big].max())}, not one of the map's classes", cmap.path)
-    positions = np.where(valid, lookup[np.where(valid, values, 0)], -1)
+def _positions(cmap: ClassMap, values: np.ndarray, valid: np.ndarray, lookup: np.ndarray) -> np.ndarray:
+    """Class positions of ``values`` through ``lookup`` (-1: not a class); a valid pixel whose id is not a class
+    is a one-line error. One gather per pixel: the map's own type indexes the table (uint8 maps: 256 entries)."""
+    if values.dtype != np.uint8 and np.any(valid & (values >= len(lookup))):
+        raise GeoSegError(f"holds class id {int(values[valid].max())}, not one of the map's classes", cmap.path)
+    positions = lookup[np.minimum(values, len(lookup) - 1) if values.dtype != np.uint8 else values]
     unknown = valid & (positions < 0)
     if np.any(unknown):
         raise GeoSegError(f"holds class id {int(values[unknown][0])}, not one of the map's classes", cmap.path)
@@ -226,35 +223,40 @@ def _write(
 ) -> tuple[list[Transition], list[Transition]]:
     """The pass: write the change raster; returns the (from, to) pairs that occur and the transitions by id."""
     c = len(table.classes)
-    flat = table.table.ravel()
-    pixels = np.zeros(c * c, dtype=np.int64)
-    areas = np.zeros(c * c, dtype=np.float64)
+    # ids by code = position(A) * c + position(B); one more slot, c * c, for pixels that are nodata in either map
+    ids = np.append(table.table.ravel(), table.nodata).astype(table.dtype)
+    lookup = np.full(max(256, max(table.position) + 1), -1, dtype=np.int32)
+    for cid, k in table.position.items():
+        lookup[cid] = k
+    pixels = np.zeros(c * c + 1, dtype=np.int64)
+    areas = np.zeros(c * c + 1, dtype=np.float64)
     bh, bw = a.src.block_shapes[0]
     scene = SceneInfo(str(path), a.src.width, a.src.height, 1, table.dtype, a.src.crs, a.src.transform, None, (bh, bw))
     tile = bw if bw == bh and bw % 16 == 0 else 512
-    windows = list(a.windows())
+    chunks = [chunk for chunk, _ in a.chunks()]
     # The colour table goes in first (a TIFF cannot turn paletted once pixels are written): every possible
     # transition's colour; the names, which say which transitions occur, follow the pass.
     c_range = range(c)
     palette = dict(table.describe(i, j)[::2] for i in c_range for j in c_range)
     staging = StagingRaster(path, scene, ["transition"], table.nodata, tile, colormap=palette, dtype=table.dtype)
     try:
-        with meter(console or Console(quiet=True), "change", len(windows), "blocks") as bar:
-            for window in windows:
-                va, ok_a = a.read(window)
-                vb, ok_b = b.read(window)
+        with meter(console or Console(quiet=True), "change", len(chunks), "windows") as bar:
+            for window, ((va, ok_a), (vb, ok_b)) in read_ahead(chunks, lambda w: (a.read(w), b.read(w))):
                 valid = ok_a & ok_b
-                code = _positions(a, va, valid, table) * c + _positions(b, vb, valid, table)
-                staging.write(window, np.where(valid, flat[np.where(valid, code, 0)], table.nodata))
-                chosen = code[valid]
-                counted = np.bincount(chosen, minlength=c * c)
+                code = _positions(a, va, valid, lookup) * c + _positions(b, vb, valid, lookup)
+                code[~valid] = c * c
+                staging.write(window, ids[code])
+                counted = np.bincount(code.ravel(), minlength=c * c + 1)
                 pixels += counted
                 unit = a.pixel_areas(window)
                 if unit.size == 1:
                     areas += counted * float(unit[0, 0])
                 else:
-                    areas += np.bincount(chosen, weights=np.broadcast_to(unit, valid.shape)[valid], minlength=c * c)
+                    areas += np.bincount(
+                        code.ravel(), weights=np.broadcast_to(unit, code.shape).ravel(), minlength=c * c + 1
+                    )
                 bar.advance(1)
+        pixels, areas = pixels[:-1], areas[:-1]
         pairs = []  # every (from, to) that occurs; with no_change the unchanged ones share id 0
         for code in np.flatnonzero(pixels):
             i, j = divmod(int(code), c)

@@ -9,21 +9,29 @@ that unit in metres; on a geographic grid each pixel row's area in the equal-are
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import rasterio
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
+from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
+from geoseg.io.raster import valid_mask
 from geoseg.io.styles import ClassStyle, class_table
 from geoseg.vector.polygonize import open_class_raster
 
 EQUAL_AREA_CRS = "EPSG:6933"
+READ_CACHE = 16 * 2**20
+W = TypeVar("W")
+T = TypeVar("T")
+CHUNK = 2048  # pixels a side of one read: 16 blocks of a COG, decoded in parallel
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,42 @@ class ClassMap:
             for col in range(0, width, bw):
                 yield Window(col, row, min(bw, width - col), min(bh, height - row))
 
+    def chunks(self, side: int = CHUNK) -> Iterator[tuple[Window, list[Window]]]:
+        """Whole blocks grouped into windows of about ``side`` pixels a side, each with the blocks inside it.
+
+        One read of many blocks lets GDAL decode them on all cores (``GDAL_NUM_THREADS``); the blocks are kept
+        so a caller can still count per block (``sample`` reads single blocks again in its second pass)."""
+        bh, bw = next(self.windows()).height, next(self.windows()).width
+        rows, cols = max(1, side // bh), max(1, side // bw)
+        width, height = self.src.width, self.src.height
+        for row in range(0, height, rows * bh):
+            for col in range(0, width, cols * bw):
+                chunk = Window(col, row, min(cols * bw, width - col), min(rows * bh, height - row))
+                blocks = [
+                    Window(c, r, min(bw, width - c), min(bh, height - r))
+                    for r in range(row, min(row + rows * bh, height), bh)
+                    for c in range(col, min(col + cols * bw, width), bw)
+                ]
+                yield chunk, blocks
+
+    @property
+    def plain_nodata(self) -> int | None:
+        """For a uint8 map whose only mask is a nodata value (or none): that value (-1: none), so validity is
+        one comparison and counts one ``bincount``; None when GDAL's mask must be asked."""
+        if self.src.dtypes[0] != "uint8":
+            return None
+        flags = self.src.mask_flag_enums[0]
+        if flags == [MaskFlags.all_valid]:
+            return -1
+        nodata = self.src.nodata
+        if flags == [MaskFlags.nodata] and nodata is not None and float(nodata).is_integer() and 0 <= nodata <= 255:
+            return int(nodata)
+        return None
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Class ids (int64 where the raster's type is wider than uint8) and validity of ``window``."""
         values = self.src.read(1, window=window)
-        valid = self.src.read_masks(1, window=window) > 0
+        valid = valid_mask(self.src, [1], window, values[None])  # the nodata comparison, not a second decode
         if values.dtype.kind == "f":
             valid &= np.isfinite(values)
             if np.any(values[valid] != np.round(values[valid])):
@@ -87,11 +127,14 @@ def open_map(path: Path, role: str = "map") -> ClassMap:
 
 @contextlib.contextmanager
 def opened(path: Path, role: str = "map") -> Iterator[ClassMap]:
-    cmap = open_map(path, role)
-    try:
-        yield cmap
-    finally:
-        cmap.src.close()
+    """An open map, read under a small GDAL block cache (each block is decoded once and used at once; GDAL's
+    default cache, 5 % of RAM, would only fill up with blocks never read again) and decoded on all cores."""
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE, GDAL_NUM_THREADS="ALL_CPUS"):
+        cmap = open_map(path, role)
+        try:
+            yield cmap
+        finally:
+            cmap.src.close()
 
 
 def _pixel_areas(crs: rasterio.crs.CRS, transform: rasterio.Affine, row0: int, height: int) -> np.ndarray:
@@ -110,6 +153,26 @@ def _pixel_areas(crs: rasterio.crs.CRS, transform: rasterio.Affine, row0: int, h
     x1, _ = to_equal_area.transform(np.array([abs(transform.a)]), np.array([0.0]))
     width = abs(float(x1[0] - x0[0]))  # a cylindrical equal-area projection: x is linear in longitude
     return (np.abs(np.diff(y)) * width)[:, None]
+
+
+def read_ahead(windows: Iterable[W], read: Callable[[W], T]) -> Iterator[tuple[W, T]]:
+    """Each window with ``read(window)``, the next window read in a background thread meanwhile: GDAL releases
+    the GIL while it decodes, so decoding the next window overlaps the caller's numpy work on this one. Only
+    the background thread reads, so no dataset is ever used by two threads at once."""
+
+    def read_in_env(window: W) -> T:
+        with rasterio.Env(GDAL_CACHEMAX=READ_CACHE, GDAL_NUM_THREADS="ALL_CPUS"):
+            return read(window)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="geoseg-read") as pool:
+        pending: tuple[W, Future[T]] | None = None
+        for window in windows:
+            ahead = (window, pool.submit(read_in_env, window))
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = ahead
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def class_names(cmap: ClassMap, ids: list[int]) -> dict[int, str]:

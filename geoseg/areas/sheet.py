@@ -21,6 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -132,3 +133,33 @@ def _require(frame: pd.DataFrame, fields: tuple[str, ...], path: Path, layer: st
     missing = [f for f in fields if f not in frame.columns]
     if missing:
         raise GeoSegError(f"its '{layer}' layer has no field {', '.join(missing)}", path)
+
+
+def fill_reference(path: Path, reference: Path) -> int:
+    """Label a sheet's empty ``reference_class`` fields from a reference class raster (a better map of the same
+    place, or a synthetic truth in the demo) read at each point, in the raster's CRS; nodata stays unlabelled.
+    Rewrites only the ``samples`` layer (strata, classes and the form stay). Returns how many were labelled."""
+    import rasterio
+    from rasterio.warp import transform as transform_points
+
+    samples = pyogrio.read_dataframe(path, layer=SAMPLES)
+    todo = samples["reference_class"].isna().to_numpy()
+    xs, ys = samples.geometry.x.to_numpy()[todo], samples.geometry.y.to_numpy()[todo]
+    try:
+        src = rasterio.open(reference)
+    except rasterio.errors.RasterioIOError as exc:
+        raise GeoSegError(f"cannot open the reference raster ({exc})", reference) from exc
+    with src:
+        if samples.crs is not None and src.crs is not None and samples.crs != src.crs:
+            xs, ys = (np.asarray(v) for v in transform_points(samples.crs, src.crs, xs, ys))
+        points = list(zip(xs.tolist(), ys.tolist(), strict=True))
+        values: list[Any] = [v[0] for v in src.sample(points, masked=True)] if points else []
+    labels = samples["reference_class"].astype("Int64").copy()
+    filled = 0
+    for k, value in zip(np.flatnonzero(todo), values, strict=True):
+        if value is not np.ma.masked:
+            labels.iloc[k] = int(value)
+            filled += 1
+    samples["reference_class"] = labels.astype("Int32")
+    pyogrio.write_dataframe(samples, path, layer=SAMPLES, driver="GPKG")
+    return filled

@@ -241,7 +241,7 @@ def _read(
 ) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = src.read(bands, window=window, out_dtype=dtype)
-        valid = _valid(src, bands, window, data)
+        valid = valid_mask(src, bands, window, data)
     except RasterioIOError as exc:  # GDAL's own reason is in the chained error; rasterio's says "see previous"
         detail = str(exc.__cause__ or exc).strip().splitlines()[-1]
         raise GeoSegError(
@@ -254,7 +254,7 @@ def _read(
     return data, valid
 
 
-def _valid(src: rasterio.DatasetReader, bands: list[int], window: Window, data: np.ndarray) -> np.ndarray:
+def valid_mask(src: rasterio.DatasetReader, bands: list[int], window: Window, data: np.ndarray) -> np.ndarray:
     """All bands valid, by GDAL's mask semantics; computed from the pixels when that is the same and cheaper.
 
     Integer bands whose only mask is their nodata value are compared with it here (GDAL's nodata mask is
