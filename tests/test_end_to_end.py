@@ -68,7 +68,9 @@ def test_demo_writes_every_product(demo) -> None:
     assert assessment["samples_labelled"] == 400 and assessment["samples_unlabelled"] == 0
     rows = areas["classes"].values()
     mapped = sum(r["mapped_ha"] for r in rows)
-    assert mapped == pytest.approx(192 * 192 * 4 / 1e4)  # 2 m pixels, every pixel mapped
+    scene_row = next(r for r in demo["scenes"] if r["scene"] == areas["scene"])
+    with rasterio.open(scene_row["output"]) as pred_src:
+        assert mapped == pytest.approx(np.sum(pred_src.read_masks(1) > 0) * 4 / 1e4)  # 2 m pixels, nodata left out
     assert sum(r["estimated_ha"] for r in rows) == pytest.approx(mapped)
     assert sum(r["true_ha"] for r in rows) == pytest.approx(mapped)
     assert 0 < assessment["overall_accuracy"] <= 1
