@@ -14,10 +14,10 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from geoseg import __version__
@@ -48,16 +48,19 @@ PALETTE: list[tuple[int, int, int]] = [
 
 
 class BandSpec(Strict):
-    name: str = Field(description="Band name, e.g. 'red' or 'B4'.")
+    name: str = Field(min_length=1, description="Band name, e.g. 'red' or 'B4'.")
     index: int = Field(ge=1, description="1-based band index to read from the input raster.")
-    mean: float = Field(description="Mean of the raw band values over the training scenes.")
-    std: float = Field(gt=0, description="Standard deviation of the raw band values.")
+    mean: float = Field(allow_inf_nan=False, description="Mean of the raw band values over the training scenes.")
+    std: float = Field(gt=0, allow_inf_nan=False, description="Standard deviation of the raw band values.")
+
+
+Channel = Annotated[int, Field(ge=0, le=255)]
 
 
 class ClassSpec(Strict):
     id: int = Field(ge=0, le=254, description="Value written to the class raster (255 is nodata).")
-    name: str
-    color: tuple[int, int, int] = Field(description="RGB colour for the colour table and quicklooks.")
+    name: str = Field(min_length=1)
+    color: tuple[Channel, Channel, Channel] = Field(description="RGB colour (0-255 each) for the colour table.")
 
 
 class ArchitectureSpec(Strict):
@@ -98,6 +101,29 @@ class BundleSpec(Strict):
         "and its normalisation.",
     )
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleSpec:
+        """What no single field can say: ids and names unique (two classes with one id would be merged into
+        one without a word), every band read from the scenes the model was trained on."""
+        groups: tuple[tuple[str, list[Any]], ...] = (
+            ("class id", [c.id for c in self.classes]),
+            ("class name", [c.name for c in self.classes]),
+            ("band name", [b.name for b in self.bands]),
+        )
+        for what, values in groups:
+            twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if twice:
+                raise ValueError(f"{what} {twice[0]!r} is given twice")
+        if not self.classes or not self.bands:
+            raise ValueError("a bundle needs at least one band and one class")
+        beyond = [b for b in self.bands if b.index > self.input_band_count]
+        if beyond:
+            raise ValueError(
+                f"band {beyond[0].name!r} is read from band {beyond[0].index}, but input_band_count is "
+                f"{self.input_band_count}"
+            )
+        return self
 
     @field_validator("format_version")
     @classmethod
@@ -174,13 +200,19 @@ def load_spec(directory: str | Path) -> BundleSpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise GeoSegError(f"invalid bundle spec: {where}: {first['msg']}", path) from exc
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise GeoSegError(f"invalid bundle spec: {where + ': ' if where else ''}{message}", path) from exc
 
 
 def load_bundle(directory: str | Path) -> tuple[BundleSpec, nn.Module]:
     """Load spec and weights into a model in eval mode."""
     spec = load_spec(directory)
-    model = spec.build()
+    try:
+        model = spec.build()
+    except GeoSegError as exc:  # architecture arguments no model can take: name the file that holds them
+        raise GeoSegError(exc.cause, exc.path or Path(directory) / SPEC_FILE) from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise GeoSegError(f"invalid architecture: {exc}", Path(directory) / SPEC_FILE) from exc
     path = Path(directory) / WEIGHTS_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -192,12 +224,14 @@ def load_bundle(directory: str | Path) -> tuple[BundleSpec, nn.Module]:
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise GeoSegError(f"corrupt weights: {str(exc).splitlines()[0]}", path) from exc
+    if not isinstance(state, dict):
+        raise GeoSegError("corrupt weights: not a state dict", path)
+    fit_state_dict(state, model, path)  # one line naming the first parameter that differs
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        raise GeoSegError(
-            f"weights do not match the architecture in {SPEC_FILE}: {str(exc).splitlines()[0]}", path
-        ) from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise GeoSegError(f"weights do not match the architecture in {SPEC_FILE}: {lines[-1]}", path) from exc
     return spec, model.eval()
 
 
@@ -258,12 +292,16 @@ def init_bundle(
         raise GeoSegError(f"{len(classes)} classes named for a model with {num_classes} outputs")
     if bands is not None and len(bands) != in_channels:
         raise GeoSegError(f"{len(bands)} bands described for a model with {in_channels} input channels")
-    spec = BundleSpec(
-        architecture=ArchitectureSpec(name=arch, kwargs=kwargs),
-        bands=bands or [BandSpec(name=f"band_{i}", index=i, mean=0.0, std=1.0) for i in range(1, in_channels + 1)],
-        input_band_count=in_channels,
-        classes=classes or default_classes(num_classes),
-    )
+    try:
+        spec = BundleSpec(
+            architecture=ArchitectureSpec(name=arch, kwargs=kwargs),
+            bands=bands or [BandSpec(name=f"band_{i}", index=i, mean=0.0, std=1.0) for i in range(1, in_channels + 1)],
+            input_band_count=in_channels,
+            classes=classes or default_classes(num_classes),
+        )
+    except ValidationError as exc:  # e.g. --class forest --class forest
+        first = exc.errors()[0]
+        raise GeoSegError(f"invalid bundle: {str(first['msg']).removeprefix('Value error, ')}", out) from exc
     torch.manual_seed(seed)
     model = spec.build()
     if weights is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,10 +98,10 @@ def _band_spec(index: int, text: str) -> BandSpec:
         if len(stats) not in (0, 2) or not name.strip():
             raise ValueError
         mean, std = (float(stats[0]), float(stats[1])) if stats else (0.0, 1.0)
-        if std <= 0:
+        if not (math.isfinite(mean) and math.isfinite(std)) or std <= 0:
             raise ValueError
     except ValueError:
-        raise GeoSegError(f"--band takes NAME or NAME:MEAN:STD with STD > 0, got {text!r}") from None
+        raise GeoSegError(f"--band takes NAME or NAME:MEAN:STD, finite numbers with STD > 0, got {text!r}") from None
     return BandSpec(name=name.strip(), index=index, mean=mean, std=std)
 
 
@@ -242,8 +243,8 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     help="Which items of STAC inputs to run: datetime=START/END, bbox=W,S,E,N (lon/lat), max-cloud=PCT, ids=A,B.",
 )
 @click.option(
-    "--stac-items",
-    is_flag=True,
+    "--stac-items/--no-stac-items",
+    default=None,
     help="Also describe the results as a STAC catalogue: stac/catalog.json and one Item per finished scene.",
 )
 @click.option(
@@ -272,8 +273,8 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     help="How tiles are padded beyond the scene's edge (reflect matches training crops).",
 )
 @click.option(
-    "--probabilities",
-    is_flag=True,
+    "--probabilities/--no-probabilities",
+    default=None,
     help="Also write <scene>_probabilities.tif: one uint8 band per class (p x 254) + confidence.",
 )
 @click.option(
@@ -281,8 +282,9 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     type=click.Choice(FORMAT_NAMES),
     help="Also polygonize each class raster into <scene>.<format> (changing only polygon options reruns no model).",
 )
+@click.option("--no-vectorize", is_flag=True, help="No polygons, whatever the job file says.")
 @_polygon_options
-@click.option("--compile", is_flag=True, help="torch.compile the model in each worker (GPU jobs).")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the model in each worker (GPU jobs).")
 @click.option(
     "--in-process/--ray",
     "in_process",
@@ -291,19 +293,27 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
     "cluster or --workers is given; Ray otherwise).",
 )
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
-def predict(more_inputs: tuple[str, ...], **params: Any) -> None:
+def predict(more_inputs: tuple[str, ...], no_vectorize: bool, **params: Any) -> None:
     """Predict class rasters (COG) for every input scene; exit 1 if any scene failed.
 
     MORE_INPUTS (like --input): scene files, globs, folders, .txt/.csv lists, band stacks written
     a.tif+b.tif+c.tif, GDAL paths (/vsis3/..., s3://...), or STAC Items, ItemCollections and Catalogs (.json,
-    local or s3://): one scene per item, bands chosen by the bundle's band names.
+    local or s3://): one scene per item, bands chosen by the bundle's band names. Scenes named on the command
+    line (here or with --input) replace the job file's input; both forms add up.
     """
+    from click.core import ParameterSource
+
     from geoseg.inference.job import predict_archive
     from geoseg.inference.jobfile import PredictConfig
     from geoseg.io.objectstore import is_s3
     from geoseg.settings import validated
 
-    params["input"] = [*params["input"], *more_inputs]
+    context = click.get_current_context()
+    from_file = context.get_parameter_source("input") == ParameterSource.DEFAULT_MAP
+    params["input"] = [*([] if from_file and more_inputs else params["input"]), *more_inputs]
+    if no_vectorize:
+        params["vectorize"] = None
+    _refuse_file_name_as_job_folder(params.get("output"))
     job: PredictConfig = validated(PredictConfig, params)  # the one place that says what is valid
     if not job.input:
         raise GeoSegError("no --input given")
@@ -322,10 +332,29 @@ def predict(more_inputs: tuple[str, ...], **params: Any) -> None:
         stac_items=bool(job.stac_items),
     )
     failed = [r for r in reports if r.status == "failed"]
+    polygons = [r for r in reports if r.status != "failed" and r.error]  # rasters published, polygons not
     report = f"{output.rstrip('/')}/report.json" if is_s3(output) else Path(output) / "report.json"
-    console.print(f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed; report: {report}", markup=False)
-    if failed:
+    more = f", {len(polygons)} without their polygons (rerun to make them)" if polygons else ""
+    console.print(
+        f"{len(reports) - len(failed)} scene(s) done, {len(failed)} failed{more}; report: {report}", markup=False
+    )
+    if failed or polygons:
         sys.exit(1)
+
+
+# Extensions of the files geoseg reads and writes: an --output ending in one names a file, not a job folder.
+_FILE_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".json", ".gpkg", ".shp", ".geojson", ".fgb", ".parquet"}
+
+
+def _refuse_file_name_as_job_folder(output: str | None) -> None:
+    """``predict --output classes.tif`` made a folder of that name without a word; a job folder is a folder."""
+    suffix = Path(output).suffix.lower() if output else ""
+    if output and not output.startswith("s3://") and suffix in _FILE_SUFFIXES and not Path(output).is_dir():
+        raise GeoSegError(
+            "predict writes a job folder (one class raster per scene, the manifest and the report); this names "
+            "a file: give a folder, e.g. --output results/",
+            output,
+        )
 
 
 @cli.command()

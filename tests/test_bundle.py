@@ -77,7 +77,9 @@ def test_truncated_weights(bundle) -> None:
 def test_weights_of_another_architecture(bundle, tmp_path) -> None:
     other = init_bundle(tmp_path / "other", "unet", in_channels=3, num_classes=4, base_channels=8, depth=2)
     (bundle / WEIGHTS_FILE).write_bytes((other / WEIGHTS_FILE).read_bytes())
-    with pytest.raises(GeoSegError, match="do not match the architecture"):
+    with pytest.raises(
+        GeoSegError, match=r"weights are not this architecture's: \S+ is \(8, 3, 3, 3\), the model's is \(4, 3"
+    ):
         load_bundle(bundle)
 
 
@@ -87,6 +89,29 @@ def test_incompatible_format_version(bundle) -> None:
     (bundle / SPEC_FILE).write_text(json.dumps(spec))
     with pytest.raises(GeoSegError, match="bundle format 99 is not supported"):
         load_spec(bundle)
+
+
+@pytest.mark.parametrize(
+    ("edit", "cause"),
+    [
+        (lambda s: s["classes"][1].update(id=0), "class id 0 is given twice"),  # were merged into one class
+        (lambda s: s["classes"][1].update(name=s["classes"][0]["name"]), "class name 'class_0' is given twice"),
+        (lambda s: s["classes"][0].update(color=[300, 0, 0]), "classes.0.color.0: Input should be less than or equal"),
+        (lambda s: s["bands"][0].update(std=float("inf")), "bands.0.std: Input should be a finite number"),
+        (lambda s: s.update(input_band_count=2), "band 'band_3' is read from band 3, but input_band_count is 2"),
+        (lambda s: s["bands"][2].update(index=7), "band 'band_3' is read from band 7, but input_band_count is 3"),
+        (lambda s: s["architecture"]["kwargs"].update(base_channels=0), "base_channels must be >= 1, got 0"),
+    ],
+)
+def test_inconsistent_specs_are_refused_in_one_line(bundle, edit, cause) -> None:
+    """Each was accepted, merged or ended in a cut message or a traceback (issue 23)."""
+    spec = json.loads((bundle / SPEC_FILE).read_text())
+    edit(spec)
+    (bundle / SPEC_FILE).write_text(json.dumps(spec).replace("Infinity", "1e999"))
+    with pytest.raises(GeoSegError) as caught:
+        load_bundle(bundle)
+    assert cause in str(caught.value) and str(caught.value).startswith(str(bundle / SPEC_FILE))
+    assert "\n" not in str(caught.value)
 
 
 def test_not_a_bundle(tmp_path) -> None:

@@ -149,6 +149,29 @@ def test_predict_exit_code_reflects_failed_scenes(make_geotiff, tmp_path) -> Non
     assert "nothing to run: every scene was done before (0.01 Mpx, 0.63 km2)" in again.stderr
 
 
+def test_failed_polygons_never_cost_the_class_raster(make_geotiff, tmp_path) -> None:
+    """A minimum mapping unit larger than the scene fails the polygons, not the scene: the class raster stays
+    published, the job says so and exits 1, and a rerun makes the polygons without running the model."""
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
+    scene = make_geotiff(np.random.default_rng(0).random((2, 70, 90)).astype(np.float32), name="scene.tif")
+    job = tmp_path / "job"
+    args = ["predict", "--model", str(bundle), "--output", str(job), "--tile", "64", "--vectorize", "gpkg", str(scene)]
+    failed = run(*args, "--min-area", "1e9")
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "polygons failed, class raster kept" in failed.stderr and "at least the whole raster's area" in failed.stderr
+    assert "1 scene(s) done, 0 failed, 1 without their polygons (rerun to make them)" in failed.stderr
+    raster = job / "scene.tif"
+    assert raster.exists() and (job / "scene.qml").exists() and not (job / "scene.gpkg").exists()
+    before = raster.read_bytes()
+    again = run(*args)
+    assert again.returncode == 0, again.stderr
+    assert "(model not rerun)" in again.stderr and (job / "scene.gpkg").exists()
+    assert raster.read_bytes() == before
+    report = json.loads((job / "report.json").read_text())
+    assert report["scenes"][0]["error"] is None and report["scenes"][0]["vectors"] == str(job / "scene.gpkg")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> None:

@@ -48,6 +48,7 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
             workers=workers,
             compile=compile,
             in_process=in_process,
+            stac_items=stac_items,
         )
         return []
 
@@ -58,6 +59,22 @@ def test_predict_job_file_and_command_line(tmp_path: Path, monkeypatch: pytest.M
     assert seen["options"].tile == 96 and seen["options"].pad_mode == "nodata"
     assert seen["options"].vector_format == "fgb" and seen["workers"] == 3 and seen["compile"] is True
     assert seen["stac_filter"].max_cloud == 20 and seen["stac_filter"].ids is None  # from the job file
+    # what the job file turns on, the command line turns off; scenes on the command line replace the file's,
+    # whether given positionally or with --input (positional ones were added to the file's, --input replaced them)
+    job.write_text(job.read_text() + "probabilities: true\nstac_items: true\n")
+    for scenes in (["c.tif"], ["--input", "c.tif"]):
+        off = ["--no-probabilities", "--no-vectorize", "--no-compile", "--no-stac-items"]
+        result = CliRunner().invoke(cli.cli, ["predict", "--config", str(job), *off, *scenes])
+        assert result.exit_code == 0, result.output
+        assert seen["inputs"] == ["c.tif"] and seen["compile"] is False and seen["stac_items"] is False
+        assert seen["options"].probabilities is False and seen["options"].vectors is None
+    result = CliRunner().invoke(cli.cli, ["predict", "--config", str(job), "--input", "c.tif", "d.tif"])
+    assert seen["inputs"] == ["c.tif", "d.tif"] and seen["options"].probabilities is True
+    assert seen["options"].vector_format == "fgb"
+    # a file name where a job folder goes was made into a folder of that name without a word
+    result = CliRunner().invoke(cli.cli, ["predict", "--config", str(job), "--output", str(tmp_path / "classes.tif")])
+    assert result.exit_code != 0 and "predict writes a job folder" in str(result.exception)
+    assert not (tmp_path / "classes.tif").exists()
 
 
 def test_set_overrides_nested_keys_with_yaml_values() -> None:

@@ -84,6 +84,33 @@ def test_missing_truth_attribute(make_geotiff, tmp_path) -> None:
         evaluate(path, vectors)
 
 
+def test_ambiguous_truth_polygons_are_refused_in_one_line(make_geotiff, tmp_path) -> None:
+    """Invalid polygons, overlapping polygons of two classes and a class field that is null everywhere were
+    scored without a word (or said "share no valid pixels"). Polygons of one class may overlap; neighbours touch."""
+    import geopandas as gpd
+    import shapely
+
+    pred = make_geotiff(np.zeros((20, 20), np.uint8))
+    x0, y0 = 500_000, 5_800_000 - 200  # the fixture's 10 m grid, 20 x 20 pixels
+
+    def truth(name: str, shapes: list, classes: list) -> str:
+        path = tmp_path / f"{name}.gpkg"
+        gpd.GeoDataFrame({"class_id": classes}, geometry=shapes, crs="EPSG:32633").to_file(path)
+        return str(path)
+
+    a, b = shapely.box(x0, y0, x0 + 120, y0 + 200), shapely.box(x0 + 80, y0, x0 + 200, y0 + 200)
+    with pytest.raises(GeoSegError, match=r"polygons 0 \(class 1\) and 1 \(class 2\) overlap"):
+        evaluate(pred, truth("overlap", [a, b], [1, 2]))
+    bowtie = shapely.Polygon([(x0, y0), (x0 + 200, y0 + 200), (x0 + 200, y0), (x0, y0 + 200)])
+    with pytest.raises(GeoSegError, match=r"polygon 0 is not a valid geometry \(Self-intersection"):
+        evaluate(pred, truth("bowtie", [bowtie], [1]))
+    with pytest.raises(GeoSegError, match="'class_id' attribute is empty \\(null\\) on all 2 polygons"):
+        evaluate(pred, truth("nulls", [a, b], [None, None]))
+    left, right = shapely.box(x0, y0, x0 + 100, y0 + 200), shapely.box(x0 + 100, y0, x0 + 200, y0 + 200)
+    assert evaluate(pred, truth("neighbours", [left, right], [0, 1]))["pixel_accuracy"] == 0.5
+    assert evaluate(pred, truth("same_class", [a, b], [0, 0]))["pixel_accuracy"] == 1.0
+
+
 @pytest.mark.realdata
 def test_object_f1_on_real_building_footprints(real_data, tmp_path) -> None:
     import rasterio

@@ -45,6 +45,18 @@ def test_list_files_follow_csv_rules(tmp_path) -> None:
     assert [s.text for s in sources] == [str(comma), str(listing.parent / "relative.tif"), "/vsis3/b/k.tif"]
 
 
+def test_a_txt_list_is_one_path_per_line_in_any_editors_encoding(tmp_path) -> None:
+    """A path holding a comma in a .txt list was cut at the comma and not found; a BOM and CRLF are an editor's."""
+    comma = _touch(tmp_path / "with, comma.tif")
+    listing = tmp_path / "scenes.txt"
+    listing.write_bytes(f"\ufeff{comma}\r\n# a comment\r\n\r\n  relative, too.tif  \r\n".encode())
+    assert read_list(listing) == [str(comma), str(tmp_path / "relative, too.tif")]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("sc\xe8ne.tif\n".encode("latin-1"))
+    with pytest.raises(GeoSegError, match="not UTF-8 text"):
+        read_list(latin)
+
+
 def test_names_are_unique_case_insensitively_and_never_take_another_scenes_products(tmp_path) -> None:
     x, xp = _touch(tmp_path / "p" / "x.tif"), _touch(tmp_path / "p" / "x_probabilities.tif")
     names = _names(str(x), str(xp))

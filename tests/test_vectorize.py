@@ -153,6 +153,39 @@ def test_bad_inputs_are_one_line_errors(make_geotiff, tmp_path) -> None:
     assert write_polygons(frame, tmp_path / "named", fmt="fgb") == tmp_path / "named.fgb"
 
 
+def test_a_local_crs_to_geojson_and_a_unit_above_the_raster_are_one_line(make_geotiff, tmp_path) -> None:
+    """Both ended in "unexpected error" (ProjError; "size must be smaller than size of image"), exit 2."""
+    from geoseg.vector.job import VectorizeOptions, vectorize_raster
+
+    local = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+    classes = np.random.default_rng(0).integers(0, 3, (40, 50)).astype(np.uint8)
+    site = make_geotiff(classes, name="site.tif", crs=rasterio.crs.CRS.from_wkt(local))
+    with pytest.raises(GeoSegError, match=r"CRS \(site grid\) cannot be transformed to EPSG:4326.*RFC 7946"):
+        vectorize_raster(site, [tmp_path / "site.geojson"], VectorizeOptions())
+    assert vectorize_raster(site, [tmp_path / "site.gpkg"], VectorizeOptions()) > 0  # its own CRS is fine
+    utm = make_geotiff(classes, name="utm.tif")  # 10 m pixels: 200 000 m2
+    with pytest.raises(GeoSegError, match=r"--min-area 200000 m2 is at least the whole raster's area"):
+        vectorize_raster(utm, [tmp_path / "u.gpkg"], VectorizeOptions(min_area_m2=200_000))
+    assert vectorize_raster(utm, [tmp_path / "u.gpkg"], VectorizeOptions(min_area_m2=100_000)) >= 1
+    assert not list(tmp_path.glob(".*partial*")) and not (tmp_path / "site.geojson").exists()
+
+
+def test_areas_across_the_antimeridian(make_geotiff) -> None:
+    """A lon/lat raster from 179.8 E to 180.3 E: its polygons' areas sum to the geodesic area of its footprint
+    (they were 359x too large: the equal-area CRS, centred on 0, cut them at 180 and wrapped them round the globe)."""
+    from pyproj import Geod
+
+    classes = np.random.default_rng(1).integers(0, 3, (40, 50)).astype(np.uint8)
+    raster = make_geotiff(
+        classes, name="east.tif", crs="EPSG:4326", transform=rasterio.Affine(0.01, 0, 179.8, 0, -0.01, 10)
+    )
+    frame = to_geodataframe(polygonize(str(raster)))
+    lons = np.linspace(179.8, 180.3, 1001)  # along the parallels, densified
+    lats = np.r_[np.full(lons.size, 10.0), np.full(lons.size, 9.6)]
+    footprint = abs(Geod(ellps="WGS84").polygon_area_perimeter(np.r_[lons, lons[::-1]], lats)[0])
+    assert frame["area_m2"].sum() == pytest.approx(footprint, rel=1e-6)
+
+
 def _write_mask(path, data, transform=None):
     with rasterio.open(
         path,

@@ -49,6 +49,7 @@ from geoseg.inference.scene import (
     StagedScene,
     file_sha256,
     polygonize_scene,
+    polygons_error,
     publish_scene,
     run_scenes,
 )
@@ -350,6 +351,8 @@ class _Job:
             if report.status == Status.OK:
                 done = f"{path} -> {report.output} ({report.blocks} blocks, {report.seconds:.1f} s)"
                 self.console.print(f"[green]ok[/] {escape(done)}")
+                if report.error:  # the rasters are published; the polygons are redone by the next run
+                    self.console.print(f"[red]failed[/] {escape(report.error)}")
             else:
                 self.console.print(f"[red]failed[/] {escape(report.error or '')}")
             self.reports[name] = report
@@ -382,7 +385,7 @@ class _Job:
                 started = time.perf_counter()
                 if self.remote is not None:
                     vectors_url = self._revectorize_in_bucket(name, report, options)
-                    report = replace(report, status=Status.OK, vectors=vectors_url)
+                    report = replace(report, status=Status.OK, vectors=vectors_url, error=None)
                 else:
                     vectors = polygonize_scene(Path(report.output or ""), options)
                     old = Path(report.vectors) if report.vectors else None
@@ -390,14 +393,17 @@ class _Job:
                         for part in [old, *(old.with_suffix(x) for x in SHAPEFILE_PARTS if old.suffix == ".shp")]:
                             if os.path.realpath(part) not in inputs:
                                 part.unlink(missing_ok=True)
-                    report = replace(report, status=Status.OK, vectors=str(vectors))
+                    report = replace(report, status=Status.OK, vectors=str(vectors), error=None)
                 report.stage_seconds = report.stage_seconds | {"vectorize": round(time.perf_counter() - started, 3)}
                 self.console.print(f"[green]ok[/] {escape(f'{report.output} -> {vectors} (model not rerun)')}")
                 with self.lock:
                     self.reports[name] = report
                     self.manifest.record(report, self.fingerprint, identity, options.key())
-            except Exception as exc:  # one bad scene must not lose the others' work
-                self.record(source.text, name, self.failed(source.text, name, exc))
+            except Exception as exc:  # one bad scene must not lose the others' work, nor its own raster
+                kept = replace(
+                    report, status=Status.OK, vectors=None, error=polygons_error(exc, Path(report.output or ""))
+                )
+                self.record(source.text, name, kept)
 
     def _revectorize_in_bucket(self, name: str, report: SceneReport, options: VectorizeOptions) -> str:
         """Polygons from the class raster in the bucket: fetched into the spool, polygonized, uploaded."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor, BlockResult, WorkItem
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.report import SceneReport, Status
@@ -84,25 +85,24 @@ class Published:
     sha256: str
     write_seconds: float
     vectorize_seconds: float
+    vectors_error: str | None = None  # the polygons failed; the rasters are published all the same
 
 
 def publish_scene(staged: StagedScene) -> Published:
     """Build the COGs, move them into place, polygonize when asked, hash the class raster.
 
-    If anything fails, every output of the scene is removed and the error propagates.
+    If a raster fails, every output of the scene is removed and the error propagates. If only the polygons
+    fail (a minimum mapping unit larger than the scene, a full disk while writing them), the finished rasters
+    stay published and the cause is returned in ``vectors_error``: an hour of model time is never thrown away
+    for a product that a rerun makes from the class raster alone.
     """
     started = time.perf_counter()
     final_paths = [staged.classes[1]] + ([staged.probabilities[1]] if staged.probabilities else [])
-    vectors: Path | None = None
     try:
         publish_cog(*staged.classes, "nearest")
         final_paths += style_class_raster(staged.classes[1])  # category names and a QGIS style beside it
         if staged.probabilities:
             publish_cog(*staged.probabilities, "average")
-        write_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        if staged.vectors is not None:
-            vectors = polygonize_scene(staged.classes[1], staged.vectors)
         digest = file_sha256(staged.classes[1])
     except BaseException:
         for path in final_paths:
@@ -111,12 +111,24 @@ def publish_scene(staged: StagedScene) -> Published:
         if staged.probabilities:
             staged.probabilities[0].unlink(missing_ok=True)
         raise
+    write_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     outputs = {"output": str(staged.classes[1])}
     if staged.probabilities:
         outputs["probabilities"] = str(staged.probabilities[1])
-    if vectors is not None:
-        outputs["vectors"] = str(vectors)
-    return Published(outputs, digest, write_seconds, time.perf_counter() - started)
+    vectors_error = None
+    if staged.vectors is not None:
+        try:
+            outputs["vectors"] = str(polygonize_scene(staged.classes[1], staged.vectors))
+        except Exception as exc:  # the writer removed its own staging; the rasters stay
+            vectors_error = polygons_error(exc, staged.classes[1])
+    return Published(outputs, digest, write_seconds, time.perf_counter() - started, vectors_error)
+
+
+def polygons_error(exc: BaseException, class_raster: Path) -> str:
+    """The one line a scene's report gives for polygons that failed (its rasters are published)."""
+    cause = exc.cause if isinstance(exc, GeoSegError) else f"{type(exc).__name__}: {exc}"
+    return f"polygons failed, class raster kept ({class_raster}): {cause}"
 
 
 def polygonize_scene(class_raster: Path, options: VectorizeOptions) -> Path:
@@ -239,6 +251,7 @@ class SceneRun:
             seam_pixels=c.seam_pixels,
             seam_disagreement=None if seam is None else round(seam, 6),
             classes_found={by_index[i]: int(n) for i, n in enumerate(c.class_pixels) if n},
+            error=published.vectors_error,
         )
 
     def finish(self) -> SceneReport:

@@ -163,13 +163,18 @@ def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter
 
 
 def read_list(path: Path) -> list[str]:
-    """Scene paths in a list file: first column by CSV rules; ``#`` comments and a ``path`` header skipped."""
+    """Scene paths in a list file: a ``.txt`` holds one path per line (the whole line: a path may hold commas),
+    a ``.csv`` its first column by CSV rules; ``#`` comments and a ``path`` header are skipped. UTF-8, with or
+    without the byte-order mark Windows editors write; CRLF line ends are read as line ends."""
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GeoSegError(f"cannot read the list of scenes ({exc})", path) from exc
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise GeoSegError(f"cannot read the list of scenes: not UTF-8 text (byte {exc.start})", path) from exc
+    except OSError as exc:
+        raise GeoSegError(f"cannot read the list of scenes ({exc.strerror or exc})", path) from exc
+    rows = csv.reader(io.StringIO(text)) if path.suffix.lower() == ".csv" else ([line] for line in text.splitlines())
     entries: list[str] = []
-    for row in csv.reader(io.StringIO(text)):
+    for row in rows:
         if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
             continue
         first = row[0].strip()

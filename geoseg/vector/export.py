@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import shapely
 from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import CRSError, ProjError
 
 from geoseg.errors import GeoSegError
 from geoseg.io.styles import ClassStyle, gpkg_default_style, style_vector_sidecar, vector_qml
@@ -71,14 +71,26 @@ def to_geodataframe(polygons: ClassPolygons) -> gpd.GeoDataFrame:
     return frame
 
 
+def equal_area_crs(longitude: float = 0.0) -> CRS:
+    """:data:`EQUAL_AREA_CRS`'s projection (cylindrical equal area, true scale at 30 degrees, WGS84) centred on
+    ``longitude``. Areas do not depend on the centre; geometries within 180 degrees of it stay in one piece, so a
+    map that crosses the antimeridian (longitudes 179 to 181, or -181 to -179) is measured as it is, not as a
+    band around the whole globe (its polygons were 359x too large)."""
+    if longitude == 0.0:
+        return CRS.from_user_input(EQUAL_AREA_CRS)
+    return CRS.from_proj4(f"+proj=cea +lat_ts=30 +lon_0={longitude:.9f} +datum=WGS84 +units=m +no_defs +type=crs")
+
+
 def in_metres(geoms: np.ndarray, crs: Any) -> np.ndarray:
     """``geoms`` in a CRS whose unit is the metre: as they are in a projected CRS, in the equal-area
-    :data:`EQUAL_AREA_CRS` when ``crs`` is geographic. Areas and perimeters (exported attributes, the minimum
-    mapping unit) are all measured on these."""
+    :func:`equal_area_crs` centred on them when ``crs`` is geographic. Areas and perimeters (exported attributes,
+    the minimum mapping unit) are all measured on these."""
     proj = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
-    if not proj.is_geographic:
+    if not proj.is_geographic or not len(geoms):
         return geoms
-    to_equal_area = Transformer.from_crs(proj, EQUAL_AREA_CRS, always_xy=True)
+    west, _, east, _ = shapely.total_bounds(geoms)
+    centre = (west + east) / 2 if np.isfinite(west) and np.isfinite(east) else 0.0
+    to_equal_area = Transformer.from_crs(proj, equal_area_crs(centre), always_xy=True)
     return np.asarray(shapely.transform(geoms, lambda xy: np.column_stack(to_equal_area.transform(xy[:, 0], xy[:, 1]))))
 
 
@@ -117,6 +129,25 @@ class PolygonWriter:
         self.target = self.staging / self.out.name
         self.held: list[gpd.GeoDataFrame] = []
         self.written = 0
+
+    def check_source(self, crs: Any) -> None:
+        """Refuse, before any work, a raster CRS the output's CRS cannot be reached from (a local engineering
+        CRS has no place on the globe, and GeoJSON is WGS84 by RFC 7946)."""
+        if not self.to_crs:
+            return
+        source = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+        try:
+            Transformer.from_crs(source, self.to_crs)
+        except (ProjError, CRSError):
+            name = source.name
+            hint = (
+                " (GeoJSON is WGS84 by RFC 7946: write .gpkg, .fgb or .shp instead)" if self.driver == "GeoJSON" else ""
+            )
+            raise GeoSegError(
+                f"the raster's CRS ({name}) cannot be transformed to {self.to_crs}: a local (engineering) CRS has "
+                f"no place on the globe{hint}",
+                self.out,
+            ) from None
 
     def write(self, frame: gpd.GeoDataFrame) -> None:
         if self.to_crs:

@@ -12,6 +12,7 @@ import rasterio
 from rich.console import Console
 
 from geoseg.cluster import ray_session
+from geoseg.errors import GeoSegError
 from geoseg.io.styles import class_table
 from geoseg.progress import meter
 from geoseg.vector.export import PolygonWriter, to_geodataframe
@@ -26,7 +27,7 @@ from geoseg.vector.polygonize import (
     open_class_raster,
     polygonize,
 )
-from geoseg.vector.refine import absorb_holes, sieve_raster, simplify_shared_edges
+from geoseg.vector.refine import absorb_holes, pixel_threshold, sieve_raster, simplify_shared_edges
 
 # Below this many megapixels, with no cluster or worker count given, chunks run in this process. Measured
 # (benchmarks/small_jobs.py, 2 vCPUs, whole command): Ray (2 workers) / in-process wall 3.85 at 4 Mpx, 1.97 at
@@ -66,6 +67,15 @@ def vectorize_raster(
         chunks = math.ceil(src.width / options.chunk) * math.ceil(src.height / options.chunk)
         megapixels = src.width * src.height / 1e6
         styles = class_table(src)
+        crs = src.crs
+        if options.min_area_m2 > 0:
+            covered = pixel_threshold(src.transform, src.crs, src.width, src.height, options.min_area_m2)
+            if covered >= src.width * src.height:
+                raise GeoSegError(
+                    f"--min-area {options.min_area_m2:g} m2 is at least the whole raster's area "
+                    f"({src.width * src.height} pixels): every region would be below the minimum mapping unit",
+                    mask,
+                )
     colors = {c.id: c.hex for c in styles}
     if workers is None:
         parallel = chunks > 1 and (ray_address is not None or megapixels > PARALLEL_MIN_MPX)
@@ -86,6 +96,7 @@ def vectorize_raster(
         writers = [PolygonWriter(out, options.to_crs, options.fmt, styles) for out in outputs]
         for writer in writers:
             stack.callback(writer.abort)  # no-op after close; removes staging on any error
+            writer.check_source(crs)
         bar = stack.enter_context(meter(console, "vectorize", chunks, "chunks")) if console else None
 
         def counted(fn: Callable[[ChunkJob], ChunkPieces], jobs: Iterable[ChunkJob]) -> Iterator[ChunkPieces]:
