@@ -352,6 +352,7 @@ def _input_corpus(root: Path) -> dict[str, Path]:
     files["image"] = _scene(root / "image.tif", 40, 50)
     local = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
     files["local_image"] = _scene(root / "local_image.tif", 40, 50, crs=rasterio.crs.CRS.from_wkt(local))
+    put("local_classes", classes, crs=rasterio.crs.CRS.from_wkt(local))
     corners = [(0, 0, 500_000, 5_800_000), (40, 50, 500_500, 5_799_600), (0, 50, 500_500, 5_800_000)]
     files["gcp_only"] = root / "gcp_only.tif"
     profile = {"driver": "GTiff", "count": 1, "height": 40, "width": 50, "dtype": "uint8", "crs": "EPSG:32633"}
@@ -486,6 +487,55 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         (["assess", str(f["folder"])], str(f["folder"]), "no such sheet"),
         (["assess", str(f["html"])], str(f["html"]), "cannot read as a GeoPackage"),
         (["assess", str(f["missing"]), "--out", str(f["folder"])], str(f["folder"]), "is a folder"),
+        (  # a local (engineering) CRS has no place on the globe: it was "unexpected error: ProjError"
+            ["vectorize", str(f["local_classes"]), "--output", str(out / "v.geojson")],
+            str(out / "v.geojson"),
+            "cannot be transformed to EPSG:4326",
+        ),
+        (
+            ["vectorize", str(a_file), "--output", str(out / "v.gpkg"), "--min-area", "1e12"],
+            str(a_file),
+            "at least the whole raster's area",
+        ),
+        (
+            [
+                "bundle",
+                "init",
+                "--arch",
+                "unet",
+                "--in-channels",
+                "1",
+                "--num-classes",
+                "2",
+                "--class",
+                "a",
+                "--class",
+                "a",
+                "--out",
+                str(out / "b_dup"),
+            ],
+            str(out / "b_dup"),
+            "class name 'a' is given twice",
+        ),
+        (
+            [
+                "bundle",
+                "init",
+                "--arch",
+                "unet",
+                "--in-channels",
+                "1",
+                "--num-classes",
+                "2",
+                "--band",
+                "x:nan:nan",
+                "--out",
+                str(out / "b_nan"),
+            ],
+            "--band",
+            "finite numbers",
+        ),
+        (["predict", "--model", str(bundle), "--output", str(out / "c.tif"), str(f["image"])], "c.tif", "job folder"),
         (["bundle", "info", str(f["missing"])], str(f["missing"]), "not a model bundle"),
         (["bundle", "info", str(a_file)], str(a_file), "not a model bundle"),
         (
@@ -536,7 +586,7 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr, (args, result.stderr)
         assert result.returncode == 1, (args, result.returncode, result.stderr)
         _one_line_error(result, where, cause)
-    assert not any(p.name.startswith(("t", "c", "s")) for p in out.iterdir()) if out.exists() else True  # none left
+    assert not any(p.name.startswith(("t", "c", "s", "b", "v")) for p in out.iterdir()) if out.exists() else True
     assert f["folder"].is_dir() and not list(f["folder"].parent.glob(".*.partial"))
 
 

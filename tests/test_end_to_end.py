@@ -13,6 +13,7 @@ from rich.console import Console
 
 from geoseg.bundle import load_bundle
 from geoseg.demo import DEMO_CONFIG, run_demo
+from geoseg.errors import GeoSegError
 from geoseg.training.config import load_config
 from geoseg.training.loop import train
 
@@ -90,6 +91,14 @@ def test_rerunning_training_resumes_from_the_last_checkpoint(demo) -> None:
     train(cfg, workdir / "train", console=console)
     printed = console.export_text()
     assert "epoch 3/3: loss" in printed and "epoch 2/3" not in printed  # progress, and only the new epoch ran
+    # another model in the same run folder: refused in one line before Ray starts (it was a size-mismatch
+    # traceback from a worker), and the folder's record of its model is left as it was
+    record = json.loads((workdir / "train" / "model.json").read_text())
+    assert record["architecture"]["kwargs"] == {"base_channels": 8, "depth": 2}
+    wider = load_config(DEMO_CONFIG, [f"data.root={workdir}", *SMALL[:-1], "model.kwargs={base_channels: 4, depth: 2}"])
+    with pytest.raises(GeoSegError, match=r"holds checkpoints of another model \(architecture changed"):
+        train(wider, workdir / "train", console=console)
+    assert json.loads((workdir / "train" / "model.json").read_text()) == record
     history = json.loads((workdir / "train" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
     # Epochs 1-2 come from the checkpoint, untouched: only epoch 3 ran in this fit.

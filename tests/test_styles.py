@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import xml.etree.ElementTree as ET
@@ -73,8 +74,11 @@ def test_polygons_carry_colours_and_a_default_qgis_style(class_raster: Path, tmp
     assert dict(zip(frame.class_id, frame.color, strict=True)) == {0: "#1f77b4", 1: "#2ca02c", 2: "#d62728"}
     assert set(gpd.read_file(shp).color) == {"#1f77b4", "#2ca02c", "#d62728"}
     with sqlite3.connect(gpkg) as db:
-        [(table, default, qml)] = db.execute("SELECT f_table_name, useAsDefault, styleQML FROM layer_styles").fetchall()
+        [(table, default, qml, when)] = db.execute(
+            "SELECT f_table_name, useAsDefault, styleQML, update_time FROM layer_styles"
+        ).fetchall()
     assert table == "polys" and default == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", when), when  # ISO 8601, as GDAL reads it
     for style in (ET.fromstring(qml.split("\n", 1)[1]), ET.parse(shp.with_suffix(".qml")).getroot()):
         renderer = style.find("renderer-v2")
         assert renderer is not None and renderer.get("attr") == "class_id"

@@ -466,6 +466,38 @@ def score_test(
     return summarize(cm, names, ids) | {"scenes": len(scenes), "pixels": int(cm.sum())}
 
 
+RUN_MODEL = "model.json"  # what a run folder's checkpoints are the weights of
+
+
+def _model_identity(spec: BundleSpec) -> dict[str, Any]:
+    """What a checkpoint's weights fit: the architecture and its arguments, the input bands and the classes."""
+    return {
+        "architecture": spec.architecture.model_dump(mode="json"),
+        "bands": [b.name for b in spec.bands],
+        "classes": [c.id for c in spec.classes],
+    }
+
+
+def _same_model_as_before(output: Path, spec: BundleSpec) -> None:
+    """Rerunning a run resumes from its checkpoint; after the model was changed, that checkpoint's weights do
+    not fit (it ended in a size-mismatch traceback inside a Ray worker). Refuse before anything starts."""
+    if not (output / "ray_results").exists():
+        return
+    try:
+        before = json.loads((output / RUN_MODEL).read_text())
+    except (OSError, ValueError):
+        return  # a run folder from before this record: nothing to compare with
+    now = _model_identity(spec)
+    changed = [key for key in now if before.get(key) != now[key]]
+    if changed:
+        raise GeoSegError(
+            f"this run folder holds checkpoints of another model ({', '.join(changed)} changed: "
+            f"{before.get(changed[0])} -> {now[changed[0]]}); resuming would load weights that do not fit: "
+            "give a new --output to start afresh",
+            output,
+        )
+
+
 def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, console: Console | None = None) -> Path:
     """Train per ``cfg``; writes ``output/bundle``, ``output/metrics.json`` and ``output/curves.png``."""
     console = console or Console(stderr=True)
@@ -478,7 +510,9 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
         if created:  # a run refused before training leaves nothing behind (stack VRTs included)
             shutil.rmtree(created[-1], ignore_errors=True)
         raise
+    _same_model_as_before(output, spec)
     output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / RUN_MODEL, _model_identity(spec))
     maps = write_split_maps(split, output / "split")
     test_note = f", test set in {len(split.test)}" if split.test else ", no test set"
     console.print(
