@@ -347,9 +347,10 @@ _FILE_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".json", ".gpkg", ".s
 
 
 def _refuse_file_name_as_job_folder(output: str | None) -> None:
-    """``predict --output classes.tif`` made a folder of that name without a word; a job folder is a folder."""
+    """``predict --output classes.tif`` made a folder of that name without a word; a job folder is a folder.
+    (An existing folder of that name is still a job folder; an existing file is refused by the job itself.)"""
     suffix = Path(output).suffix.lower() if output else ""
-    if output and not output.startswith("s3://") and suffix in _FILE_SUFFIXES and not Path(output).is_dir():
+    if output and not output.startswith("s3://") and suffix in _FILE_SUFFIXES and not Path(output).exists():
         raise GeoSegError(
             "predict writes a job folder (one class raster per scene, the manifest and the report); this names "
             "a file: give a folder, e.g. --output results/",
