@@ -703,12 +703,15 @@ def demo(workdir: Path, overrides: tuple[str, ...]) -> None:
 
 
 def main() -> None:
+    from geoseg.stop import on_sigterm_interrupt, terminated
+
     debug = "--debug" in sys.argv[1:]
+    on_sigterm_interrupt()
     try:
         cli.main(prog_name="geoseg", standalone_mode=False)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("aborted (SIGTERM)" if terminated() else "aborted", markup=False)
+        sys.exit(143 if terminated() else 130)
     except click.ClickException as exc:  # a bad option or a missing argument: one line too, exit 1
         context = getattr(exc, "ctx", None)
         where = f" (see {context.command_path} --help)" if context is not None else ""

@@ -12,6 +12,8 @@ from contextlib import contextmanager, suppress
 import ray
 from ray._private import ray_constants
 
+from geoseg.stop import on_sigterm_interrupt
+
 # Ray kills a task worker idle for 1 s when workers outnumber CPUs, which model actors always make true; the
 # reader processes were then restarted at every scene, re-importing numpy, rasterio and geoseg (~0.5 s of CPU
 # each, measured) on the cores the model needs. A minute covers the gap between scenes. The Docker images set
@@ -96,6 +98,7 @@ def ray_session(
             _temp_dir=os.environ["RAY_TMPDIR"],
             _node_ip_address=LOOPBACK,
         )
+    on_sigterm_interrupt()  # ray.init installed its own SIGTERM handler (sys.exit mid-flight): see geoseg.stop
     try:
         yield
     finally:

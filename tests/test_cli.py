@@ -174,6 +174,42 @@ def test_failed_polygons_never_cost_the_class_raster(make_geotiff, tmp_path) -> 
 
 @pytest.mark.ray
 @pytest.mark.slow
+def test_sigterm_stops_a_ray_job_as_ctrl_c_does(make_geotiff, tmp_path) -> None:
+    """SIGTERM (how Kubernetes stops a pod) printed Ray's native stack dump and died by SIGABRT. Now: one
+    "aborted" line, exit 143, the finished scenes recorded, and the rerun skips them and finishes the rest."""
+    import os
+    import signal
+
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
+    rng = np.random.default_rng(0)
+    scenes = [make_geotiff(rng.random((2, 600, 600)).astype(np.float32), name=f"s{i}.tif") for i in range(5)]
+    job = tmp_path / "job"
+    args = ["predict", "--model", str(bundle), "--output", str(job), "--ray", "--workers", "1", "--tile", "128"]
+    args += [str(s) for s in scenes]
+    process = subprocess.Popen([*GEOSEG, *args], stderr=subprocess.PIPE, text=True, env=os.environ)
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # stop it once a scene is finished: there is a record to keep
+        seen.append(line)
+        if line.startswith("ok "):
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    process.wait(timeout=300)
+    assert process.returncode == 143, rest
+    assert rest.strip().splitlines()[-1] == "aborted (SIGTERM)"
+    assert "Traceback" not in rest and "***" not in rest and "SIGABRT" not in rest
+    recorded = json.loads((job / "manifest.json").read_text())["scenes"]
+    assert sum(e["status"] == "ok" for e in recorded.values()) >= 1
+    again = run(*args)
+    assert again.returncode == 0, again.stderr
+    skipped = int(again.stderr.split(" skipped (done before)")[0].rsplit(", ", 1)[-1])
+    assert skipped >= 1 and all((job / f"s{i}.tif").exists() for i in range(5))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
 def test_killed_job_resumes_and_matches_a_clean_run(make_geotiff, tmp_path) -> None:
     import os
     import signal
