@@ -172,6 +172,41 @@ def test_failed_polygons_never_cost_the_class_raster(make_geotiff, tmp_path) -> 
     assert report["scenes"][0]["error"] is None and report["scenes"][0]["vectors"] == str(job / "scene.gpkg")
 
 
+@pytest.mark.parametrize(
+    ("record", "damage", "why"),
+    [
+        ("manifest.json", b"{not json", "is not valid JSON (line 1)"),
+        ("manifest.json", b'{"scenes": {"s": "\xff\xfe', "is not UTF-8 text"),
+        ("manifest.json", None, "is a folder, not the job's manifest"),
+        ("manifest.jsonl", None, "is a folder, not the job's journal"),
+    ],
+)
+def test_damaged_job_records_never_stop_a_job(make_geotiff, tmp_path, record, damage, why) -> None:
+    """Garbage, torn UTF-8 or a folder in place of the job's records stopped the job (exit 2). Now: one warning
+    line, the damaged record set aside (never deleted), the scenes checked again, the job finishes."""
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
+    scene = make_geotiff(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32), name="s.tif")
+    job = tmp_path / "job"
+    args = ["predict", "--model", str(bundle), "--output", str(job), "--tile", "64", str(scene)]
+    assert run(*args).returncode == 0
+    before = (job / "s.tif").read_bytes()
+    target = job / record
+    target.unlink(missing_ok=True)
+    if damage is None:
+        (target / "inside").mkdir(parents=True)
+    else:
+        target.write_bytes(damage)
+    again = run(*args)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and why in warnings[0] and "checked again" in warnings[0], again.stderr
+    aside = [p for p in job.iterdir() if p.name.startswith(f"{record}.damaged-")]
+    assert len(aside) == 1 and (aside[0].is_dir() if damage is None else aside[0].read_bytes() == damage)
+    assert json.loads((job / "manifest.json").read_text())["scenes"]["s"]["status"] == "ok"
+    assert (job / "s.tif").read_bytes() == before  # the scene redone (or kept): the same bytes
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sigterm_stops_a_ray_job_as_ctrl_c_does(make_geotiff, tmp_path) -> None:

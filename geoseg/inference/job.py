@@ -149,6 +149,8 @@ def predict_archive(
         resolved = options.resolved(geometry, executor.gpu)
         fingerprint = job_fingerprint(bundle_dir, resolved)
         manifest = Manifest(out_dir, store=remote)
+        for warning in manifest.warnings:
+            console.print(f"warning: {warning}", markup=False)
         reports: dict[str, SceneReport] = {}
         todo, stale_vectors = [], []
         vectors_key = resolved.vectors.key() if resolved.vectors is not None else None

@@ -146,22 +146,52 @@ class Manifest:
         self.store = store or LocalStore()
         self._snapshot_at = time.monotonic()
         self.entries: dict[str, ManifestEntry] = {}
-        if self.path.exists():
-            try:
-                stored = json.loads(self.path.read_text()).get("scenes", {})
-            except (json.JSONDecodeError, AttributeError):
-                stored = {}  # unreadable manifest: redo everything rather than trust it
-            for value in stored.values() if isinstance(stored, dict) else []:
+        self.warnings: list[str] = []  # damaged records set aside (the job prints them)
+        if os.path.lexists(self.path):
+            stored = self._stored_scenes()
+            for value in stored.values():
                 entry = ManifestEntry.from_json(value)
                 if entry is not None:
                     self.entries[entry.report.scene] = entry
-        if self.journal.exists():
-            for line in self.journal.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    entry = ManifestEntry.from_json(json.loads(line))
-                    if entry is not None:
-                        self.entries[entry.report.scene] = entry
+        if os.path.lexists(self.journal):
+            if self.journal.is_dir():
+                self._set_aside(self.journal, "is a folder, not the job's journal")
+            else:
+                # A torn line (a kill mid-write, torn UTF-8 included) is invalid and ignored: that scene is redone.
+                text = self.journal.read_bytes().decode("utf-8", errors="replace")
+                for line in text.splitlines():
+                    with contextlib.suppress(json.JSONDecodeError):
+                        entry = ManifestEntry.from_json(json.loads(line))
+                        if entry is not None:
+                            self.entries[entry.report.scene] = entry
             self.snapshot()  # a fresh journal: appending after a torn line would tear the next entry too
+
+    def _stored_scenes(self) -> dict[str, Any]:
+        """The snapshot's entries; a damaged snapshot (not JSON, not UTF-8, a folder in its place) is set aside
+        with a warning and its scenes are checked again: a damaged record never stops a job, nor is trusted."""
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+            scenes = stored.get("scenes") if isinstance(stored, dict) else None
+            if isinstance(scenes, dict):
+                return scenes
+            why = "holds no scene records"
+        except (IsADirectoryError, NotADirectoryError):
+            why = "is a folder, not the job's manifest"
+        except UnicodeDecodeError as exc:
+            why = f"is not UTF-8 text (byte {exc.start})"
+        except json.JSONDecodeError as exc:
+            why = f"is not valid JSON (line {exc.lineno})"
+        self._set_aside(self.path, why)
+        return {}
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        try:
+            os.replace(path, aside)
+            where = f"set aside as {aside.name}"
+        except OSError as exc:
+            raise GeoSegError(f"{why}, and cannot be set aside ({exc.strerror or exc})", path) from exc
+        self.warnings.append(f"{path}: {why}; {where}, and the scenes it recorded are checked again")
 
     def snapshot(self) -> None:
         """Write ``manifest.json`` from every entry, then drop the journal (replaying it again is harmless)."""
