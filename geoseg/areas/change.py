@@ -17,6 +17,7 @@ geographic grids too, and the transitions' areas sum to the area both maps cover
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,6 +32,7 @@ from geoseg import __version__
 from geoseg.areas.maps import ClassMap, opened, read_ahead
 from geoseg.errors import GeoSegError
 from geoseg.io.guard import refuse_overwrite
+from geoseg.io.joblock import job_lock
 from geoseg.io.raster import SceneInfo, onto_grid
 from geoseg.io.styles import ClassStyle, style_class_raster
 from geoseg.io.writer import StagingRaster, class_tags, publish_cog, write_text_atomic
@@ -161,6 +163,20 @@ def change(
     if out_dir.exists() and not out_dir.is_dir():
         raise GeoSegError("is a file; --output takes a folder", out_dir)
     refuse_overwrite(outputs, [map_a, map_b], _owned(out_dir))
+    with contextlib.ExitStack() as held:
+        return _change(map_a, map_b, out_dir, no_change, vectorize, console, outputs, held)
+
+
+def _change(
+    map_a: Path,
+    map_b: Path,
+    out_dir: Path,
+    no_change: bool,
+    vectorize: VectorizeOptions | None,
+    console: Console | None,
+    outputs: list[Path],
+    held: contextlib.ExitStack,
+) -> dict[str, object]:
     with opened(map_a, "map A") as a, opened(map_b, "map B") as b:
         _overlap(a, b)
         table = TransitionTable(_classes(a, b), no_change)
@@ -169,6 +185,7 @@ def change(
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GeoSegError(f"cannot create the output folder ({exc.strerror or exc})", out_dir) from exc
+        held.enter_context(job_lock(out_dir))  # held until every product and the record are written
         pairs, transitions = _write(a, view, table, out_dir / RASTER, console)
         view.src.close()
     if not transitions:

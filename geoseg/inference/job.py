@@ -53,6 +53,7 @@ from geoseg.inference.scene import (
     publish_scene,
     run_scenes,
 )
+from geoseg.io.joblock import job_lock
 from geoseg.io.objectstore import S3Url, is_s3
 from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
@@ -106,89 +107,91 @@ def predict_archive(
     its own (``compile``: ``torch.compile`` the model in each worker): in this process for a small job on no
     named cluster, else a Ray pool (``in_process`` forces either; see :func:`choose_path`).
     """
-    console = console or Console(stderr=True, soft_wrap=True)
-    bundle_dir = fetch_bundle(S3Url.parse(str(bundle_dir))) if is_s3(bundle_dir) else Path(bundle_dir)
-    spec, model = load_bundle(bundle_dir)
-    sources = expand_inputs(inputs, stac_band_names(spec), stac_filter)
-    if not sources:
-        raise GeoSegError("no input scenes found", ", ".join(inputs))
-    plan = list(zip(sources, scene_names(sources), strict=True))
-    remote: RemoteFolder | None = None
-    if is_s3(out_dir):
-        url = S3Url.parse(str(out_dir))
-        remote = RemoteFolder(url, spool_folder(url))
-        guard_remote_inputs(url, plan, stac_items)
-        out_dir = remote.spool
-    out_dir = Path(out_dir)
-    guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
-    if stac_items:
-        guard_stac_folder(out_dir / "stac", plan)
-    prepare_job_folder(out_dir)
-    if remote is not None:
-        remote.pull()  # the bucket's manifest: what is finished there, whoever ran it
-    inputs = input_paths(plan)
-    remove_stale_partials(out_dir, inputs)  # left by a killed run of this job; never a finished output
-    geometry = spec.geometry()
-    started = time.perf_counter()
-    path = "given"
-    with contextlib.ExitStack() as stack:
-        if executor is None:
-            path = choose_path(sources, ray_address, workers, in_process)
-            if path == "in-process":
-                from geoseg.inference.executor import LocalExecutor
-                from geoseg.inference.worker import ModelWorker
+    with contextlib.ExitStack() as held:
+        console = console or Console(stderr=True, soft_wrap=True)
+        bundle_dir = fetch_bundle(S3Url.parse(str(bundle_dir))) if is_s3(bundle_dir) else Path(bundle_dir)
+        spec, model = load_bundle(bundle_dir)
+        sources = expand_inputs(inputs, stac_band_names(spec), stac_filter)
+        if not sources:
+            raise GeoSegError("no input scenes found", ", ".join(inputs))
+        plan = list(zip(sources, scene_names(sources), strict=True))
+        remote: RemoteFolder | None = None
+        if is_s3(out_dir):
+            url = S3Url.parse(str(out_dir))
+            remote = RemoteFolder(url, spool_folder(url))
+            guard_remote_inputs(url, plan, stac_items)
+            out_dir = remote.spool
+        out_dir = Path(out_dir)
+        guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
+        if stac_items:
+            guard_stac_folder(out_dir / "stac", plan)
+        prepare_job_folder(out_dir)
+        held.enter_context(job_lock(out_dir))  # one job per folder; the kernel drops it if this process dies
+        if remote is not None:
+            remote.pull()  # the bucket's manifest: what is finished there, whoever ran it
+        inputs = input_paths(plan)
+        remove_stale_partials(out_dir, inputs)  # left by a killed run of this job; never a finished output
+        geometry = spec.geometry()
+        started = time.perf_counter()
+        path = "given"
+        with contextlib.ExitStack() as stack:
+            if executor is None:
+                path = choose_path(sources, ray_address, workers, in_process)
+                if path == "in-process":
+                    from geoseg.inference.executor import LocalExecutor
+                    from geoseg.inference.worker import ModelWorker
 
-                executor = LocalExecutor(ModelWorker(spec, model.state_dict(), compile=compile))
-            else:
-                from geoseg.inference.distributed import RayExecutor
+                    executor = LocalExecutor(ModelWorker(spec, model.state_dict(), compile=compile))
+                else:
+                    from geoseg.inference.distributed import RayExecutor
 
-                stack.enter_context(ray_session(ray_address))
-                executor = RayExecutor(spec, model.state_dict(), workers, compile=compile)
-                stack.callback(executor.shutdown)
-            console.print(f"executor: {path}", highlight=False)
-        resolved = options.resolved(geometry, executor.gpu)
-        fingerprint = job_fingerprint(bundle_dir, resolved)
-        manifest = Manifest(out_dir, store=remote)
-        for warning in manifest.warnings:
-            console.print(f"warning: {warning}", markup=False)
-        reports: dict[str, SceneReport] = {}
-        todo, stale_vectors = [], []
-        vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
-        for source, name in plan:
-            identity = source_identity(source.local_files() or [Path(b) for b in source.bands])
-            done = manifest.finished(name, source.text, identity, fingerprint)
-            if done is None:
-                todo.append((source, name, identity))
-            elif vectors_key is not None and not manifest.vectors_current(name, vectors_key):
-                stale_vectors.append((source, name, identity, done))
-            else:
-                reports[name] = done
-        if todo or stale_vectors:
-            publish = getattr(executor, "publish", publish_scene)
-            if remote is not None:
-                publish = _to_bucket(publish, remote, resolved.vector_format)
-            job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)
-            try:
-                job.revectorize(stale_vectors, inputs)
-                job.run(todo)
-            finally:  # also on Ctrl-C: everything recorded lands in manifest.json
-                manifest.snapshot()
-    ordered = [reports[name] for _, name in plan]
-    notes = halo_notes(resolved, geometry.receptive_field)
-    summary = job_report(
-        ordered,
-        bundle_dir,
-        resolved.to_dict() | {"workers": workers, "receptive_field": geometry.receptive_field, "executor": path},
-        notes,
-        time.perf_counter() - started,
-    )
-    write_json_atomic(out_dir / "report.json", summary)
-    if remote is not None:
-        remote.upload(out_dir / "report.json")
-    if stac_items:
-        write_stac_items(spec, plan, ordered, out_dir, remote)
-    print_summary(console, summary)
-    return ordered
+                    stack.enter_context(ray_session(ray_address))
+                    executor = RayExecutor(spec, model.state_dict(), workers, compile=compile)
+                    stack.callback(executor.shutdown)
+                console.print(f"executor: {path}", highlight=False)
+            resolved = options.resolved(geometry, executor.gpu)
+            fingerprint = job_fingerprint(bundle_dir, resolved)
+            manifest = Manifest(out_dir, store=remote)
+            for warning in manifest.warnings:
+                console.print(f"warning: {warning}", markup=False)
+            reports: dict[str, SceneReport] = {}
+            todo, stale_vectors = [], []
+            vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
+            for source, name in plan:
+                identity = source_identity(source.local_files() or [Path(b) for b in source.bands])
+                done = manifest.finished(name, source.text, identity, fingerprint)
+                if done is None:
+                    todo.append((source, name, identity))
+                elif vectors_key is not None and not manifest.vectors_current(name, vectors_key):
+                    stale_vectors.append((source, name, identity, done))
+                else:
+                    reports[name] = done
+            if todo or stale_vectors:
+                publish = getattr(executor, "publish", publish_scene)
+                if remote is not None:
+                    publish = _to_bucket(publish, remote, resolved.vector_format)
+                job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)
+                try:
+                    job.revectorize(stale_vectors, inputs)
+                    job.run(todo)
+                finally:  # also on Ctrl-C: everything recorded lands in manifest.json
+                    manifest.snapshot()
+        ordered = [reports[name] for _, name in plan]
+        notes = halo_notes(resolved, geometry.receptive_field)
+        summary = job_report(
+            ordered,
+            bundle_dir,
+            resolved.to_dict() | {"workers": workers, "receptive_field": geometry.receptive_field, "executor": path},
+            notes,
+            time.perf_counter() - started,
+        )
+        write_json_atomic(out_dir / "report.json", summary)
+        if remote is not None:
+            remote.upload(out_dir / "report.json")
+        if stac_items:
+            write_stac_items(spec, plan, ordered, out_dir, remote)
+        print_summary(console, summary)
+        return ordered
 
 
 def write_stac_items(

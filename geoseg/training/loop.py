@@ -36,6 +36,7 @@ from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.scene import file_sha256
+from geoseg.io.joblock import job_lock
 from geoseg.io.sources import gdal_path, is_virtual
 from geoseg.metrics import summarize
 from geoseg.models import ResNetUNet, build_model
@@ -512,76 +513,81 @@ def train(cfg: TrainConfig, output: str | Path, ray_address: str | None = None, 
         raise
     _same_model_as_before(output, spec)
     output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output / RUN_MODEL, _model_identity(spec))
-    maps = write_split_maps(split, output / "split")
-    test_note = f", test set in {len(split.test)}" if split.test else ", no test set"
-    console.print(
-        f"training {cfg.model.arch} on {len(split.train)} scene(s), validating on {len(split.val)}{test_note} "
-        f"({cfg.data.split} split, buffer {cfg.data.buffer} px; sets in {output / 'split'}), "
-        f"{cfg.scaling.workers} Ray Train worker(s)",
-        markup=False,
-    )
-    with ray_session(ray_address):
-        queue = Queue()
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={
-                "config": cfg.model_dump(mode="json"),
-                "spec": spec.model_dump(mode="json"),
-                "fault": _fault_injection(cfg),
-            },
-            scaling_config=ScalingConfig(
-                num_workers=cfg.scaling.workers,
-                use_gpu=cfg.scaling.use_gpu,
-                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-            ),
-            run_config=RunConfig(
-                name=cfg.name,
-                storage_path=str(output / "ray_results"),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
-                callbacks=[_ProgressCallback(queue)],  # type: ignore[list-item]
-            ),
-        )
-        result = _fit_with_progress(trainer, queue, cfg.optim.epochs, console)
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as folder:
-        best = torch.load(Path(folder) / "best.pt", map_location="cpu", weights_only=True)
-        history = json.loads((Path(folder) / "history.json").read_text())
-    best_epoch = max(history, key=lambda r: r["val_miou"])
-    spec.metrics = {
-        "best_epoch": best_epoch["epoch"],
-        "val_miou": best_epoch["val_miou"],
-        "val_pixel_accuracy": best_epoch["val_pixel_accuracy"],
-        "val_per_class_iou": best_epoch["val_per_class_iou"],
-        "epochs": len(history),
-    }
-    model = spec.build()
-    model.load_state_dict(best)
-    bundle = save_bundle(output / "bundle", spec, model)
-    console.print(
-        f"best epoch {best_epoch['epoch']}: val mIoU {best_epoch['val_miou']:.3f}, "
-        f"pixel accuracy {best_epoch['val_pixel_accuracy']:.3f} -> {bundle}",
-        markup=False,
-    )
-    test = score_test(bundle, split, maps, output, console)
-    if test is not None:
-        spec.metrics |= {
-            "test_miou": test["miou"],
-            "test_pixel_accuracy": test["pixel_accuracy"],
-            "test_per_class_iou": {k: v["iou"] for k, v in test["per_class"].items()},
-        }
-        save_bundle(output / "bundle", spec, model)
+    with job_lock(output):  # one run per folder: two would resume from and report into one checkpoint store
+        write_json_atomic(output / RUN_MODEL, _model_identity(spec))
+        maps = write_split_maps(split, output / "split")
+        test_note = f", test set in {len(split.test)}" if split.test else ", no test set"
         console.print(
-            f"test set ({test['pixels']} px, scored once): mIoU {test['miou']:.3f}, "
-            f"pixel accuracy {test['pixel_accuracy']:.3f}"
+            f"training {cfg.model.arch} on {len(split.train)} scene(s), validating on {len(split.val)}{test_note} "
+            f"({cfg.data.split} split, buffer {cfg.data.buffer} px; sets in {output / 'split'}), "
+            f"{cfg.scaling.workers} Ray Train worker(s)",
+            markup=False,
         )
-    split_info = {"method": cfg.data.split, "buffer": cfg.data.buffer, "maps": sorted(str(p) for p in maps.values())}
-    record = {"best": spec.metrics, "test": test, "split": split_info, "history": history}
-    write_json_atomic(output / "metrics.json", record)
-    plot_curves(history, output / "curves.png")
-    return bundle
+        with ray_session(ray_address):
+            queue = Queue()
+            trainer = TorchTrainer(
+                train_loop,
+                train_loop_config={
+                    "config": cfg.model_dump(mode="json"),
+                    "spec": spec.model_dump(mode="json"),
+                    "fault": _fault_injection(cfg),
+                },
+                scaling_config=ScalingConfig(
+                    num_workers=cfg.scaling.workers,
+                    use_gpu=cfg.scaling.use_gpu,
+                    resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+                ),
+                run_config=RunConfig(
+                    name=cfg.name,
+                    storage_path=str(output / "ray_results"),
+                    checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                    callbacks=[_ProgressCallback(queue)],  # type: ignore[list-item]
+                ),
+            )
+            result = _fit_with_progress(trainer, queue, cfg.optim.epochs, console)
+        if result.checkpoint is None:
+            raise RuntimeError(f"training produced no checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as folder:
+            best = torch.load(Path(folder) / "best.pt", map_location="cpu", weights_only=True)
+            history = json.loads((Path(folder) / "history.json").read_text())
+        best_epoch = max(history, key=lambda r: r["val_miou"])
+        spec.metrics = {
+            "best_epoch": best_epoch["epoch"],
+            "val_miou": best_epoch["val_miou"],
+            "val_pixel_accuracy": best_epoch["val_pixel_accuracy"],
+            "val_per_class_iou": best_epoch["val_per_class_iou"],
+            "epochs": len(history),
+        }
+        model = spec.build()
+        model.load_state_dict(best)
+        bundle = save_bundle(output / "bundle", spec, model)
+        console.print(
+            f"best epoch {best_epoch['epoch']}: val mIoU {best_epoch['val_miou']:.3f}, "
+            f"pixel accuracy {best_epoch['val_pixel_accuracy']:.3f} -> {bundle}",
+            markup=False,
+        )
+        test = score_test(bundle, split, maps, output, console)
+        if test is not None:
+            spec.metrics |= {
+                "test_miou": test["miou"],
+                "test_pixel_accuracy": test["pixel_accuracy"],
+                "test_per_class_iou": {k: v["iou"] for k, v in test["per_class"].items()},
+            }
+            save_bundle(output / "bundle", spec, model)
+            console.print(
+                f"test set ({test['pixels']} px, scored once): mIoU {test['miou']:.3f}, "
+                f"pixel accuracy {test['pixel_accuracy']:.3f}"
+            )
+        split_info = {
+            "method": cfg.data.split,
+            "buffer": cfg.data.buffer,
+            "maps": sorted(str(p) for p in maps.values()),
+        }
+        record = {"best": spec.metrics, "test": test, "split": split_info, "history": history}
+        write_json_atomic(output / "metrics.json", record)
+        plot_curves(history, output / "curves.png")
+        return bundle
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
