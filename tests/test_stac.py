@@ -124,6 +124,73 @@ def test_the_filter_keeps_dates_places_clouds_and_ids(tmp_path) -> None:
         StacFilter.parse(["bbox=1,2,3"])
 
 
+def test_filters_refuse_what_filters_nothing_and_see_across_the_antimeridian(tmp_path) -> None:
+    """max-cloud=nan or -5 filtered nothing, a reversed range said "no input scenes found", and an item whose
+    bbox crosses 180 degrees was dropped by a box inside it (issue 23)."""
+    for term, cause in (
+        ("max-cloud=nan", "a cloud cover in percent"),
+        ("max-cloud=-5", "a cloud cover in percent"),
+        ("datetime=2024-06-30/2024-06-01", "the range ends before it starts"),
+    ):
+        with pytest.raises(GeoSegError, match=rf"--stac-filter '{term}': {cause}"):
+            StacFilter.parse([term])
+    item = s2_item(tmp_path, "across")
+    item.bbox = [179.5, -10.0, -179.5, 10.0]  # west > east: it crosses 180
+    assert StacFilter.parse(["bbox=179.6,-1,179.9,1"]).accepts(item)
+    assert StacFilter.parse(["bbox=-179.9,-1,-179.6,1"]).accepts(item)
+    assert not StacFilter.parse(["bbox=170,-1,179,1"]).accepts(item)
+    assert StacFilter.parse(["bbox=178,-1,-178,1"]).accepts(item)  # both across
+    plain = s2_item(tmp_path, "plain")  # 15 E
+    assert not StacFilter.parse(["bbox=178,-1,-178,1"]).accepts(plain)
+
+
+def test_items_fail_alone_for_their_own_fields(tmp_path) -> None:
+    """A null raster:bands scale ended the whole job (exit 2); file:// hrefs were not found; an ItemCollection
+    with one item of null datetime was refused whole without naming it; a catalogue cycle said "maximum
+    recursion depth"."""
+    import json
+
+    item = s2_item(tmp_path / "a", "nullscale")
+    item.assets["B04"].extra_fields["raster:bands"][0]["scale"] = None
+    with pytest.raises(GeoSegError, match=r"STAC item 'nullscale': asset 'B04' raster:bands scale is None, not a"):
+        item_bands(item, ["B04"])
+    uri = s2_item(tmp_path / "b", "uri")
+    local = uri.assets["B04"].href
+    uri.assets["B04"].href = Path(local).as_uri()
+    assert item_bands(uri, ["B04"])[0].href == local
+    good, bad = s2_item(tmp_path / "c", "good").to_dict(), s2_item(tmp_path / "c", "undated").to_dict()
+    bad["properties"]["datetime"] = None
+    collection = tmp_path / "items.json"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": [good, bad]}))
+    found = read_items(str(collection))
+    assert isinstance(found[0], pystac.Item) and found[0].id == "good"
+    assert found[1].id == "undated" and "STAC item 'undated'" in found[1].error and "datetime" in found[1].error
+    root = pystac.Catalog(id="loop", description="a cycle")
+    root.normalize_hrefs(str(tmp_path / "loop"))
+    root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    document = json.loads((tmp_path / "loop" / "catalog.json").read_text())
+    document["links"].append({"rel": "child", "href": "./catalog.json", "type": "application/json"})
+    (tmp_path / "loop" / "catalog.json").write_text(json.dumps(document))
+    with pytest.raises(GeoSegError, match="links back to itself"):
+        read_items(str(tmp_path / "loop" / "catalog.json"))
+
+
+def test_two_items_of_one_id_are_two_scenes(tmp_path) -> None:
+    """A collection merged from two holding one id twice ran one item and dropped the other at exit 0."""
+    import json
+
+    from geoseg.inference.outputs import scene_names
+    from geoseg.io.sources import stac_scenes
+
+    first, second = s2_item(tmp_path / "x", "same", seed=1), s2_item(tmp_path / "y", "same", seed=2)
+    collection = tmp_path / "merged.json"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": [first.to_dict(), second.to_dict()]}))
+    sources = stac_scenes(str(collection), ["B04"], None)
+    assert len(sources) == 2 and sources[0].bands != sources[1].bands
+    names = scene_names(sources)
+    assert len(set(names)) == 2 and all(n.startswith("same") for n in names)
+
+
 def catalog(folder: Path) -> Path:
     """A static self-contained catalogue: a collection holding three items, one cloudy, one without B08."""
     root = pystac.Catalog(id="archive", description="test archive")

@@ -140,16 +140,22 @@ def expand_inputs(
 def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter | None) -> list[SceneSource]:
     """One scene per Item of a STAC document; an Item without a band is a scene that fails alone."""
     from geoseg.io.objectstore import stac_io
-    from geoseg.io.stac import StacFilter, item_bands, read_items
+    from geoseg.io.stac import BadItem, StacFilter, item_bands, read_items
 
     if band_names is None:
         raise GeoSegError("STAC inputs need a model bundle that names its bands", href)
     keep = stac_filter or StacFilter()
     scenes = []
+    seen: dict[str, int] = {}
     for item in read_items(href, stac_io()):
+        if isinstance(item, BadItem):
+            scenes.append(SceneSource(f"{href}#{item.id}", (href,), name=item.id, error=item.error))
+            continue
         if not keep.accepts(item):
             continue
-        text = f"{href}#{item.id}"
+        seen[item.id] = seen.get(item.id, 0) + 1
+        # two items of one id (a collection merged from two) are two scenes, each under its own unique name
+        text = f"{href}#{item.id}" + (f"@{seen[item.id]}" if seen[item.id] > 1 else "")
         when = item.datetime or item.common_metadata.start_datetime
         acquired = when.isoformat() if when else None
         try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pystac
 import rasterio
@@ -77,13 +78,19 @@ class StacFilter:
                     start, _, end = value.partition("/")
                     fields["start"] = _instant(start) if start not in ("", "..") else None
                     fields["end"] = _instant(end, end_of_day=True) if end not in ("", "..") else None
+                    if fields["start"] and fields["end"] and fields["start"] > fields["end"]:
+                        raise ValueError("the range ends before it starts (START/END)")
                 elif key == "bbox":
                     numbers = tuple(float(v) for v in value.split(","))
-                    if len(numbers) != 4 or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
+                    # west > east is a box across the antimeridian (170,-10,-170,10), as STAC writes one
+                    if len(numbers) != 4 or numbers[1] > numbers[3] or not all(math.isfinite(v) for v in numbers):
                         raise ValueError("expected west,south,east,north in degrees")
                     fields["bbox"] = numbers
                 elif key == "max-cloud":
-                    fields["max_cloud"] = float(value)
+                    cloud = float(value)
+                    if not 0 <= cloud <= 100:  # NaN too: it compared false with every item and filtered nothing
+                        raise ValueError("a cloud cover in percent, 0 to 100")
+                    fields["max_cloud"] = cloud
                 elif key == "ids":
                     fields["ids"] = frozenset(v.strip() for v in value.split(",") if v.strip())
                 else:
@@ -108,13 +115,25 @@ class StacFilter:
             if item.bbox is None:
                 return False
             w, s, e, n = item.bbox[0], item.bbox[1], item.bbox[-2], item.bbox[-1]
-            if w > self.bbox[2] or e < self.bbox[0] or s > self.bbox[3] or n < self.bbox[1]:
+            if s > self.bbox[3] or n < self.bbox[1]:
+                return False
+            if not _longitudes_meet((w, e), (self.bbox[0], self.bbox[2])):
                 return False
         if self.max_cloud is not None:
             cloud = item.properties.get("eo:cloud_cover")
             if cloud is None or float(cloud) > self.max_cloud:
                 return False
         return True
+
+
+def _longitudes_meet(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two west-east spans meet, either of which may cross the antimeridian (west > east): each is
+    split at 180 degrees, so an item from 170 E to 170 W is kept by a filter box inside it."""
+
+    def parts(west: float, east: float) -> list[tuple[float, float]]:
+        return [(west, east)] if west <= east else [(west, 180.0), (-180.0, east)]
+
+    return any(w1 <= e2 and w2 <= e1 for w1, e1 in parts(*a) for w2, e2 in parts(*b))
 
 
 def _instant(text: str, end_of_day: bool = False) -> datetime:
@@ -142,16 +161,22 @@ def is_stac(text: str) -> bool:
     return b"stac_version" in head or b'"type"' in head
 
 
-def read_items(href: str, stac_io: pystac.StacIO | None = None) -> list[pystac.Item]:
+@dataclass(frozen=True)
+class BadItem:
+    """A feature of an ItemCollection that is no valid STAC Item: its scene fails alone, naming it."""
+
+    id: str
+    error: str
+
+
+def read_items(href: str, stac_io: pystac.StacIO | None = None) -> list[pystac.Item | BadItem]:
     """Every Item ``href`` holds: itself, an ItemCollection's features, or a Catalog/Collection's items at any
-    depth. One-line errors for what is not readable STAC."""
+    depth. One-line errors for what is not readable STAC; an ItemCollection's invalid feature (a null
+    datetime without a start and end, say) is a :class:`BadItem`, so it fails alone instead of the collection."""
     try:
         obj: Any = pystac.read_file(href, stac_io=stac_io)
     except pystac.STACTypeError:  # an ItemCollection is no STACObject
-        try:
-            return list(pystac.ItemCollection.from_file(href, stac_io=stac_io))
-        except Exception as exc:
-            raise GeoSegError(f"not a STAC Item, ItemCollection or Catalog: {_cause(exc)}", href) from exc
+        return _collection_items(href, stac_io)
     except GeoSegError:
         raise
     except Exception as exc:
@@ -161,9 +186,35 @@ def read_items(href: str, stac_io: pystac.StacIO | None = None) -> list[pystac.I
     if isinstance(obj, pystac.Catalog):
         try:
             return list(obj.get_items(recursive=True))
+        except RecursionError:
+            raise GeoSegError("the catalogue links back to itself (a cycle of child links)", href) from None
         except Exception as exc:
             raise GeoSegError(f"cannot walk the STAC catalogue: {_cause(exc)}", href) from exc
     raise GeoSegError(f"a STAC {type(obj).__name__} holds no items", href)
+
+
+def _collection_items(href: str, stac_io: pystac.StacIO | None) -> list[pystac.Item | BadItem]:
+    io = stac_io or pystac.StacIO.default()
+    try:
+        document = io.read_json(href)
+    except Exception as exc:
+        raise GeoSegError(f"cannot read the STAC document: {_cause(exc)}", href) from exc
+    features = document.get("features") if isinstance(document, dict) else None
+    if document.get("type") != "FeatureCollection" or not isinstance(features, list):
+        raise GeoSegError("not a STAC Item, ItemCollection or Catalog", href)
+    items: list[pystac.Item | BadItem] = []
+    for number, feature in enumerate(features):
+        name = str(feature.get("id")) if isinstance(feature, dict) and feature.get("id") else f"feature {number}"
+        try:
+            item = pystac.Item.from_dict(feature, href=href, preserve_dict=False)
+            if item.datetime is None and (
+                item.common_metadata.start_datetime is None or item.common_metadata.end_datetime is None
+            ):
+                raise ValueError("datetime is null and start_datetime/end_datetime are not both given")
+            items.append(item)
+        except Exception as exc:
+            items.append(BadItem(name, f"STAC item {name!r} in {href} is not valid STAC: {_cause(exc)}"))
+    return items
 
 
 def _cause(exc: BaseException) -> str:
@@ -206,8 +257,8 @@ def item_bands(item: pystac.Item, names: Sequence[str]) -> list[BandAsset]:
                 found[name] = BandAsset(
                     name,
                     href,
-                    float(values["scale"]),
-                    float(values["offset"]),
+                    _number(values["scale"], item, key, "scale"),
+                    _number(values["offset"], item, key, "offset"),
                     None if nodata is None or (isinstance(nodata, str) and nodata != "nan") else float(nodata),
                 )
     missing = [n for n in names if n not in found]
@@ -220,9 +271,18 @@ def item_bands(item: pystac.Item, names: Sequence[str]) -> list[BandAsset]:
     return [found[n] for n in names]
 
 
+def _number(value: Any, item: pystac.Item, key: str, field: str) -> float:
+    """A ``raster:bands`` scale or offset: a finite number (``null`` ended the whole job with exit 2)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise GeoSegError(f"STAC item {item.id!r}: asset {key!r} raster:bands {field} is {value!r}, not a number")
+    return float(value)
+
+
 def _gdal_href(href: str) -> str:
     if href.startswith(("http://", "https://")):
         return "/vsicurl/" + href
+    if href.startswith("file://"):  # file:///data/x.tif (RFC 8089): GDAL wants the path
+        return unquote(urlparse(href).path)
     return gdal_path(href)
 
 
