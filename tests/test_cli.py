@@ -172,6 +172,31 @@ def test_failed_polygons_never_cost_the_class_raster(make_geotiff, tmp_path) -> 
     assert report["scenes"][0]["error"] is None and report["scenes"][0]["vectors"] == str(job / "scene.gpkg")
 
 
+def test_a_rerun_leaves_no_product_of_an_earlier_model_and_restores_deleted_styles(make_geotiff, tmp_path) -> None:
+    """A rerun with another model and fewer products left the earlier probabilities and polygons beside the new
+    raster, passing for its products; deleted category names and styles were never restored (issue 23)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    _init_bundle(first, bands=2, classes=2, base=4, depth=2)
+    _init_bundle(second, bands=2, classes=2, base=8, depth=2)
+    scene = make_geotiff(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32), name="s.tif")
+    job = tmp_path / "job"
+    common = ["--output", str(job), "--tile", "64", str(scene)]
+    ran = run("predict", "--model", str(first), "--probabilities", "--vectorize", "shp", *common)
+    assert ran.returncode == 0, ran.stderr
+    assert (job / "s_probabilities.tif").exists() and (job / "s.shp").exists()
+    again = run("predict", "--model", str(second), *common)
+    assert again.returncode == 0, again.stderr
+    assert "written by an earlier model or option set" in again.stderr
+    names = {p.name for p in job.iterdir()}
+    assert names == {"s.tif", "s.tif.aux.xml", "s.qml", "manifest.json", "report.json"}, names
+    (job / "s.qml").unlink()
+    (job / "s.tif.aux.xml").unlink()
+    skipped = run("predict", "--model", str(second), *common)
+    assert skipped.returncode == 0 and f"restored the styles of {job / 's.tif'}" in skipped.stderr
+    assert "class_0" in (job / "s.qml").read_text()  # the bundle's class names, as first written
+    assert "class_1" in (job / "s.tif.aux.xml").read_text()
+
+
 @pytest.mark.parametrize(
     ("record", "damage", "why"),
     [

@@ -59,6 +59,7 @@ from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
 from geoseg.io.stac import ResultScene, StacFilter, build_item_vrt, write_result_catalog
 from geoseg.io.stack import build_stack_vrt
+from geoseg.io.styles import style_class_raster
 from geoseg.progress import meter
 from geoseg.vector.polygonize import VectorizeOptions
 
@@ -166,11 +167,14 @@ def predict_archive(
                     stale_vectors.append((source, name, identity, done))
                 else:
                     reports[name] = done
+                    if remote is None:
+                        restore_sidecars(done, console)
             if todo or stale_vectors:
                 publish = getattr(executor, "publish", publish_scene)
                 if remote is not None:
                     publish = _to_bucket(publish, remote, resolved.vector_format)
                 job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)
+                job.inputs = inputs
                 try:
                     job.revectorize(stale_vectors, inputs)
                     job.run(todo)
@@ -301,6 +305,16 @@ def halo_notes(options: PredictOptions, receptive_field: int) -> list[str]:
     return []
 
 
+def restore_sidecars(report: SceneReport, console: Console) -> None:
+    """A finished scene whose category names (``.tif.aux.xml``) or QGIS style (``.qml``) were deleted gets them
+    back: a skipped scene must still be what a finished one is."""
+    output = Path(report.output or "")
+    sidecars = [output.with_name(output.name + ".aux.xml"), output.with_suffix(".qml")]
+    if output.is_file() and not all(p.exists() for p in sidecars):
+        style_class_raster(output)
+        console.print(f"restored the styles of {output}", markup=False)
+
+
 def prepare_job_folder(out_dir: Path) -> None:
     """Create the job folder and prove it writable, so a read-only or missing folder is one line up front."""
     try:
@@ -350,6 +364,7 @@ class _Job:
         self.publish = publish
         self.lock = threading.Lock()  # the publishing threads record too
         self.identities: dict[str, str] = {}
+        self.inputs: set[str] = set()  # resolved paths of the job's inputs: never removed
 
     def record(self, path: str, name: str, report: SceneReport) -> None:
         with self.lock:
@@ -361,10 +376,39 @@ class _Job:
             else:
                 self.console.print(f"[red]failed[/] {escape(report.error or '')}")
             self.reports[name] = report
+            previous = self.manifest.entries.get(name)
             vectors_key = self.options.vectors.key() if self.options.vectors is not None else None
             self.manifest.record(report, self.fingerprint, self.identities.get(name, ""), vectors_key)
+            if previous is not None and report.status == Status.OK and self.remote is None:
+                self._remove_superseded(previous.report, report)
             self.recorded += 1
             _kill_for_test(self.recorded)
+
+    def _remove_superseded(self, before: SceneReport, now: SceneReport) -> None:
+        """Products an earlier run of this job wrote for the scene that this run does not write (a probability
+        raster or polygons of an earlier model or option set): left beside the new ones, they passed for its
+        products. Only files of this job folder that the earlier record names, never an input."""
+        kept = {now.output, now.probabilities, now.vectors}
+        for old in (before.probabilities, before.vectors):
+            if not old or old in kept or Path(old).parent != self.out_dir:
+                continue
+            parts = [Path(old)]
+            if old.endswith(".shp"):
+                parts += [Path(old).with_suffix(part) for part in SHAPEFILE_PARTS]
+            if not old.endswith((".tif", ".gpkg")):
+                parts.append(Path(old).with_suffix(".qml"))  # its own style sidecar, not the raster's
+            removed = []
+            for part in parts:
+                if os.path.realpath(part) in self.inputs or not part.exists() or part == Path(now.output or ""):
+                    continue
+                if part.suffix == ".qml" and part == Path(now.output or "").with_suffix(".qml"):
+                    continue  # the class raster's style shares the stem
+                part.unlink()
+                removed.append(part.name)
+            if removed:
+                self.console.print(
+                    f"removed {', '.join(removed)}: written by an earlier model or option set", markup=False
+                )
 
     def failed(self, path: str, name: str, exc: BaseException) -> SceneReport:
         return SceneReport(scene=name, source=path, status=Status.FAILED, error=scene_error(exc, path))
