@@ -52,7 +52,6 @@ from benchmarks.report import print_table  # noqa: E402
 from geoseg.bundle import init_bundle, load_bundle  # noqa: E402
 from geoseg.inference.options import PredictOptions  # noqa: E402
 from geoseg.io import open_scene  # noqa: E402
-from geoseg.io.normalisation import Normalisation  # noqa: E402
 from geoseg.io.raster import read_tile  # noqa: E402
 
 OPTIONS = PredictOptions()  # the defaults: tiles, halo and blocks from each model's receptive field
@@ -146,7 +145,7 @@ def pipeline_batches(bundle: Path, paths: list[Path]) -> list[np.ndarray]:
     """The model input of every batch the pipeline runs for these scenes (its tiles, per block, batched as the
     worker batches them), read and normalised in advance."""
     spec, _ = load_bundle(bundle)
-    options, norm = OPTIONS.resolved(spec.geometry()), Normalisation.from_spec(spec)
+    options, norm = OPTIONS.resolved(spec.geometry()), spec.normalisation()
     batches = []
     for path in paths:
         scene = open_scene(path)

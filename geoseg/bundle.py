@@ -22,7 +22,8 @@ from torch import nn
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
-from geoseg.inference.tiling import ModelGeometry
+from geoseg.geometry import ModelGeometry
+from geoseg.io.normalisation import Normalisation
 from geoseg.io.writer import temp_sibling
 from geoseg.models import build_model
 from geoseg.models.pretrained import read_state_dict
@@ -140,6 +141,16 @@ class BundleSpec(Strict):
         if self.output_stride is not None and self.receptive_field is not None:
             return ModelGeometry(self.output_stride, self.receptive_field)
         return model_geometry(self.build())
+
+    def normalisation(self) -> Normalisation:
+        """The normalisation this bundle's model was trained with (io knows no bundles: it is built here)."""
+        return Normalisation.of(
+            [b.index for b in self.bands],
+            [b.mean for b in self.bands],
+            [b.std for b in self.bands],
+            self.input_band_count,
+            self.input_nodata,
+        )
 
     def build(self) -> nn.Module:
         """An (untrained) model of this bundle's architecture."""

@@ -236,7 +236,6 @@ def test_a_training_patch_equals_the_prediction_input_of_the_same_window(real_da
 
     from geoseg.bundle import ClassSpec
     from geoseg.inference.worker import ModelWorker
-    from geoseg.io.normalisation import Normalisation
     from geoseg.io.raster import read_tile
     from geoseg.training.loop import bundle_spec
 
@@ -255,7 +254,7 @@ def test_a_training_patch_equals_the_prediction_input_of_the_same_window(real_da
     patches = PatchDataset(train, list(range(1, 8)), list(range(1, 7)), mean, std, 96, stride=96)
     patches.grid.append((0, Window(-40, 380, 96, 96)))  # past the west and south edges: reflect padding
     patches.count += 1
-    norm = Normalisation.from_spec(spec)
+    norm = spec.normalisation()
     worker = ModelWorker(spec, spec.build().state_dict())
     saw_nodata = False
     with rasterio.open(train[0].info.path) as src:

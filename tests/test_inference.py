@@ -147,7 +147,6 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
 
 @pytest.mark.realdata
 def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path) -> None:
-    from geoseg.io.normalisation import Normalisation
 
     """With a halo covering the receptive field, tiling + blending reproduces whole-image inference."""
     import torch
@@ -157,7 +156,7 @@ def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path)
     options = PredictOptions(tile=160, halo=48, overlap=16, block=100, batch_size=3)
     report = _local(bundle, source, tmp_path / "tiled.tif", options)
     spec, model = load_bundle(bundle)
-    norm = Normalisation.from_spec(spec)
+    norm = spec.normalisation()
     halo = options.halo
     assert halo is not None
     with rasterio.open(source) as src:
@@ -204,8 +203,8 @@ def test_stride_is_aligned_to_the_model_downsampling() -> None:
 def test_defaults_follow_the_model_receptive_field() -> None:
     from types import SimpleNamespace
 
+    from geoseg.geometry import ModelGeometry
     from geoseg.inference.job import halo_notes
-    from geoseg.inference.tiling import ModelGeometry
 
     large, chip = SimpleNamespace(width=20_000, height=9_000), SimpleNamespace(width=300, height=650)
     small = PredictOptions().resolved(ModelGeometry(output_stride=2, receptive_field=9))
@@ -546,14 +545,13 @@ def test_blocks_on_workers_reproduce_a_whole_raster_blend_of_the_model_bit_for_b
     import torch
     from test_blend import whole_raster_blend
 
-    from geoseg.io.normalisation import Normalisation
     from geoseg.io.raster import read_tile
 
     source = real_data / "nc_landsat" / "landsat_multiband.tif"
     options = PredictOptions(tile=96, halo=8, overlap=8, block=160, batch_size=1, probabilities=True)
     report = _local(bundle5, source, tmp_path / "blocks.tif", options)
     spec, model = load_bundle(bundle5)
-    worker, norm = ModelWorker(spec, model.state_dict()), Normalisation.from_spec(spec)
+    worker, norm = ModelWorker(spec, model.state_dict()), spec.normalisation()
     scene = open_scene(source)
     grid = options.resolved(spec.geometry()).grid(scene)
 
@@ -636,7 +634,6 @@ def test_default_options_reproduce_whole_image_inference(calibrated_mosaic, tmp_
     does measurably worse."""
     import torch
 
-    from geoseg.io.normalisation import Normalisation
     from geoseg.io.raster import read_tile
 
     scene_path, bundle = calibrated_mosaic
@@ -646,7 +643,7 @@ def test_default_options_reproduce_whole_image_inference(calibrated_mosaic, tmp_
 
     halo = defaults.halo
     padded, _ = read_tile(rasterio.open(scene_path), Window(-halo, -halo, 2600 + 2 * halo, 2300 + 2 * halo))
-    norm = Normalisation.from_spec(spec)
+    norm = spec.normalisation()
     with torch.no_grad():
         logits = model(torch.from_numpy(norm.apply(padded, np.ones(padded.shape[1:], bool)))[None])
     whole = logits[0, :, halo:-halo, halo:-halo].argmax(0).numpy().astype(np.uint8)

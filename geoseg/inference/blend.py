@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from geoseg.inference.executor import BlockResult
+from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import Block, Tile, TileGrid
 from geoseg.io.writer import CLASS_NODATA, PROBABILITY_NODATA, PROBABILITY_SCALE
 

@@ -30,10 +30,11 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from geoseg.cluster import MODEL_PROCESS_ENV, release_free_memory
-from geoseg.inference.executor import BlockResult, WorkItem
+from geoseg.inference.executor import WorkItem
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.placement import Placement
 from geoseg.inference.reader import BlockPixels, read_block
+from geoseg.inference.result import BlockResult
 from geoseg.inference.scene import Published, StagedScene, publish_scene
 from geoseg.inference.tiling import Block, BlockGrid
 from geoseg.io.normalisation import Normalisation
@@ -151,7 +152,7 @@ class RayExecutor:
         self._compile = compile
         self._spec_json = spec.model_dump_json()
         self._state_ref = ray.put({k: v.cpu() for k, v in state_dict.items()})
-        self.norm = Normalisation.from_spec(spec)
+        self.norm = spec.normalisation()
         self.actors: dict[int, Any] = {slot: self._start_actor() for slot in range(self.workers)}
         self._next_slot = self.workers
         self._actor_node = dict(

@@ -9,35 +9,17 @@ give the same bytes: :class:`LocalExecutor` (everything in this process: tests, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
 
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.reader import read_block
+from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import Block, BlockGrid
-from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import SceneInfo
 
 if TYPE_CHECKING:  # torch stays out of reader processes, which import this module
     from geoseg.inference.worker import ModelWorker
-
-
-@dataclass
-class BlockResult:
-    """A finished block: uint8 classes over its output window, counts for the report, stage times."""
-
-    index: int
-    classes: np.ndarray  # [height, width] uint8 class ids, CLASS_NODATA where nothing valid was seen
-    probabilities: np.ndarray | None = None  # [classes + 1, height, width] uint8: p x 254 per class, confidence
-    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per model output index
-    tiles_run: int = 0
-    tiles_skipped: int = 0
-    seam_pixels: int = 0
-    seam_disagreements: int = 0
-    read_seconds: float = 0.0
-    model_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,7 +71,7 @@ class LocalExecutor:
 
     def __init__(self, worker: ModelWorker) -> None:
         self.worker = worker
-        self.norm = Normalisation.from_spec(worker.spec)
+        self.norm = worker.spec.normalisation()
 
     @property
     def gpu(self) -> bool:

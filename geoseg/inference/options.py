@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from geoseg.errors import GeoSegError
-from geoseg.inference.tiling import BlockGrid, ModelGeometry, TileGrid
+from geoseg.geometry import ModelGeometry
+from geoseg.inference.tiling import BlockGrid, TileGrid
 from geoseg.io.raster import PadMode, SceneInfo
 from geoseg.vector.polygonize import VectorizeOptions
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from geoseg.errors import GeoSegError
-from geoseg.inference.executor import BlockExecutor, BlockResult, WorkItem
+from geoseg.inference.executor import BlockExecutor, WorkItem
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.report import SceneReport, Status
+from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import BlockGrid
-from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import SceneInfo
 from geoseg.io.styles import style_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
@@ -167,7 +167,7 @@ class SceneRun:
     """
 
     def __init__(self, scene: SceneInfo, spec: BundleSpec, out_path: Path, options: PredictOptions) -> None:
-        Normalisation.from_spec(spec).check(scene)
+        spec.normalisation().check(scene)
         self.started = time.perf_counter()
         self.scene, self.spec, self.options, self.out_path = scene, spec, options, out_path
         self.blocks = options.blocks(scene)

@@ -33,14 +33,6 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class ModelGeometry:
-    """What tiling needs to know about a model, computed from its architecture (see the bundle)."""
-
-    output_stride: int  # total down-sampling: tile offsets that are multiples of it see the same pooling grid
-    receptive_field: int  # radius in px of the input that can change one output pixel (worst position)
-
-
-@dataclass(frozen=True)
 class Tile:
     """One tile: where it reads (may extend past the raster) and which pixels it contributes."""
 

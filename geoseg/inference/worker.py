@@ -24,11 +24,10 @@ from torch import nn
 
 from geoseg.bundle import BundleSpec
 from geoseg.inference.blend import BlockBlender
-from geoseg.inference.executor import BlockResult
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.reader import BlockPixels
+from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import Block, BlockGrid, Tile
-from geoseg.io.normalisation import Normalisation
 from geoseg.models.fuse import fold_batch_norms
 
 
@@ -64,7 +63,7 @@ class ModelWorker:
         self.model: Any = model.to(self.device).to(memory_format=torch.channels_last)
         if compile:
             self.model = torch.compile(self.model)
-        norm = Normalisation.from_spec(spec)
+        norm = spec.normalisation()
         self.mean = torch.from_numpy(norm.mean).view(1, -1, 1, 1).to(self.device)
         self.std = torch.from_numpy(norm.std).view(1, -1, 1, 1).to(self.device)
         self.class_ids = [c.id for c in spec.classes]

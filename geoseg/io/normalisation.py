@@ -11,15 +11,11 @@ both ways and compares the arrays). Prediction applies the same arithmetic in to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import SceneInfo
-
-if TYPE_CHECKING:  # the bundle module imports torch; this one must not
-    from geoseg.bundle import BundleSpec
 
 
 @dataclass(frozen=True)
@@ -54,17 +50,6 @@ class Normalisation:
             std=np.asarray(std, dtype=np.float32).reshape(-1, 1, 1),
             input_band_count=input_band_count,
             assumed_nodata=assumed_nodata,
-        )
-
-    @classmethod
-    def from_spec(cls, spec: BundleSpec) -> Normalisation:
-        """The normalisation a bundle's model was trained with."""
-        return cls.of(
-            [b.index for b in spec.bands],
-            [b.mean for b in spec.bands],
-            [b.std for b in spec.bands],
-            spec.input_band_count,
-            spec.input_nodata,
         )
 
     def check(self, scene: SceneInfo) -> None:

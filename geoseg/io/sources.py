@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from geoseg.errors import GeoSegError
+from geoseg.io.paths import VIRTUAL_PREFIX, gdal_path, is_virtual  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from geoseg.io.stac import BandAsset, StacFilter
@@ -34,17 +35,6 @@ if TYPE_CHECKING:
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img"}
 LIST_SUFFIXES = {".txt", ".csv"}
 STACK_SEPARATOR = "+"
-VIRTUAL_PREFIX = "/vsi"
-
-
-def is_virtual(path: str) -> bool:
-    """A GDAL virtual file system path (``/vsis3/...``, ``/vsizip/...``): not a local file, never normalised."""
-    return path.startswith(VIRTUAL_PREFIX)
-
-
-def gdal_path(text: str) -> str:
-    """The path GDAL opens for what the user wrote: ``s3://b/k`` -> ``/vsis3/b/k``; everything else unchanged."""
-    return "/vsis3/" + text[len("s3://") :] if text.startswith("s3://") else text
 
 
 @dataclass(frozen=True)

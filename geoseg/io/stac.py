@@ -35,7 +35,7 @@ from affine import Affine
 from rasterio.errors import RasterioIOError
 
 from geoseg.errors import GeoSegError
-from geoseg.io.sources import gdal_path
+from geoseg.io.paths import gdal_path
 from geoseg.io.stack import vrt_source, write_vrt
 
 STAC_SUFFIXES = {".json"}

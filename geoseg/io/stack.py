@@ -22,7 +22,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from geoseg.errors import GeoSegError
-from geoseg.io.sources import is_virtual
+from geoseg.io.paths import is_virtual
 from geoseg.io.writer import temp_sibling
 
 _VRT_TYPES = {

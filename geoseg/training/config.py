@@ -16,8 +16,9 @@ from pydantic import Field, field_validator, model_validator
 from geoseg.bundle import ClassSpec
 from geoseg.errors import GeoSegError
 from geoseg.io import objectstore
+from geoseg.io.paths import gdal_path, is_virtual
 from geoseg.io.raster import PadMode
-from geoseg.io.sources import STACK_SEPARATOR, base_name, gdal_path, is_virtual, parse_stack
+from geoseg.io.sources import STACK_SEPARATOR, base_name, parse_stack
 from geoseg.io.stack import build_stack_vrt
 from geoseg.settings import Strict, read_yaml_mapping, validated
 

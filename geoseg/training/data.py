@@ -28,8 +28,8 @@ from torchvision.transforms import v2
 
 from geoseg.errors import GeoSegError
 from geoseg.io.normalisation import Normalisation
+from geoseg.io.paths import is_virtual
 from geoseg.io.raster import PadMode, SceneInfo, onto_grid, open_scene, read_tile
-from geoseg.io.sources import is_virtual
 from geoseg.io.vectors import is_vector, read_class_polygons
 from geoseg.training.config import TrainConfig
 from geoseg.training.split import (

@@ -37,7 +37,7 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.scene import file_sha256
 from geoseg.io.joblock import job_lock
-from geoseg.io.sources import gdal_path, is_virtual
+from geoseg.io.paths import gdal_path, is_virtual
 from geoseg.metrics import summarize
 from geoseg.models import ResNetUNet, build_model
 from geoseg.models.pretrained import read_state_dict
