@@ -18,11 +18,42 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _repeated_key(root: yaml.Node | None) -> yaml.Node | None:
+    """The first mapping key given twice in a composed YAML document (YAML keeps the last one silently, so a
+    job file with two ``tile:`` lines ran with whichever came last). Aliased nodes are visited once."""
+    seen: set[int] = set()
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in keys:
+                        return key
+                    keys.add(key.value)
+                todo.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    return None
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; errors name the file and the line."""
+    """A YAML file that must hold a mapping, read with ``safe_load`` (nothing is imported or run); errors name
+    the file and the line. UTF-8, with or without a BOM; a key given twice is an error."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8-sig")
+        repeated = _repeated_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if repeated is not None:
+            line = repeated.start_mark.line + 1
+            raise GeoSegError(f"key {repeated.value!r} is given twice (again at line {line}): say it once", path)
+        tree = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as exc:
+        raise GeoSegError(f"cannot read config: not UTF-8 text (byte {exc.start})", path) from exc
     except OSError as exc:
         raise GeoSegError(f"cannot read config ({exc.strerror})", path) from exc
     except yaml.YAMLError as exc:

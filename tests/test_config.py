@@ -101,6 +101,24 @@ def test_bad_keys_and_values_name_the_key(override, message) -> None:
         load_config(REPO / "configs" / "synthetic.yaml", [override])
 
 
+def test_yaml_keys_given_twice_are_refused_and_editors_encodings_read(tmp_path) -> None:
+    """YAML keeps the last of two equal keys without a word: a job file with two `tile:` lines ran with the
+    second. Windows editors write a BOM and CRLF; those are read (issue 23)."""
+    from geoseg.inference.jobfile import load_predict_config
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("model: m\ntile: 256\noutput: out\ntile: 512\n")
+    with pytest.raises(GeoSegError, match=r"twice.yaml: key 'tile' is given twice \(again at line 4\)"):
+        load_predict_config(twice)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text((REPO / "configs" / "synthetic.yaml").read_text() + "\noptim:\n  lr: 1\n  lr: 2\n")
+    with pytest.raises(GeoSegError, match="is given twice"):
+        load_config(nested)
+    windows = tmp_path / "windows.yaml"
+    windows.write_bytes("\ufeffmodel: m\r\ntile: 256\r\noutput: out\r\n".encode())
+    assert load_predict_config(windows).tile == 256
+
+
 def test_bad_yaml_and_python_tags(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed\n")
