@@ -155,6 +155,14 @@ def test_a_catalogue_in_a_bucket_predicts_into_another_bucket_as_a_local_run_doe
     code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "gpkg")
     report = json.loads(_objects("results", "job1/")["report.json"])
     assert [s["status"] for s in report["scenes"] if s["scene"] != "no-nir"] == ["skipped", "skipped"]
+    # Only the polygon format changes: the polygons are made again from the rasters in the bucket (this failed
+    # every scene: "cannot access local variable 'vectors'"), and the earlier polygons leave the bucket.
+    code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "fgb")
+    assert "model not rerun" in output and "cannot access" not in output
+    objects = _objects("results", "job1/")
+    assert {"clear.fgb", "cloudy.fgb"} <= set(objects) and not {"clear.gpkg", "cloudy.gpkg"} & set(objects)
+    manifest = json.loads(objects["manifest.json"])["scenes"]
+    assert manifest["clear"]["vectors"] == "s3://results/job1/clear.fgb" and manifest["clear"]["error"] is None
 
 
 def test_a_job_killed_mid_way_resumes_against_the_bucket_from_an_empty_spool(s3, archive, bundle, tmp_path) -> None:

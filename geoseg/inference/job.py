@@ -434,6 +434,8 @@ class _Job:
                 started = time.perf_counter()
                 if self.remote is not None:
                     vectors_url = self._revectorize_in_bucket(name, report, options)
+                    if report.vectors and report.vectors != vectors_url and is_s3(report.vectors):
+                        self.remote.remove(report.vectors)  # the earlier options' polygons, this job's own object
                     report = replace(report, status=Status.OK, vectors=vectors_url, error=None)
                 else:
                     vectors = polygonize_scene(Path(report.output or ""), options)
@@ -444,7 +446,7 @@ class _Job:
                                 part.unlink(missing_ok=True)
                     report = replace(report, status=Status.OK, vectors=str(vectors), error=None)
                 report.stage_seconds = report.stage_seconds | {"vectorize": round(time.perf_counter() - started, 3)}
-                self.console.print(f"[green]ok[/] {escape(f'{report.output} -> {vectors} (model not rerun)')}")
+                self.console.print(f"[green]ok[/] {escape(f'{report.output} -> {report.vectors} (model not rerun)')}")
                 with self.lock:
                     self.reports[name] = report
                     self.manifest.record(report, self.fingerprint, identity, options.key())

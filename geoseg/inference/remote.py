@@ -100,6 +100,12 @@ class RemoteFolder:
         if replaces is not None:
             objectstore.delete(self.url_of(replaces))
 
+    def remove(self, output: str) -> None:
+        """Delete one of this job's products from the bucket (never anything outside its prefix)."""
+        url = S3Url.parse(output)
+        if url.bucket == self.url.bucket and url.key.startswith(self.url.key):
+            objectstore.delete(url)
+
     def upload(self, path: Path) -> str:
         target = self.url_of(path)
         objectstore.upload(path, target)
