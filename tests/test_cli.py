@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from bad_inputs import write_geotiff
 
 GEOSEG = [sys.executable, "-m", "geoseg"]
 
@@ -195,6 +196,27 @@ def test_a_rerun_leaves_no_product_of_an_earlier_model_and_restores_deleted_styl
     assert skipped.returncode == 0 and f"restored the styles of {job / 's.tif'}" in skipped.stderr
     assert "class_0" in (job / "s.qml").read_text()  # the bundle's class names, as first written
     assert "class_1" in (job / "s.tif.aux.xml").read_text()
+
+
+def test_one_scene_whatever_its_spelling_and_a_job_never_takes_its_own_products_for_inputs(tmp_path) -> None:
+    """The same job typed with an absolute instead of a relative path recomputed everything; one file given in
+    two spellings was computed twice; a recursive glob reaching the job folder took last run's class rasters for
+    scenes and renamed the real ones (issue 23)."""
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_geotiff(data / "a.tif", np.random.default_rng(0).random((2, 40, 50)).astype(np.float32))
+    job = ["--model", str(bundle), "--tile", "64"]
+    first = run("predict", *job, "--output", "data/out", "data/a.tif", "./data//a.tif", cwd=tmp_path)
+    assert first.returncode == 0 and "scenes: 1 ok, 0 failed" in first.stderr, first.stderr
+    again = run("predict", *job, "--output", str(data / "out"), str(data / "a.tif"))
+    assert again.returncode == 0 and "scenes: 0 ok, 0 failed, 1 skipped" in again.stderr, again.stderr
+    globbed = run("predict", *job, "--output", "data/out", "data/**/*.tif", cwd=tmp_path)
+    assert globbed.returncode == 0, globbed.stderr
+    assert "left out 1 input(s) that are this job's own products" in globbed.stderr
+    assert "scenes: 0 ok, 0 failed, 1 skipped" in globbed.stderr
+    assert sorted(p.name for p in (data / "out").glob("*.tif")) == ["a.tif"]  # no renamed twin
 
 
 @pytest.mark.parametrize(

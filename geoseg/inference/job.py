@@ -38,6 +38,7 @@ from geoseg.inference.outputs import (
     STACKS,
     guard_inputs,
     input_paths,
+    own_products,
     remove_stale_partials,
     scene_names,
 )
@@ -113,6 +114,12 @@ def predict_archive(
         bundle_dir = fetch_bundle(S3Url.parse(str(bundle_dir))) if is_s3(bundle_dir) else Path(bundle_dir)
         spec, model = load_bundle(bundle_dir)
         sources = expand_inputs(inputs, stac_band_names(spec), stac_filter)
+        if not is_s3(out_dir):
+            own = own_products(Path(out_dir))
+            kept = [s for s in sources if not own & {os.path.realpath(p) for p in s.local_files()}]
+            if len(kept) < len(sources):
+                console.print(f"left out {len(sources) - len(kept)} input(s) that are this job's own products")
+            sources = kept
         if not sources:
             raise GeoSegError("no input scenes found", ", ".join(inputs))
         plan = list(zip(sources, scene_names(sources), strict=True))
@@ -122,7 +129,7 @@ def predict_archive(
             remote = RemoteFolder(url, spool_folder(url))
             guard_remote_inputs(url, plan, stac_items)
             out_dir = remote.spool
-        out_dir = Path(out_dir)
+        out_dir = Path(out_dir).absolute()  # recorded outputs must not depend on where the next run starts
         guard_inputs(out_dir, plan, options.vector_format)  # before anything is written
         if stac_items:
             guard_stac_folder(out_dir / "stac", plan)
@@ -160,7 +167,7 @@ def predict_archive(
             vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
             for source, name in plan:
                 identity = source_identity(source.local_files() or [Path(b) for b in source.bands])
-                done = manifest.finished(name, source.text, identity, fingerprint)
+                done = manifest.finished(name, source.text, identity, fingerprint, source.key)
                 if done is None:
                     todo.append((source, name, identity))
                 elif vectors_key is not None and not manifest.vectors_current(name, vectors_key):
@@ -364,6 +371,7 @@ class _Job:
         self.publish = publish
         self.lock = threading.Lock()  # the publishing threads record too
         self.identities: dict[str, str] = {}
+        self.keys: dict[str, str] = {}  # each scene's source key (SceneSource.key), recorded with it
         self.inputs: set[str] = set()  # resolved paths of the job's inputs: never removed
 
     def record(self, path: str, name: str, report: SceneReport) -> None:
@@ -378,7 +386,9 @@ class _Job:
             self.reports[name] = report
             previous = self.manifest.entries.get(name)
             vectors_key = self.options.vectors.key() if self.options.vectors is not None else None
-            self.manifest.record(report, self.fingerprint, self.identities.get(name, ""), vectors_key)
+            self.manifest.record(
+                report, self.fingerprint, self.identities.get(name, ""), vectors_key, self.keys.get(name)
+            )
             if previous is not None and report.status == Status.OK and self.remote is None:
                 self._remove_superseded(previous.report, report)
             self.recorded += 1
@@ -430,6 +440,7 @@ class _Job:
             return
         for source, name, identity, report in finished:
             self.identities[name] = identity
+            self.keys[name] = source.key
             try:
                 started = time.perf_counter()
                 if self.remote is not None:
@@ -449,7 +460,7 @@ class _Job:
                 self.console.print(f"[green]ok[/] {escape(f'{report.output} -> {report.vectors} (model not rerun)')}")
                 with self.lock:
                     self.reports[name] = report
-                    self.manifest.record(report, self.fingerprint, identity, options.key())
+                    self.manifest.record(report, self.fingerprint, identity, options.key(), source.key)
             except Exception as exc:  # one bad scene must not lose the others' work, nor its own raster
                 kept = replace(
                     report, status=Status.OK, vectors=None, error=polygons_error(exc, Path(report.output or ""))
@@ -472,6 +483,7 @@ class _Job:
         sources: dict[str, str] = {}
         for source, name, identity in todo:
             self.identities[name] = identity
+            self.keys[name] = source.key
             sources[name] = source.text
             try:
                 scenes[name] = open_source(source, name, self.out_dir)

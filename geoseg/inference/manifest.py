@@ -42,7 +42,8 @@ def source_identity(paths: list[Path]) -> str:
     """
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(str(path).encode())
+        local = os.path.realpath(path) if not str(path).startswith("/vsi") else str(path)
+        digest.update(local.encode())  # resolved: another spelling of the same file is the same source
         try:
             stat = path.stat()
         except OSError:
@@ -100,10 +101,11 @@ class ManifestEntry:
     output_bytes: int | None = None
     probabilities_bytes: int | None = None
     vectors_key: str | None = None
+    source_key: str | None = None  # the source whatever its spelling (SceneSource.key); older records have none
 
     def to_json(self) -> dict[str, Any]:
         extra = {"fingerprint": self.fingerprint, "source_identity": self.source_identity}
-        for key in ("output_bytes", "probabilities_bytes", "vectors_key"):
+        for key in ("output_bytes", "probabilities_bytes", "vectors_key", "source_key"):
             if getattr(self, key) is not None:
                 extra[key] = getattr(self, key)
         return self.report.to_dict() | extra
@@ -118,14 +120,16 @@ class ManifestEntry:
             return None
         fingerprint, identity = entry.get("fingerprint", ""), entry.get("source_identity", "")
         sizes = entry.get("output_bytes"), entry.get("probabilities_bytes")
-        vectors_key = entry.get("vectors_key")
+        vectors_key, source_key = entry.get("vectors_key"), entry.get("source_key")
         if not (isinstance(fingerprint, str) and isinstance(identity, str)):
+            return None
+        if source_key is not None and not isinstance(source_key, str):
             return None
         if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in sizes):
             return None
         if vectors_key is not None and not isinstance(vectors_key, str):
             return None
-        return cls(report, fingerprint, identity, sizes[0], sizes[1], vectors_key)
+        return cls(report, fingerprint, identity, sizes[0], sizes[1], vectors_key, source_key)
 
 
 class Manifest:
@@ -204,12 +208,16 @@ class Manifest:
         self.store.saved(self.path, replaces=self.journal)
         self._snapshot_at = time.monotonic()
 
-    def finished(self, name: str, source: str, identity: str, fingerprint: str) -> SceneReport | None:
-        """The report of a scene that needs no rerun (status ``skipped``), else None."""
+    def finished(
+        self, name: str, source: str, identity: str, fingerprint: str, source_key: str | None = None
+    ) -> SceneReport | None:
+        """The report of a scene that needs no rerun (status ``skipped``), else None. The source is compared by
+        its key when both sides have one (a relative and an absolute spelling of one file are one source)."""
         entry = self.entries.get(name)
         if entry is None or entry.report.status != Status.OK or entry.fingerprint != fingerprint:
             return None
-        if entry.report.source != source or entry.source_identity != identity:
+        same = entry.source_key == source_key if entry.source_key and source_key else entry.report.source == source
+        if not same or entry.source_identity != identity:
             return None
         for output, size in (
             (entry.report.output, entry.output_bytes),
@@ -226,7 +234,14 @@ class Manifest:
             return False
         return self.store.size(entry.report.vectors) is not None
 
-    def record(self, report: SceneReport, fingerprint: str, identity: str, vectors_key: str | None = None) -> None:
+    def record(
+        self,
+        report: SceneReport,
+        fingerprint: str,
+        identity: str,
+        vectors_key: str | None = None,
+        source_key: str | None = None,
+    ) -> None:
         ok = report.status == Status.OK
         entry = ManifestEntry(
             report,
@@ -235,6 +250,7 @@ class Manifest:
             output_bytes=self.store.size(report.output) if ok and report.output else None,
             probabilities_bytes=self.store.size(report.probabilities) if ok and report.probabilities else None,
             vectors_key=vectors_key if report.vectors else None,
+            source_key=source_key,
         )
         self.entries[report.scene] = entry
         try:

@@ -17,6 +17,7 @@ folder that holds inputs is allowed only when no output name is one of them. The
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections import defaultdict
@@ -64,6 +65,25 @@ def scene_outputs(out_dir: Path, name: str, vector_format: str | None) -> list[P
         if vector_format == "shp":
             paths.extend(vectors.with_suffix(part) for part in SHAPEFILE_PARTS)
     return paths
+
+
+def own_products(out_dir: Path) -> set[str]:
+    """Resolved paths of the products an earlier run of this job recorded (class rasters, probabilities, VRTs of
+    stacks): an input glob that reaches into the job folder (``data/**/*.tif`` with the job in ``data/out``)
+    must not take them for scenes, which also renamed the real scenes whose names they clashed with."""
+    try:
+        scenes = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8")).get("scenes", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    found = set()
+    for entry in scenes.values() if isinstance(scenes, dict) else []:
+        for key in ("output", "probabilities"):
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if isinstance(value, str) and not value.startswith("s3://"):
+                found.add(os.path.realpath(value))
+    if (out_dir / STACKS).is_dir():
+        found |= {os.path.realpath(p) for p in (out_dir / STACKS).glob("*.vrt")}
+    return found
 
 
 def guard_inputs(out_dir: Path, plan: list[tuple[SceneSource, str]], vector_format: str | None) -> None:

@@ -54,6 +54,20 @@ class SceneSource:
         return self.text.rsplit("#", 1)[0] if self.name is not None else None
 
     @property
+    def key(self) -> str:
+        """The scene's identity whatever the spelling: local files by their resolved path (``scenes/a.tif``,
+        ``./scenes//a.tif`` and ``/data/scenes/a.tif`` are one scene), virtual paths and URLs as written; a STAC
+        item by its resolved document and id. Reruns and duplicates are recognised by it."""
+
+        def one(text: str) -> str:
+            return text if is_virtual(text) or "://" in text else os.path.realpath(text)
+
+        if self.name is not None and "#" in self.text:  # a STAC item: document#id[@n]
+            document, _, item = self.text.partition("#")
+            return f"{one(document)}#{item}"
+        return STACK_SEPARATOR.join(one(b) for b in self.bands)
+
+    @property
     def is_stack(self) -> bool:
         return len(self.bands) > 1 or bool(self.assets)
 
@@ -124,7 +138,7 @@ def expand_inputs(
             sources.extend(SceneSource(m, (m,)) for m in matches if Path(m).is_file())
         else:  # missing: the scene fails with the file's own error, the others go on
             sources.append(SceneSource(item, (item,)))
-    return list({s.text: s for s in sources}.values())
+    return list({s.key: s for s in sources}.values())  # one file in two spellings is one scene
 
 
 def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter | None) -> list[SceneSource]:
