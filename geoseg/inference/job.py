@@ -34,7 +34,6 @@ from geoseg.inference.executor import BlockExecutor
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.outputs import (
-    SHAPEFILE_PARTS,
     STACKS,
     guard_inputs,
     input_paths,
@@ -62,6 +61,7 @@ from geoseg.io.stac import ResultScene, StacFilter, build_item_vrt, write_result
 from geoseg.io.stack import build_stack_vrt
 from geoseg.io.styles import style_class_raster
 from geoseg.progress import meter
+from geoseg.vector.formats import vector_files
 from geoseg.vector.polygonize import VectorizeOptions
 
 #: Below this many megapixels (and with no cluster named) a job runs in this process: see :func:`choose_path`.
@@ -402,9 +402,7 @@ class _Job:
         for old in (before.probabilities, before.vectors):
             if not old or old in kept or Path(old).parent != self.out_dir:
                 continue
-            parts = [Path(old)]
-            if old.endswith(".shp"):
-                parts += [Path(old).with_suffix(part) for part in SHAPEFILE_PARTS]
+            parts = vector_files(Path(old))
             if not old.endswith((".tif", ".gpkg")):
                 parts.append(Path(old).with_suffix(".qml"))  # its own style sidecar, not the raster's
             removed = []
@@ -452,7 +450,7 @@ class _Job:
                     vectors = polygonize_scene(Path(report.output or ""), options)
                     old = Path(report.vectors) if report.vectors else None
                     if old is not None and old != vectors and old.parent == self.out_dir:
-                        for part in [old, *(old.with_suffix(x) for x in SHAPEFILE_PARTS if old.suffix == ".shp")]:
+                        for part in vector_files(old):
                             if os.path.realpath(part) not in inputs:
                                 part.unlink(missing_ok=True)
                     report = replace(report, status=Status.OK, vectors=str(vectors), error=None)

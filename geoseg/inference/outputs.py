@@ -25,7 +25,7 @@ from pathlib import Path
 
 from geoseg.errors import GeoSegError
 from geoseg.io.sources import SceneSource, base_name
-from geoseg.vector.formats import SHAPEFILE_PARTS
+from geoseg.vector.formats import vector_files
 
 PROBABILITIES_SUFFIX = "_probabilities"
 JOB_FILES = ("manifest.json", "manifest.jsonl", "report.json")
@@ -60,10 +60,7 @@ def scene_outputs(out_dir: Path, name: str, vector_format: str | None) -> list[P
     paths = [out_dir / f"{name}.tif", out_dir / f"{name}{PROBABILITIES_SUFFIX}.tif", out_dir / STACKS / f"{name}.vrt"]
     paths += [out_dir / f"{name}.qml", out_dir / f"{name}.tif.aux.xml"]  # the class raster's style and categories
     if vector_format:
-        vectors = out_dir / f"{name}.{vector_format}"
-        paths.append(vectors)
-        if vector_format == "shp":
-            paths.extend(vectors.with_suffix(part) for part in SHAPEFILE_PARTS)
+        paths.extend(vector_files(out_dir / f"{name}.{vector_format}"))
     return paths
 
 

@@ -67,24 +67,28 @@ def raster_qml(table: list[ClassStyle]) -> str:
     return _qgis(pipe)
 
 
-def vector_qml(table: list[ClassStyle], field: str = "class_id") -> str:
-    """A categorized QGIS style on ``field``: a fill per class in its colour, its name as the label."""
+def _categorized(table: list[ClassStyle], field: str, kind: str) -> ET.Element:
+    """A categorized renderer on ``field``: one symbol per class (``fill`` for polygons, ``marker`` for points)
+    in its colour, its name as the label."""
     renderer = ET.Element("renderer-v2", type="categorizedSymbol", attr=field, symbollevels="0", forceraster="0")
     categories = ET.SubElement(renderer, "categories")
     symbols = ET.SubElement(renderer, "symbols")
+    shape = (("outline_width", "0.1"), ("style", "solid")) if kind == "fill" else (("name", "circle"), ("size", "3"))
     for n, c in enumerate(table):
         ET.SubElement(categories, "category", value=str(c.id), label=c.name, symbol=str(n), render="true")
-        symbol = ET.SubElement(symbols, "symbol", type="fill", name=str(n), alpha="1", clip_to_extent="1")
-        layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "pass": "0", "locked": "0", "enabled": "1"})
+        symbol = ET.SubElement(symbols, "symbol", type=kind, name=str(n), alpha="1", clip_to_extent="1")
+        layer_class = "SimpleFill" if kind == "fill" else "SimpleMarker"
+        layer = ET.SubElement(symbol, "layer", {"class": layer_class, "pass": "0", "locked": "0", "enabled": "1"})
         options = ET.SubElement(layer, "Option", type="Map")
-        for key, value in (
-            ("color", f"{c.rgb[0]},{c.rgb[1]},{c.rgb[2]},255"),
-            ("outline_color", "35,35,35,255"),
-            ("outline_width", "0.1"),
-            ("style", "solid"),
-        ):
+        colours = (("color", f"{c.rgb[0]},{c.rgb[1]},{c.rgb[2]},255"), ("outline_color", "35,35,35,255"))
+        for key, value in (*colours, *shape):
             ET.SubElement(options, "Option", name=key, type="QString", value=value)
-    return _qgis(renderer)
+    return renderer
+
+
+def vector_qml(table: list[ClassStyle], field: str = "class_id") -> str:
+    """A categorized QGIS style on ``field``: a fill per class in its colour, its name as the label."""
+    return _qgis(_categorized(table, field, "fill"))
 
 
 def category_names_pam(table: list[ClassStyle]) -> str:
@@ -154,21 +158,7 @@ def sheet_qml(table: list[ClassStyle], field: str, choices: dict[str, list[tuple
     class (names as labels), a drop-down (value map) per field of ``choices`` (label, stored value), and the
     fields in ``locked`` read-only, so an interpreter can only fill in what the sheet asks for."""
     root = ET.Element("qgis", version=QGIS_VERSION, styleCategories="Symbology|Fields|Forms")
-    renderer = ET.SubElement(root, "renderer-v2", type="categorizedSymbol", attr=field, symbollevels="0")
-    categories = ET.SubElement(renderer, "categories")
-    symbols = ET.SubElement(renderer, "symbols")
-    for n, c in enumerate(table):
-        ET.SubElement(categories, "category", value=str(c.id), label=c.name, symbol=str(n), render="true")
-        symbol = ET.SubElement(symbols, "symbol", type="marker", name=str(n), alpha="1", clip_to_extent="1")
-        layer = ET.SubElement(symbol, "layer", {"class": "SimpleMarker", "pass": "0", "locked": "0", "enabled": "1"})
-        options = ET.SubElement(layer, "Option", type="Map")
-        for key, value in (
-            ("color", f"{c.rgb[0]},{c.rgb[1]},{c.rgb[2]},255"),
-            ("name", "circle"),
-            ("outline_color", "35,35,35,255"),
-            ("size", "3"),
-        ):
-            ET.SubElement(options, "Option", name=key, type="QString", value=value)
+    root.append(_categorized(table, field, "marker"))
     fields = ET.SubElement(root, "fieldConfiguration")
     for name, entries in choices.items():
         widget = ET.SubElement(ET.SubElement(fields, "field", name=name, configurationFlags="None"), "editWidget")
