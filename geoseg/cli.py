@@ -342,15 +342,15 @@ def predict(more_inputs: tuple[str, ...], no_vectorize: bool, **params: Any) -> 
         sys.exit(1)
 
 
-# Extensions of the files geoseg reads and writes: an --output ending in one names a file, not a job folder.
-_FILE_SUFFIXES = {".tif", ".tiff", ".vrt", ".jp2", ".img", ".json", ".gpkg", ".shp", ".geojson", ".fgb", ".parquet"}
-
-
 def _refuse_file_name_as_job_folder(output: str | None) -> None:
     """``predict --output classes.tif`` made a folder of that name without a word; a job folder is a folder.
     (An existing folder of that name is still a job folder; an existing file is refused by the job itself.)"""
+    from geoseg.io.sources import RASTER_SUFFIXES
+    from geoseg.vector.formats import FORMATS
+
     suffix = Path(output).suffix.lower() if output else ""
-    if output and not output.startswith("s3://") and suffix in _FILE_SUFFIXES and not Path(output).exists():
+    named_a_file = suffix in RASTER_SUFFIXES or suffix in FORMATS  # the files geoseg reads and writes
+    if output and not output.startswith("s3://") and named_a_file and not Path(output).exists():
         raise GeoSegError(
             "predict writes a job folder (one class raster per scene, the manifest and the report); this names "
             "a file: give a folder, e.g. --output results/",

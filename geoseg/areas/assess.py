@@ -100,10 +100,6 @@ def _ids(values: pd.Series, path: Path, field: str) -> np.ndarray:
     return numbers.to_numpy(dtype=np.int64)
 
 
-def _half(se: float | None) -> float | None:
-    return ClassEstimate.ci95(se)
-
-
 def _report(result: Estimate, sheet: Path, labelled: int, unlabelled: int, warnings: list[str]) -> dict[str, Any]:
     classes = {}
     for c in result.classes:
@@ -113,17 +109,17 @@ def _report(result: Estimate, sheet: Path, labelled: int, unlabelled: int, warni
             "reference_n": c.reference_n,
             "users_accuracy": c.users_accuracy,
             "users_se": c.users_se,
-            "users_ci95": _half(c.users_se),
+            "users_ci95": ClassEstimate.ci95(c.users_se),
             "producers_accuracy": c.producers_accuracy,
             "producers_se": c.producers_se,
-            "producers_ci95": _half(c.producers_se),
+            "producers_ci95": ClassEstimate.ci95(c.producers_se),
             "mapped_area_m2": c.mapped_area_m2,
             "area_m2": c.area_m2,
             "area_se_m2": c.area_se_m2,
-            "area_ci95_m2": _half(c.area_se_m2),
+            "area_ci95_m2": ClassEstimate.ci95(c.area_se_m2),
             "area_minus_mapped_m2": c.area_m2 - c.mapped_area_m2,
             "area_ha": c.area_m2 / 1e4,
-            "area_ci95_ha": None if c.area_se_m2 is None else _half(c.area_se_m2 / 1e4),
+            "area_ci95_ha": None if c.area_se_m2 is None else ClassEstimate.ci95(c.area_se_m2 / 1e4),
             "mapped_area_ha": c.mapped_area_m2 / 1e4,
         }
     return {
@@ -135,7 +131,7 @@ def _report(result: Estimate, sheet: Path, labelled: int, unlabelled: int, warni
         "total_area_m2": result.total_area_m2,
         "overall_accuracy": result.overall_accuracy,
         "overall_se": result.overall_se,
-        "overall_ci95": _half(result.overall_se),
+        "overall_ci95": ClassEstimate.ci95(result.overall_se),
         "classes": classes,
         "error_matrix": {
             "rows": "map class",

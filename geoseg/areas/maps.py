@@ -3,7 +3,8 @@
 A map is read in its own blocks (the tiles of a COG), so memory holds one block and each compressed block is
 decoded once. Areas are square metres: on a projected grid one pixel's area in the CRS's unit squared, times
 that unit in metres; on a geographic grid each pixel row's area in the equal-area CRS that polygon areas use
-(:data:`geoseg.vector.export.EQUAL_AREA_CRS`), where a lon/lat rectangle is a rectangle, so the area is exact.
+(:func:`geoseg.vector.export.equal_area_crs`), where a lon/lat rectangle is a rectangle, so the area is exact.
+They are computed once per map (one value, or one per row) and sliced per window.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,14 +22,15 @@ import rasterio
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.enums import MaskFlags
+from rasterio.env import Env
 from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
 from geoseg.io.raster import valid_mask
 from geoseg.io.styles import ClassStyle, class_table
+from geoseg.vector.export import equal_area_crs
 from geoseg.vector.polygonize import open_class_raster
 
-EQUAL_AREA_CRS = "EPSG:6933"
 READ_CACHE = 16 * 2**20
 W = TypeVar("W")
 T = TypeVar("T")
@@ -104,9 +107,23 @@ class ClassMap:
             raise GeoSegError("holds negative class ids: declare its nodata value or remap them", self.path)
         return values, valid
 
+    @cached_property
+    def _row_areas(self) -> np.ndarray:
+        """Square metres of a pixel: ``[1, 1]`` on a projected grid, one per row (``[height, 1]``) on a
+        geographic one. Computed once: parsing the CRS and building a transformer per window cost 0.14 s of
+        a 40000² sample."""
+        return _pixel_areas(self.src.crs, self.src.transform, 0, self.src.height)
+
+    @property
+    def equal_pixels(self) -> bool:
+        """Whether every pixel has the same area (a projected grid)."""
+        return not self.src.crs.is_geographic
+
     def pixel_areas(self, window: Window) -> np.ndarray:
         """Square metres of each pixel of ``window``, shaped to broadcast over it (``[h, 1]`` or ``[1, 1]``)."""
-        return _pixel_areas(self.src.crs, self.src.transform, int(window.row_off), int(window.height))
+        if self.equal_pixels:
+            return self._row_areas
+        return self._row_areas[int(window.row_off) : int(window.row_off + window.height)]
 
 
 def open_map(path: Path, role: str = "map") -> ClassMap:
@@ -114,27 +131,31 @@ def open_map(path: Path, role: str = "map") -> ClassMap:
     src = open_class_raster(path)
     try:
         classes = class_table(src)
-        ProjCRS.from_user_input(src.crs.to_wkt())
-        _pixel_areas(src.crs, src.transform, 0, 1)
+        cmap = ClassMap(Path(path), src, classes)
+        cmap.pixel_areas(Window(0, 0, 1, 1))  # a CRS that cannot measure areas fails here, in one line
     except GeoSegError:
         src.close()
         raise
     except Exception as exc:
         src.close()
         raise GeoSegError(f"the {role}'s CRS cannot measure areas ({exc})", path) from exc
-    return ClassMap(Path(path), src, classes)
+    return cmap
 
 
 @contextlib.contextmanager
 def opened(path: Path, role: str = "map") -> Iterator[ClassMap]:
     """An open map, read under a small GDAL block cache (each block is decoded once and used at once; GDAL's
     default cache, 5 % of RAM, would only fill up with blocks never read again) and decoded on all cores."""
-    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE, GDAL_NUM_THREADS="ALL_CPUS"):
+    with _read_env():
         cmap = open_map(path, role)
         try:
             yield cmap
         finally:
             cmap.src.close()
+
+
+def _read_env() -> Env:
+    return rasterio.Env(GDAL_CACHEMAX=READ_CACHE, GDAL_NUM_THREADS="ALL_CPUS")
 
 
 def _pixel_areas(crs: rasterio.crs.CRS, transform: rasterio.Affine, row0: int, height: int) -> np.ndarray:
@@ -145,7 +166,7 @@ def _pixel_areas(crs: rasterio.crs.CRS, transform: rasterio.Affine, row0: int, h
         return np.full((1, 1), side * unit * unit)
     if transform.b or transform.d:
         raise GeoSegError("a rotated grid in geographic coordinates: warp it to a north-up grid first")
-    to_equal_area = Transformer.from_crs(proj, EQUAL_AREA_CRS, always_xy=True)
+    to_equal_area = Transformer.from_crs(proj, equal_area_crs(), always_xy=True)
     rows = np.arange(row0, row0 + height + 1, dtype=np.float64)
     lat = np.clip(transform.f + rows * transform.e, -90.0, 90.0)
     _, y = to_equal_area.transform(np.zeros_like(lat), lat)
@@ -161,7 +182,7 @@ def read_ahead(windows: Iterable[W], read: Callable[[W], T]) -> Iterator[tuple[W
     the background thread reads, so no dataset is ever used by two threads at once."""
 
     def read_in_env(window: W) -> T:
-        with rasterio.Env(GDAL_CACHEMAX=READ_CACHE, GDAL_NUM_THREADS="ALL_CPUS"):
+        with _read_env():  # rasterio's environment is per thread: the reading thread needs its own
             return read(window)
 
     with ThreadPoolExecutor(1, thread_name_prefix="geoseg-read") as pool:

@@ -170,8 +170,7 @@ def _count(area: _Area, console: Console) -> tuple[list[Window], list[int], np.n
     """Per block, each stratum's pixel count; per stratum its area. Returns (blocks, ids, counts[block, k],
     areas[k]). The map is read in chunks of blocks (decoded on all cores) and counted block by block."""
     cmap = area.cmap
-    uniform = cmap.pixel_areas(Window(0, 0, 1, 1)).size == 1 and not cmap.src.crs.is_geographic
-    fast = cmap.plain_nodata if area.shapes is None and uniform else None  # one bincount per block, no mask
+    fast = cmap.plain_nodata if area.shapes is None and cmap.equal_pixels else None  # counts only, no mask
     chunks = list(cmap.chunks())
     blocks: list[Window] = [block for _, inside in chunks for block in inside]
     per_block = np.zeros((len(blocks), 256), dtype=np.int32)  # uint8 maps: 256 counts per block (int32: 6 MB at
@@ -194,7 +193,7 @@ def _count(area: _Area, console: Console) -> tuple[list[Window], list[int], np.n
                 bar.advance(1)
                 continue
             values, valid = pixels
-            unit = cmap.pixel_areas(chunk)
+            unit = None if cmap.equal_pixels else cmap.pixel_areas(chunk)
             for block in inside:
                 rows = slice(int(block.row_off - chunk.row_off), int(block.row_off - chunk.row_off + block.height))
                 cols = slice(int(block.col_off - chunk.col_off), int(block.col_off - chunk.col_off + block.width))
@@ -208,7 +207,7 @@ def _count(area: _Area, console: Console) -> tuple[list[Window], list[int], np.n
                 present, tally = np.unique(chosen, return_counts=True)
                 found = dict(zip(present.tolist(), tally.tolist(), strict=True))
                 wide.append(found)
-                if unit.size > 1:  # a geographic grid: each pixel its own area
+                if unit is not None:  # a geographic grid: each pixel its own area
                     weights = np.broadcast_to(unit[rows], part.shape)[ok]
                     for cid in found:
                         areas[cid] = areas.get(cid, 0.0) + float(weights[chosen == cid].sum())
@@ -226,9 +225,9 @@ def _count(area: _Area, console: Console) -> tuple[list[Window], list[int], np.n
     for b, found in enumerate(wide):
         for cid, n in found.items():
             counts[b, position[cid]] += n
-    unit = cmap.pixel_areas(Window(0, 0, 1, 1))
-    if not areas:  # a projected grid: every pixel the same area
-        areas = {cid: totals[cid] * float(unit[0, 0]) for cid in ids}
+    if cmap.equal_pixels:
+        pixel = float(cmap.pixel_areas(Window(0, 0, 1, 1))[0, 0])
+        areas = {cid: totals[cid] * pixel for cid in ids}
     return blocks, ids, counts, np.array([areas[i] for i in ids])
 
 
