@@ -680,6 +680,95 @@ def assess(sheet: Path, out: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("jobs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Folder for the mosaic."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["mean", "mode", "latest", "best"]),
+    help="Per pixel: argmax of the mean probability (default with probabilities), the most frequent class "
+    "(default without), the latest observation's class, or the most confident observation's.",
+)
+@click.option("--crs", help="Output CRS (EPSG:code, WKT, PROJ); default: the CRS most scenes use.")
+@click.option("--resolution", type=float, help="Pixel size in CRS units; default: the finest of the scenes in the CRS.")
+@click.option("--bounds", metavar="W,S,E,N", help="Extent in the output CRS (default: every scene's footprint).")
+@click.option("--lonlat-bounds", metavar="W,S,E,N", help="Extent in longitude/latitude.")
+@click.option("--aoi", type=click.Path(path_type=Path), help="Polygons (any vector file): pixels outside stay nodata.")
+@click.option("--period", metavar="START/END", help="Only scenes acquired in it (ISO dates, both included, or a year).")
+@click.option("--undated", is_flag=True, help="With --period: take scenes without an acquisition date too.")
+@click.option("--tile-size", type=int, default=2048, show_default=True, help="Output tile side in pixels.")
+@click.option("--cog", is_flag=True, help="Also write the whole mosaic as one COG, mosaic.tif.")
+@click.option("--vectorize", type=click.Choice(FORMAT_NAMES), help="Also polygonize the mosaic into mosaic.<format>.")
+@_polygon_options
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Tiles at once on Ray (default: in this process when small)."
+)
+@click.option(
+    "--in-process/--ray",
+    "in_process",
+    default=None,
+    help="Run the tiles here or on Ray (default: by the mosaic's size).",
+)
+@click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
+def mosaic(
+    jobs: tuple[Path, ...],
+    output: Path,
+    method: str | None,
+    crs: str | None,
+    resolution: float | None,
+    bounds: str | None,
+    lonlat_bounds: str | None,
+    aoi: Path | None,
+    period: str | None,
+    undated: bool,
+    tile_size: int,
+    cog: bool,
+    vectorize: str | None,
+    skip_class: tuple[int, ...],
+    min_area: float,
+    fill_holes: float,
+    simplify: float,
+    workers: int | None,
+    in_process: bool | None,
+    ray_address: str | None,
+) -> None:
+    """One map of a place and a period from finished predict jobs (JOBS: their folders), in tiles and a VRT.
+
+    Writes OUTPUT/tiles/ (a class COG and a stats COG per tile: count, confidence, agreement, date),
+    mosaic.vrt (classes, with names, colours and a QGIS style), mosaic_stats.vrt and mosaic.json (the record a
+    rerun resumes from: only tiles whose scenes changed are redone).
+    """
+    from geoseg.mosaic.job import MosaicOptions, parse_bounds, parse_period
+    from geoseg.mosaic.job import mosaic as run_mosaic
+
+    options = MosaicOptions(
+        method=method,  # type: ignore[arg-type]
+        crs=crs,
+        resolution=resolution,
+        bounds=parse_bounds(bounds) if bounds else None,
+        lonlat_bounds=parse_bounds(lonlat_bounds, "--lonlat-bounds") if lonlat_bounds else None,
+        aoi=aoi,
+        period=parse_period(period) if period else None,
+        undated=undated,
+        tile=tile_size,
+        cog=cog,
+        vectors=_vectorize_options(skip_class, min_area, fill_holes, simplify, fmt=vectorize) if vectorize else None,
+        workers=workers,
+        ray_address=ray_address,
+        in_process=in_process,
+    )
+    summary = run_mosaic(list(jobs), output, options, console)
+    left = ", ".join(f"{n} {why}" for why, n in summary.left_out.items() if n)
+    console.print(
+        f"{summary.observations} scene(s) by {summary.method}{f' ({left} left out)' if left else ''}: "
+        f"{summary.tiles_run} tile(s) made, {summary.tiles_skipped} unchanged, {summary.tiles_empty} empty "
+        f"in {summary.seconds:.1f} s -> {summary.outputs['classes']}",
+        markup=False,
+    )
+
+
+@cli.command()
 @click.option("--out", "--output", "out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--size", type=click.IntRange(min=64), default=1024, show_default=True)

@@ -485,6 +485,8 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         (["sample", str(f["no_crs"]), "--output", str(out / "s3.gpkg"), "--size", "5"], str(f["no_crs"]), "no CRS"),
         (["sample", str(a_file), "--output", str(a_file.with_suffix(".gpkg")), "--size", "0"], "--size", "range"),
         (["assess", str(f["folder"])], str(f["folder"]), "no such sheet"),
+        (["mosaic", str(f["missing"]), "--output", str(out / "m0")], str(f["missing"]), "is not a folder"),
+        (["mosaic", str(f["folder"]), "--output", str(out / "m1")], str(f["folder"]), "is not a predict job folder"),
         (["assess", str(f["html"])], str(f["html"]), "cannot read as a GeoPackage"),
         (["assess", str(f["missing"]), "--out", str(f["folder"])], str(f["folder"]), "is a folder"),
         (  # a local (engineering) CRS has no place on the globe: it was "unexpected error: ProjError"

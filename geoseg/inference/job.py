@@ -372,6 +372,7 @@ class _Job:
         self.lock = threading.Lock()  # the publishing threads record too
         self.identities: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # each scene's source key (SceneSource.key), recorded with it
+        self.acquired: dict[str, str] = {}  # STAC items' datetimes, recorded for mosaics by period
         self.inputs: set[str] = set()  # resolved paths of the job's inputs: never removed
 
     def record(self, path: str, name: str, report: SceneReport) -> None:
@@ -424,7 +425,7 @@ class _Job:
     def _publish(self, path: str, name: str, finished: SceneRun) -> None:
         try:
             report = finished.report(self.publish(finished.stage()))
-            report.scene, report.source = name, path
+            report.scene, report.source, report.acquired = name, path, self.acquired.get(name)
         except Exception as exc:  # one bad scene must not lose the others' work
             report = self.failed(path, name, exc)
         self.record(path, name, report)  # as soon as the files are in place: a crash later cannot lose them
@@ -482,6 +483,8 @@ class _Job:
         for source, name, identity in todo:
             self.identities[name] = identity
             self.keys[name] = source.key
+            if source.acquired:
+                self.acquired[name] = source.acquired
             sources[name] = source.text
             try:
                 scenes[name] = open_source(source, name, self.out_dir)

@@ -45,6 +45,10 @@ class SceneReport:
     seam_disagreement: float | None = None
     classes_found: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # Where and when, for ``geoseg mosaic``: the output grid (CRS, GDAL geotransform, size) and the source's
+    # acquisition time (a STAC item's datetime; None for plain files). Older records have neither.
+    grid: dict[str, Any] | None = None
+    acquired: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"status": str(self.status)}

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -140,6 +140,16 @@ def polygonize_scene(class_raster: Path, options: VectorizeOptions) -> Path:
     return vectors
 
 
+def scene_grid(scene: SceneInfo) -> dict[str, Any]:
+    """A scene's grid as its report records it: CRS (EPSG code or WKT), GDAL geotransform, size."""
+    return {
+        "crs": scene.crs.to_string(),
+        "transform": list(scene.transform.to_gdal()),
+        "width": scene.width,
+        "height": scene.height,
+    }
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -252,6 +262,7 @@ class SceneRun:
             seam_disagreement=None if seam is None else round(seam, 6),
             classes_found={by_index[i]: int(n) for i, n in enumerate(c.class_pixels) if n},
             error=published.vectors_error,
+            grid=scene_grid(scene),
         )
 
     def finish(self) -> SceneReport:

@@ -88,12 +88,13 @@ class StagingRaster:
         path: the final output path (nothing is written there; see :func:`publish_cog`).
         scene: georeferencing (CRS, transform, size) copied from the source scene.
         descriptions: one name per band.
-        nodata: the nodata value of every band.
+        nodata: the nodata value of every band (None: every value is data).
         tile: internal tile side; the prediction block size, so each block is exactly one tile (a multiple of
             16, as TIFF requires; otherwise 512-px tiles, and GDAL updates partial tiles in place).
         colormap: RGB per value for band 1 (class rasters).
         tags: dataset metadata (class names).
-        scale: GDAL scale of every band (value x scale = physical value), e.g. 1/254 for probabilities.
+        scale: GDAL scale of every band, or one per band (value x scale = physical value), e.g. 1/254 for
+            probabilities.
         dtype: uint8, or uint16 for class rasters with more ids than a byte holds (change maps).
     """
 
@@ -102,11 +103,11 @@ class StagingRaster:
         path: Path,
         scene: SceneInfo,
         descriptions: Sequence[str],
-        nodata: int,
+        nodata: int | None,
         tile: int = COG_BLOCK,
         colormap: Mapping[int, tuple[int, int, int]] | None = None,
         tags: Mapping[str, str] | None = None,
-        scale: float | None = None,
+        scale: float | Sequence[float] | None = None,
         dtype: str = "uint8",
     ) -> None:
         self.path = Path(path)
@@ -137,7 +138,8 @@ class StagingRaster:
         if colormap or tags:
             self.describe(colormap or {}, tags or {})
         if scale is not None:  # GDAL's own scale: QGIS and gdalinfo then show physical values (probabilities)
-            self._dst.scales = (scale,) * len(descriptions)
+            scales = (scale,) * len(descriptions) if isinstance(scale, float | int) else tuple(scale)
+            self._dst.scales = scales
             self._dst.offsets = (0.0,) * len(descriptions)
 
     def describe(self, colormap: Mapping[int, tuple[int, int, int]], tags: Mapping[str, str]) -> None:
