@@ -391,3 +391,20 @@ def test_real_scene_predicted_as_two_overlapping_windows_mosaics_to_the_whole_sc
     trusted = (~covered_by_west | west_ok) & (~covered_by_east | east_ok)
     assert trusted.sum() > 0.8 * width and (covered_by_west & covered_by_east & trusted).sum() > 50
     np.testing.assert_array_equal(mosaic_classes[:, trusted], whole[:, trusted])
+
+
+def test_polygons_of_a_mosaic_cross_tile_edges_and_cover_it(tmp_path: Path) -> None:
+    import pyogrio
+
+    from geoseg.vector.polygonize import VectorizeOptions
+
+    p = random_probabilities(np.random.default_rng(8), 120, 100, smooth=10)
+    job = write_job(tmp_path / "job", [FakeScene("a", p, UTM17)])
+    options = MosaicOptions(tile=64, vectors=VectorizeOptions(fmt="gpkg"))
+    summary = mosaic([job], tmp_path / "m", options)
+    frame = pyogrio.read_dataframe(tmp_path / "m" / "mosaic.gpkg", layer="mosaic")
+    assert summary.outputs["vectors"].endswith("mosaic.gpkg")
+    assert frame.area.sum() == pytest.approx(120 * 100 * 900)
+    whole = tmp_path / "whole.gpkg"
+    assert run("vectorize", str(job / "a.tif"), "--output", str(whole)).returncode == 0
+    assert len(frame) == len(pyogrio.read_dataframe(whole, layer="whole"))  # no polygon cut at a tile edge
