@@ -132,6 +132,18 @@ class ManifestEntry:
         return cls(report, fingerprint, identity, sizes[0], sizes[1], vectors_key, source_key)
 
 
+def journal_entries(journal: Path) -> list[ManifestEntry]:
+    """The valid entries of a journal, in order (last wins). A torn line (a kill mid-write, torn UTF-8 included)
+    is invalid and ignored: that scene is redone."""
+    entries = []
+    for line in journal.read_bytes().decode("utf-8", errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            entry = ManifestEntry.from_json(json.loads(line))
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
 class Manifest:
     """Per-scene state of a job folder: ``manifest.json``, plus ``manifest.jsonl`` while a job runs.
 
@@ -161,13 +173,8 @@ class Manifest:
             if self.journal.is_dir():
                 self._set_aside(self.journal, "is a folder, not the job's journal")
             else:
-                # A torn line (a kill mid-write, torn UTF-8 included) is invalid and ignored: that scene is redone.
-                text = self.journal.read_bytes().decode("utf-8", errors="replace")
-                for line in text.splitlines():
-                    with contextlib.suppress(json.JSONDecodeError):
-                        entry = ManifestEntry.from_json(json.loads(line))
-                        if entry is not None:
-                            self.entries[entry.report.scene] = entry
+                for entry in journal_entries(self.journal):
+                    self.entries[entry.report.scene] = entry
             self.snapshot()  # a fresh journal: appending after a torn line would tear the next entry too
 
     def _stored_scenes(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rasterio.crs import CRS
-from rasterio.transform import Affine
+from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
@@ -51,9 +51,7 @@ class Tile:
 
     @property
     def bounds(self) -> Bounds:
-        h, w = self.shape
-        left, top = self.transform.c, self.transform.f
-        return left, top + h * self.transform.e, left + w * self.transform.a, top
+        return array_bounds(*self.shape, self.transform)
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,10 @@ class OutputGrid:
             for col, left in enumerate(range(0, self.width, self.tile)):
                 window = Window(left, top, min(self.tile, self.width - left), min(self.tile, self.height - top))
                 yield Tile(row, col, window, self.transform * Affine.translation(left, top))
+
+    @property
+    def bounds(self) -> Bounds:
+        return array_bounds(self.height, self.width, self.transform)
 
     def describe(self) -> dict[str, object]:
         """The grid as the mosaic's record holds it (a changed grid redoes every tile)."""
@@ -86,6 +88,13 @@ def parse_crs(text: str) -> CRS:
         return CRS.from_user_input(text)
     except Exception as exc:  # rasterio raises CRSError, pyproj its own
         raise GeoSegError(f"--crs {text!r} is not a CRS GDAL knows (give EPSG:code, WKT or a PROJ string)") from exc
+
+
+def default_crs(observations: Sequence[Observation]) -> CRS:
+    """The CRS most observations use; ties: the one of the earliest."""
+    counts = Counter(o.crs.to_string() for o in observations)
+    most = max(counts.values())
+    return next(o.crs for o in observations if counts[o.crs.to_string()] == most)
 
 
 def footprint(observation: Observation, crs: CRS) -> Bounds:
@@ -111,10 +120,7 @@ def make_grid(
         raise GeoSegError(f"--tile-size must be a positive number of pixels (got {tile})")
     if resolution is not None and not (resolution > 0 and math.isfinite(resolution)):
         raise GeoSegError(f"--resolution must be a positive number of CRS units (got {resolution:g})")
-    if crs is None:
-        counts = Counter(o.crs.to_string() for o in observations)
-        most = max(counts.values())
-        crs = next(o.crs for o in observations if counts[o.crs.to_string()] == most)
+    crs = crs or default_crs(observations)
     native = [o for o in observations if o.crs == crs]
     if resolution is not None:
         xres = yres = resolution

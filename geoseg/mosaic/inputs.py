@@ -26,7 +26,7 @@ from rasterio.errors import CRSError, RasterioIOError
 from rasterio.transform import Affine, array_bounds
 
 from geoseg.errors import GeoSegError
-from geoseg.inference.manifest import JOURNAL, MANIFEST, ManifestEntry
+from geoseg.inference.manifest import JOURNAL, MANIFEST, ManifestEntry, journal_entries
 from geoseg.inference.report import Status
 from geoseg.io.styles import ClassStyle, class_table
 
@@ -96,13 +96,7 @@ def read_entries(folder: Path) -> dict[str, ManifestEntry]:
             if entry is not None:
                 entries[entry.report.scene] = entry
     if journal.is_file():
-        for line in journal.read_bytes().decode("utf-8", errors="replace").splitlines():
-            try:
-                entry = ManifestEntry.from_json(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill: that scene was not finished
-            if entry is not None:
-                entries[entry.report.scene] = entry
+        entries |= {entry.report.scene: entry for entry in journal_entries(journal)}
     return entries
 
 
@@ -171,10 +165,6 @@ class Archive:
     observations: list[Observation]
     classes: list[ClassStyle]
     skipped: int  # scenes that did not finish (failed, or masked entirely), left out
-
-    @property
-    def has_probabilities(self) -> bool:
-        return all(o.probabilities for o in self.observations)
 
 
 def read_jobs(folders: Sequence[Path]) -> Archive:

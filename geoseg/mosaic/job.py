@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from geoseg.inference.manifest import file_size, write_json_atomic
 from geoseg.io.guard import refuse_overwrite
 from geoseg.io.joblock import job_lock
 from geoseg.mosaic.compose import METHODS, NEEDS_PROBABILITIES, Method
-from geoseg.mosaic.grid import Bounds, Tile, footprint, intersects, make_grid, parse_crs
+from geoseg.mosaic.grid import Bounds, Tile, default_crs, footprint, intersects, make_grid, parse_crs
 from geoseg.mosaic.inputs import Archive, Observation, read_jobs
 from geoseg.mosaic.products import (
     CLASSES_VRT,
@@ -45,6 +45,7 @@ from geoseg.mosaic.products import (
     TileWork,
     publish_single_cog,
     run_tile,
+    tile_files,
     write_vrts,
 )
 from geoseg.progress import meter
@@ -130,7 +131,7 @@ def _select(archive: Archive, options: MosaicOptions) -> list[Observation]:
     return kept
 
 
-def _method(archive: Archive, observations: list[Observation], method: Method | None) -> Method:
+def _method(observations: list[Observation], method: Method | None) -> Method:
     with_probabilities = all(o.probabilities for o in observations)
     chosen: Method = method or ("mean" if with_probabilities else "mode")
     if chosen not in METHODS:
@@ -192,7 +193,7 @@ def owned_files(record: dict[str, Any], out_dir: Path) -> list[Path]:
         files.append(out_dir / name)
     for name, entry in record.get("tiles", {}).items():
         if isinstance(entry, dict) and entry.get("status") == "ok":
-            files += [out_dir / TILES / f"{name}.tif", out_dir / TILES / f"{name}_stats.tif"]
+            files += tile_files(out_dir, name)
     return files
 
 
@@ -201,10 +202,11 @@ def _tile_done(entry: Any, key: str, out_dir: Path, name: str) -> bool:
         return False
     if entry.get("status") == "empty":
         return True
+    classes, stats = tile_files(out_dir, name)
     return (
         entry.get("status") == "ok"
-        and file_size(out_dir / TILES / f"{name}.tif") == entry.get("classes_bytes")
-        and file_size(out_dir / TILES / f"{name}_stats.tif") == entry.get("stats_bytes")
+        and file_size(classes) == entry.get("classes_bytes")
+        and file_size(stats) == entry.get("stats_bytes")
     )
 
 
@@ -245,12 +247,12 @@ def mosaic(
     archive = read_jobs(jobs)
     _guard(out_dir, jobs)
     observations = _select(archive, options)
-    method = _method(archive, observations, options.method)
+    method = _method(observations, options.method)
     crs = parse_crs(options.crs) if options.crs else None
     aoi = None
     bounds = options.bounds
     if crs is None and (options.aoi or options.lonlat_bounds or bounds):
-        crs = make_grid(observations, None, options.resolution, None, options.tile).crs
+        crs = default_crs(observations)
     if options.lonlat_bounds is not None:
         from rasterio.warp import transform_bounds
 
@@ -261,13 +263,7 @@ def mosaic(
             bounds = tuple(aoi.bounds)
     grid = make_grid(observations, crs, options.resolution, bounds, options.tile)
     feet = [(o, footprint(o, grid.crs)) for o in observations]
-    grid_bounds = (
-        grid.transform.c,
-        grid.transform.f + grid.height * grid.transform.e,
-        grid.transform.c + grid.width * grid.transform.a,
-        grid.transform.f,
-    )
-    if not any(intersects(f, grid_bounds) for _, f in feet) or (
+    if not any(intersects(f, grid.bounds) for _, f in feet) or (
         aoi is not None and not any(intersects(f, aoi.bounds) for _, f in feet)
     ):
         where = f"the AOI {options.aoi}" if aoi is not None else "the bounds"
@@ -284,7 +280,7 @@ def mosaic(
     finals = [out_dir / CLASSES_VRT, out_dir / STATS_VRT] + ([out_dir / COG] if options.cog else [])
     inputs = [Path(o.classes) for o in observations] + [Path(o.probabilities) for o in observations if o.probabilities]
     tiles = list(grid.tiles())
-    tile_paths = [out_dir / TILES / f"{t.name}{s}.tif" for t in tiles for s in ("", "_stats")]
+    tile_paths = [path for t in tiles for path in tile_files(out_dir, t.name)]
     refuse_overwrite([*finals, out_dir / RECORD, *tile_paths], inputs, owned_files(record, out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / TILES).mkdir(exist_ok=True)
@@ -361,9 +357,7 @@ def _write_record(
     before: dict[str, Any],
 ) -> None:
     tiles = dict(before.get("tiles", {})) if not outputs else {}
-    tiles |= {name: r.__dict__ | {} for name, r in records.items()}
-    for entry in tiles.values():
-        entry.pop("name", None)
+    tiles |= {name: {k: v for k, v in asdict(r).items() if k != "name"} for name, r in records.items()}
     payload = {
         "geoseg_version": __version__,
         "settings": settings,
@@ -380,5 +374,5 @@ def _remove_stale_tiles(out_dir: Path, before: dict[str, Any], now: dict[str, Ti
         if current is not None and current.status == "ok":
             continue
         if isinstance(entry, dict) and entry.get("status") == "ok":
-            for suffix in ("", "_stats"):
-                (out_dir / TILES / f"{name}{suffix}.tif").unlink(missing_ok=True)
+            for path in tile_files(out_dir, name):
+                path.unlink(missing_ok=True)

@@ -31,6 +31,11 @@ TILES = "tiles"
 CLASSES_VRT, STATS_VRT, COG = "mosaic.vrt", "mosaic_stats.vrt", "mosaic.tif"
 
 
+def tile_files(out_dir: Path, name: str) -> tuple[Path, Path]:
+    """A tile's class COG and stats COG."""
+    return out_dir / TILES / f"{name}.tif", out_dir / TILES / f"{name}_stats.tif"
+
+
 @dataclass
 class TileRecord:
     name: str
@@ -68,8 +73,7 @@ def run_tile(work: TileWork) -> TileRecord:
     ids = [c.id for c in work.classes]
     arrays = compose_tile(tile, grid, work.observations, ids, work.method, inside)
     valid = int(arrays.stats[0].astype(bool).sum())
-    folder = work.out_dir / TILES
-    classes_path, stats_path = folder / f"{tile.name}.tif", folder / f"{tile.name}_stats.tif"
+    classes_path, stats_path = tile_files(work.out_dir, tile.name)
     if valid == 0:
         for path in (classes_path, stats_path):
             path.unlink(missing_ok=True)
