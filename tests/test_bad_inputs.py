@@ -487,6 +487,7 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
         (["assess", str(f["folder"])], str(f["folder"]), "no such sheet"),
         (["mosaic", str(f["missing"]), "--output", str(out / "m0")], str(f["missing"]), "is not a folder"),
         (["mosaic", str(f["folder"]), "--output", str(out / "m1")], str(f["folder"]), "is not a predict job folder"),
+        (["mosaic", str(f["folder"]), "--output", str(a_file)], str(a_file), "is a file; --output takes a folder"),
         (["assess", str(f["html"])], str(f["html"]), "cannot read as a GeoPackage"),
         (["assess", str(f["missing"]), "--out", str(f["folder"])], str(f["folder"]), "is a folder"),
         (  # a local (engineering) CRS has no place on the globe: it was "unexpected error: ProjError"

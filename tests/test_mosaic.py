@@ -306,6 +306,7 @@ def test_aoi_keeps_pixels_inside_and_qgis_shows_the_legend(tmp_path: Path) -> No
         ("zero_resolution", ["--resolution must be a positive"]),
         ("negative_tile", ["--tile-size must be a positive"]),
         ("output_in_job", ["hold one another"]),
+        ("output_is_a_file", ["is a file; --output takes a folder"]),
     ],
 )
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path: Path, case: str, fragments: list[str]) -> None:
@@ -341,10 +342,13 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path: Path, case: str,
         extra = ["--tile-size", "-5"]
     elif case == "output_in_job":
         out = job / "mosaic"
+    elif case == "output_is_a_file":
+        out = tmp_path / "notes.txt"
+        out.write_text("mine")
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     result = run("mosaic", *map(str, jobs), "--output", str(out), *extra)
     _one_line_error(result, *fragments)
-    assert not out.exists()
+    assert not out.exists() or out.read_text() == "mine"
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
 
 

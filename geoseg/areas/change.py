@@ -31,7 +31,7 @@ from rich.console import Console
 from geoseg import __version__
 from geoseg.areas.maps import ClassMap, opened, read_ahead
 from geoseg.errors import GeoSegError
-from geoseg.io.guard import refuse_overwrite
+from geoseg.io.guard import refuse_file_as_folder, refuse_overwrite
 from geoseg.io.joblock import job_lock
 from geoseg.io.raster import SceneInfo, onto_grid
 from geoseg.io.styles import ClassStyle, style_class_raster
@@ -157,8 +157,7 @@ def change(
     """Write ``out_dir/change.tif`` (+ styles), ``transitions.json`` and ``transitions.csv``; returns the record."""
     vector_format = vectorize.fmt if vectorize else None
     outputs = products(out_dir, vector_format)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GeoSegError("is a file; --output takes a folder", out_dir)
+    refuse_file_as_folder(out_dir)
     refuse_overwrite(outputs, [map_a, map_b], _owned(out_dir))
     with contextlib.ExitStack() as held:
         return _change(map_a, map_b, out_dir, no_change, vectorize, console, outputs, held)

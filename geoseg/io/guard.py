@@ -28,6 +28,12 @@ def same_file(a: Path, b: Path) -> bool:
     return real_a == real_b or (inode_a is not None and inode_a == inode_b)
 
 
+def refuse_file_as_folder(out_dir: Path) -> None:
+    """A command that writes a folder of products refuses an ``--output`` that is an existing file, in one line."""
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise GeoSegError("is a file; --output takes a folder", out_dir)
+
+
 def refuse_overwrite(outputs: Iterable[Path], inputs: Iterable[Path], owned: Iterable[Path] = ()) -> None:
     """Raise a one-line :class:`GeoSegError` if an output path is an input, or an existing file not ``owned``."""
     sources = [(p, *_identity(p)) for p in inputs]

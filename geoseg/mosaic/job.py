@@ -31,7 +31,7 @@ from rich.console import Console
 from geoseg import __version__
 from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import file_size, write_json_atomic
-from geoseg.io.guard import refuse_overwrite
+from geoseg.io.guard import refuse_file_as_folder, refuse_overwrite
 from geoseg.io.joblock import job_lock
 from geoseg.mosaic.compose import METHODS, NEEDS_PROBABILITIES, Method
 from geoseg.mosaic.grid import Bounds, Tile, default_crs, footprint, intersects, make_grid, parse_crs
@@ -244,6 +244,7 @@ def mosaic(
     """Make (or bring up to date) the mosaic of ``jobs`` in ``out_dir``; see the module docstring."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    refuse_file_as_folder(out_dir)
     archive = read_jobs(jobs)
     _guard(out_dir, jobs)
     observations = _select(archive, options)
