@@ -284,6 +284,23 @@ def _predict_config_defaults(ctx: click.Context, _param: click.Parameter, path: 
 )
 @click.option("--no-vectorize", is_flag=True, help="No polygons, whatever the job file says.")
 @_polygon_options
+@click.option(
+    "--mask-asset",
+    metavar="KEY",
+    help="STAC asset whose values mask pixels (SCL, qa_pixel): clouds and shadows become nodata everywhere.",
+)
+@click.option(
+    "--mask-file",
+    metavar="PATTERN",
+    help="A mask raster per scene, e.g. '{stem}_mask.tif' beside it (Fmask, s2cloudless, hand-made).",
+)
+@click.option(
+    "--mask-values",
+    metavar="SPEC",
+    help="What masks: scl, scl-snow, qa-pixel, qa-pixel-snow, values (2,4) or bits (bits:1,3); "
+    "default: the asset's preset.",
+)
+@click.option("--mask-buffer", type=float, metavar="METRES", help="Grow masked areas by this distance.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model in each worker (GPU jobs).")
 @click.option(
     "--in-process/--ray",

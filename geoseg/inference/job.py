@@ -42,7 +42,7 @@ from geoseg.inference.outputs import (
     scene_names,
 )
 from geoseg.inference.remote import RemoteFolder, fetch_bundle, spool_folder
-from geoseg.inference.report import SceneReport, Status, job_report, print_summary
+from geoseg.inference.report import FINISHED, SceneReport, Status, job_report, print_summary
 from geoseg.inference.scene import (
     Published,
     SceneRun,
@@ -54,7 +54,9 @@ from geoseg.inference.scene import (
     run_scenes,
 )
 from geoseg.io.joblock import job_lock
+from geoseg.io.masks import MaskOptions, mask_path, scene_mask
 from geoseg.io.objectstore import S3Url, is_s3
+from geoseg.io.paths import is_virtual
 from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
 from geoseg.io.stac import ResultScene, StacFilter, build_item_vrt, write_result_catalog
@@ -166,7 +168,7 @@ def predict_archive(
             todo, stale_vectors = [], []
             vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
             for source, name in plan:
-                identity = source_identity(source.local_files() or [Path(b) for b in source.bands])
+                identity = scene_identity(source, resolved.mask)
                 done = manifest.finished(name, source.text, identity, fingerprint, source.key)
                 if done is None:
                     todo.append((source, name, identity))
@@ -336,16 +338,30 @@ def prepare_job_folder(out_dir: Path) -> None:
         raise GeoSegError(f"cannot write to the job folder ({exc.strerror or exc})", out_dir) from exc
 
 
-def open_source(source: SceneSource, name: str, out_dir: Path) -> SceneInfo:
-    """The scene's header; a band stack or a STAC item is first written as ``stacks/<name>.vrt`` (its errors are
-    its own)."""
+def open_source(source: SceneSource, name: str, out_dir: Path, mask: MaskOptions | None = None) -> SceneInfo:
+    """The scene's header, with its mask when the job has masks; a band stack or a STAC item is first written as
+    ``stacks/<name>.vrt`` (its errors are its own, and so are a missing or unreadable mask's)."""
     if source.error is not None:
         raise GeoSegError(source.error, source.document or source.text)
     if source.assets:
-        return open_scene(build_item_vrt(source.assets, out_dir / STACKS / f"{name}.vrt"))
-    if not source.is_stack:
-        return open_scene(source.bands[0])
-    return open_scene(build_stack_vrt(source.bands, out_dir / STACKS / f"{name}.vrt"))
+        scene = open_scene(build_item_vrt(source.assets, out_dir / STACKS / f"{name}.vrt"))
+    elif not source.is_stack:
+        scene = open_scene(source.bands[0])
+    else:
+        scene = open_scene(build_stack_vrt(source.bands, out_dir / STACKS / f"{name}.vrt"))
+    return scene if mask is None else replace(scene, mask=scene_mask(source, mask))
+
+
+def scene_identity(source: SceneSource, mask: MaskOptions | None) -> str:
+    """What the scene's result depends on besides the job: its files, and its mask file when it has one (a
+    redone cloud mask reruns the scene)."""
+    files = source.local_files() or [Path(b) for b in source.bands]
+    if mask is not None:
+        with contextlib.suppress(GeoSegError):  # no mask: the scene fails when it opens, saying so
+            path = mask_path(source, mask)
+            if not is_virtual(path):
+                files = [*files, Path(path)]
+    return source_identity(files)
 
 
 class _Job:
@@ -377,9 +393,11 @@ class _Job:
 
     def record(self, path: str, name: str, report: SceneReport) -> None:
         with self.lock:
-            if report.status == Status.OK:
+            if report.status in FINISHED:
                 done = f"{path} -> {report.output} ({report.blocks} blocks, {report.seconds:.1f} s)"
-                self.console.print(f"[green]ok[/] {escape(done)}")
+                if report.masked_share is not None:
+                    done += f", {report.masked_share:.1%} masked"
+                self.console.print(f"[green]{report.status}[/] {escape(done)}")
                 if report.error:  # the rasters are published; the polygons are redone by the next run
                     self.console.print(f"[red]failed[/] {escape(report.error)}")
             else:
@@ -390,7 +408,7 @@ class _Job:
             self.manifest.record(
                 report, self.fingerprint, self.identities.get(name, ""), vectors_key, self.keys.get(name)
             )
-            if previous is not None and report.status == Status.OK and self.remote is None:
+            if previous is not None and report.status in FINISHED and self.remote is None:
                 self._remove_superseded(previous.report, report)
             self.recorded += 1
             _kill_for_test(self.recorded)
@@ -487,7 +505,7 @@ class _Job:
                 self.acquired[name] = source.acquired
             sources[name] = source.text
             try:
-                scenes[name] = open_source(source, name, self.out_dir)
+                scenes[name] = open_source(source, name, self.out_dir, self.options.mask)
             except GeoSegError as exc:
                 self.record(source.text, name, self.failed(source.text, name, exc))
         total = sum(scene.width * scene.height for scene in scenes.values()) / 1e6

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from geoseg.io.raster import PadMode
 from geoseg.settings import Strict, read_yaml_mapping, validated
@@ -16,6 +16,7 @@ from geoseg.vector.formats import FORMAT_NAMES
 
 if TYPE_CHECKING:
     from geoseg.inference.options import PredictOptions
+    from geoseg.io.masks import MaskOptions
     from geoseg.io.stac import StacFilter
 
 
@@ -48,6 +49,18 @@ class PredictConfig(Strict):
     min_area: float | None = Field(None, ge=0, description="Minimum mapping unit in m2 (regions merged, a partition).")
     fill_holes: float | None = Field(None, ge=0, description="Fill holes below this area in m2 (inside absorbed).")
     simplify: float | None = Field(None, ge=0, description="Polygon simplification tolerance in map units.")
+    mask_asset: str | None = Field(
+        None, description="STAC asset of each item whose values mask pixels (SCL, qa_pixel): clouds become nodata."
+    )
+    mask_file: str | None = Field(
+        None, description="Mask raster per scene by pattern ({stem}, {name}; relative to the scene's folder)."
+    )
+    mask_values: str | None = Field(
+        None,
+        description="Values that mask: scl, scl-snow, qa-pixel, qa-pixel-snow, values (2,4) or bits (bits:1,3). "
+        "Default: the asset's preset (SCL, qa_pixel).",
+    )
+    mask_buffer: float | None = Field(None, ge=0, description="Grow masked areas by this distance in metres.")
     compile: bool | None = Field(None, description="torch.compile the model in each worker (GPU jobs).")
     in_process: bool | None = Field(None, description="True: in this process; False: on Ray; unset: by job size.")
     ray_address: str | None = Field(None, description="Existing Ray cluster; local Ray by default.")
@@ -58,6 +71,42 @@ class PredictConfig(Strict):
         if value is not None and value not in FORMAT_NAMES:
             raise ValueError(f"one of {', '.join(FORMAT_NAMES)}")
         return value
+
+    @field_validator("mask_values")
+    @classmethod
+    def _mask_rule(cls, value: str | None) -> str | None:
+        if value is not None:
+            from geoseg.io.masks import MaskRule
+
+            MaskRule.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_mask_source(self) -> PredictConfig:
+        if self.mask_asset is not None and self.mask_file is not None:
+            raise ValueError("mask_asset and mask_file: a mask comes from one of them")
+        if self.mask_values is not None and self.mask_asset is None and self.mask_file is None:
+            raise ValueError("mask_values without mask_asset or mask_file: say where the mask is")
+        if self.mask_buffer and self.mask_asset is None and self.mask_file is None:
+            raise ValueError("mask_buffer without mask_asset or mask_file: say where the mask is")
+        if self.mask_file is not None and self.mask_values is None:
+            raise ValueError("mask_file needs mask_values: the values that mean not ground (Fmask: 2,4; 0/1: 1)")
+        if self.mask_asset is not None and self.mask_values is None:
+            from geoseg.io.masks import MaskRule
+
+            if MaskRule.default_for(self.mask_asset) is None:
+                raise ValueError(f"mask_asset {self.mask_asset} has no preset: give mask_values")
+        return self
+
+    def mask_options(self) -> MaskOptions | None:
+        """The job's masks (validated above), or None."""
+        from geoseg.io.masks import MaskOptions, MaskRule
+
+        if self.mask_asset is None and self.mask_file is None:
+            return None
+        rule = MaskRule.parse(self.mask_values) if self.mask_values else MaskRule.default_for(self.mask_asset or "")
+        assert rule is not None
+        return MaskOptions(rule, self.mask_asset, self.mask_file, self.mask_buffer or 0.0)
 
     def predict_options(self) -> PredictOptions:
         """Tiling, padding and outputs of this job (unset tiling values follow the model)."""
@@ -82,6 +131,7 @@ class PredictConfig(Strict):
             pad_mode=self.pad or "reflect",
             probabilities=bool(self.probabilities),
             vectors=vectors,
+            mask=self.mask_options(),
         )
 
     def stac(self) -> StacFilter:

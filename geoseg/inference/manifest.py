@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from geoseg import __version__
 from geoseg.errors import GeoSegError
-from geoseg.inference.report import SceneReport, Status
+from geoseg.inference.report import FINISHED, SceneReport, Status
 from geoseg.io.writer import temp_sibling
 
 MANIFEST = "manifest.json"
@@ -221,7 +221,7 @@ class Manifest:
         """The report of a scene that needs no rerun (status ``skipped``), else None. The source is compared by
         its key when both sides have one (a relative and an absolute spelling of one file are one source)."""
         entry = self.entries.get(name)
-        if entry is None or entry.report.status != Status.OK or entry.fingerprint != fingerprint:
+        if entry is None or entry.report.status not in FINISHED or entry.fingerprint != fingerprint:
             return None
         same = entry.source_key == source_key if entry.source_key and source_key else entry.report.source == source
         if not same or entry.source_identity != identity:
@@ -249,7 +249,7 @@ class Manifest:
         vectors_key: str | None = None,
         source_key: str | None = None,
     ) -> None:
-        ok = report.status == Status.OK
+        ok = report.status in FINISHED
         entry = ManifestEntry(
             report,
             fingerprint,

@@ -29,6 +29,7 @@ from typing import Any
 from geoseg.errors import GeoSegError
 from geoseg.geometry import ModelGeometry
 from geoseg.inference.tiling import BlockGrid, TileGrid
+from geoseg.io.masks import MaskOptions
 from geoseg.io.raster import PadMode, SceneInfo
 from geoseg.vector.polygonize import VectorizeOptions
 
@@ -56,6 +57,7 @@ class PredictOptions:
     pad_mode: PadMode = "reflect"
     probabilities: bool = False
     vectors: VectorizeOptions | None = None  # also polygonize each class raster into <scene>.<vectors.fmt>
+    mask: MaskOptions | None = None  # clouds, shadows: pixels read as nodata (geoseg.io.masks)
     alignment: int = MIN_ALIGNMENT  # tile strides are multiples of this (the model's output stride, at least 32)
     auto_core: int | None = None  # set by resolved() when the tile size is automatic
 
@@ -122,6 +124,10 @@ class PredictOptions:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["vectors"] = self.vectors.key() if self.vectors is not None else None
+        if self.mask is None:
+            del values["mask"]  # absent, not null: jobs from before masks existed keep their fingerprint
+        else:
+            values["mask"] = self.mask.key()
         return values
 
     def model_run_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 
 from geoseg.inference.tiling import Block
+from geoseg.io.masks import read_masked
 from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import OpenDatasets, PadMode, SceneInfo, pixel_dtype, read_tile
 
@@ -29,6 +30,7 @@ class BlockPixels:
     data: np.ndarray  # [bands, height, width] in the pixel type of :func:`geoseg.io.raster.pixel_dtype`
     valid: np.ndarray | None  # [height, width] bool; None when every pixel is valid (the common case)
     read_seconds: float = 0.0
+    masked_pixels: int = 0  # pixels of the block's output window that the scene's mask hides
 
     @property
     def nbytes(self) -> int:
@@ -37,6 +39,7 @@ class BlockPixels:
 
 # One per process: successive blocks of a scene reuse the source blocks the previous one decoded.
 _DATASETS = OpenDatasets()
+_MASKS = OpenDatasets()
 _MIN_BLOCK_CACHE = 16 * 2**20
 _MAX_BLOCK_CACHE = 1024 * 2**20
 
@@ -57,10 +60,17 @@ def block_cache_bytes(scene: SceneInfo, read_height: int) -> int:
 
 
 def read_block(scene: SceneInfo, block: Block, norm: Normalisation, pad_mode: PadMode = "reflect") -> BlockPixels:
-    """Read ``block``'s window of ``scene`` with its validity (nodata, NaN/inf, padding, assumed nodata)."""
+    """Read ``block``'s window of ``scene`` with its validity (nodata, NaN/inf, padding, assumed nodata, and the
+    scene's mask: :mod:`geoseg.io.masks`)."""
     started = time.perf_counter()
     with rasterio.Env(GDAL_CACHEMAX=block_cache_bytes(scene, int(block.read.height))):
         src = _DATASETS.get(scene.path)
         data, valid = read_tile(src, block.read, list(norm.band_indexes), pad_mode, native=True)
         norm.mask_assumed_nodata(data, valid, src.nodata)
-    return BlockPixels(data, None if valid.all() else valid, time.perf_counter() - started)
+        masked_pixels = 0
+        if scene.mask is not None:
+            masked = read_masked(scene, scene.mask, block.read, pad_mode == "reflect", _MASKS)
+            valid &= ~masked
+            r, c = int(block.output.row_off - block.read.row_off), int(block.output.col_off - block.read.col_off)
+            masked_pixels = int(masked[r : r + int(block.output.height), c : c + int(block.output.width)].sum())
+    return BlockPixels(data, None if valid.all() else valid, time.perf_counter() - started, masked_pixels)

@@ -19,7 +19,12 @@ class Status(StrEnum):
     OK = "ok"
     FAILED = "failed"
     SKIPPED = "skipped"  # finished by an earlier run of the same job
+    EMPTY = "empty"  # finished, but its mask hid every pixel: its rasters hold only nodata
     PENDING = "pending"
+
+
+#: Statuses of a scene whose outputs were published by the run that recorded it.
+FINISHED = frozenset({Status.OK, Status.EMPTY})
 
 
 @dataclass
@@ -49,6 +54,9 @@ class SceneReport:
     # acquisition time (a STAC item's datetime; None for plain files). Older records have neither.
     grid: dict[str, Any] | None = None
     acquired: str | None = None
+    # With a mask (clouds, shadows: geoseg.io.masks): the pixels it hid, and their share of the scene.
+    masked_pixels: int | None = None
+    masked_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"status": str(self.status)}
@@ -68,7 +76,8 @@ def job_report(
     seconds: float,
 ) -> dict[str, Any]:
     """report.json: the job summary (scenes run in this invocation) and every scene's entry."""
-    ran = [r for r in reports if r.status == Status.OK]
+    ran = [r for r in reports if r.status in FINISHED]
+    masked = [r for r in ran if r.masked_pixels is not None]
     megapixels = sum(r.pixels for r in ran) / 1e6
     area = sum(r.area_km2 for r in ran)
     stages = {k: round(sum(r.stage_seconds.get(k, 0.0) for r in ran), 3) for k in STAGES}
@@ -81,6 +90,7 @@ def job_report(
         "notes": notes,
         "summary": {
             "scenes_ok": len(ran),
+            "scenes_empty": sum(r.status == Status.EMPTY for r in reports),
             "scenes_failed": sum(r.status == Status.FAILED for r in reports),
             "scenes_skipped": sum(r.status == Status.SKIPPED for r in reports),
             "tiles_run": sum(r.tiles_run for r in ran),
@@ -92,6 +102,9 @@ def job_report(
             "km2_per_hour": round(area / seconds * 3600, 1) if seconds and ran else None,
             "stage_seconds": stages,
             "seam_disagreement": round(seam_bad / seam_pixels, 6) if seam_pixels else None,
+            "masked_share": (
+                round(sum(r.masked_pixels or 0 for r in masked) / sum(r.pixels for r in masked), 6) if masked else None
+            ),
         },
         "scenes": [r.to_dict() for r in reports],
     }
@@ -102,7 +115,11 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     columns). A run that found everything done says so instead of printing zero throughput."""
     s = report["summary"]
     rows = [
-        ("scenes", f"{s['scenes_ok']} ok, {s['scenes_failed']} failed, {s['scenes_skipped']} skipped (done before)")
+        (
+            "scenes",
+            f"{s['scenes_ok']} ok{f' (of which {e} empty: masked whole)' if (e := s.get('scenes_empty')) else ''}, "
+            f"{s['scenes_failed']} failed, {s['scenes_skipped']} skipped (done before)",
+        )
     ]
     if s["scenes_ok"]:
         rows += [
@@ -112,6 +129,8 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             ("stage seconds", ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items())),
             ("seam disagreement", "-" if s["seam_disagreement"] is None else f"{s['seam_disagreement']:.4%}"),
         ]
+        if s.get("masked_share") is not None:
+            rows.append(("masked", f"{s['masked_share']:.2%} of the pixels (clouds, shadows: nodata in the outputs)"))
     elif s["scenes_skipped"]:
         done = [r for r in report["scenes"] if r["status"] == Status.SKIPPED]
         megapixels, area = sum(r["pixels"] for r in done) / 1e6, sum(r["area_km2"] for r in done)

@@ -22,3 +22,4 @@ class BlockResult:
     seam_disagreements: int = 0
     read_seconds: float = 0.0
     model_seconds: float = 0.0
+    masked_pixels: int = 0  # of the output window, hidden by the scene's mask (clouds, shadows)

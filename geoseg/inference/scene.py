@@ -167,6 +167,7 @@ class _Counts:
     read_seconds: float = 0.0
     model_seconds: float = 0.0
     write_seconds: float = 0.0
+    masked_pixels: int = 0
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
@@ -218,6 +219,7 @@ class SceneRun:
         c.read_seconds += result.read_seconds
         c.model_seconds += result.model_seconds
         c.class_pixels += result.class_pixels
+        c.masked_pixels += result.masked_pixels
         self._missing.discard(result.index)
 
     def abort(self) -> None:
@@ -237,10 +239,13 @@ class SceneRun:
         c, scene = self.counts, self.scene
         by_index = [cls.name for cls in self.spec.classes]
         seam = c.seam_disagreements / c.seam_pixels if c.seam_pixels else None
+        pixels = scene.width * scene.height
+        # A scene its mask hides entirely is finished, with nothing in it: "empty", not failed.
+        empty = scene.mask is not None and c.masked_pixels > 0 and not c.class_pixels.any()
         return SceneReport(
             scene=scene.name,
             source=str(scene.path),
-            status=Status.OK,
+            status=Status.EMPTY if empty else Status.OK,
             output=published.outputs.get("output"),
             probabilities=published.outputs.get("probabilities"),
             vectors=published.outputs.get("vectors"),
@@ -249,8 +254,8 @@ class SceneRun:
             tiles_run=c.tiles_run,
             tiles_skipped_nodata=c.tiles_skipped,
             blocks=len(self.blocks),
-            pixels=scene.width * scene.height,
-            area_km2=scene.width * scene.height * scene.pixel_area_m2 / 1e6,
+            pixels=pixels,
+            area_km2=pixels * scene.pixel_area_m2 / 1e6,
             seconds=round(time.perf_counter() - self.started, 3),
             stage_seconds={
                 "read": round(c.read_seconds, 3),
@@ -263,6 +268,8 @@ class SceneRun:
             classes_found={by_index[i]: int(n) for i, n in enumerate(c.class_pixels) if n},
             error=published.vectors_error,
             grid=scene_grid(scene),
+            masked_pixels=c.masked_pixels if scene.mask is not None else None,
+            masked_share=round(c.masked_pixels / pixels, 6) if scene.mask is not None else None,
         )
 
     def finish(self) -> SceneReport:

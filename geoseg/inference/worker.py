@@ -141,5 +141,6 @@ class ModelWorker:
             flush()
         result = blender.result()
         result.read_seconds = pixels.read_seconds
+        result.masked_pixels = pixels.masked_pixels
         result.model_seconds = time.perf_counter() - started
         return result

@@ -6,7 +6,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import rasterio
@@ -18,6 +18,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
+
+if TYPE_CHECKING:
+    from geoseg.io.masks import SceneMask
 
 PadMode = Literal["reflect", "constant", "nodata"]
 _NUMERIC_KINDS = {"u", "i", "f"}
@@ -36,6 +39,7 @@ class SceneInfo:
     transform: Affine
     nodata: float | None
     block_shape: tuple[int, int]
+    mask: SceneMask | None = None  # pixels that are not ground (clouds, shadows): read as nodata
 
     @property
     def name(self) -> str:

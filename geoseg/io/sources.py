@@ -47,6 +47,7 @@ class SceneSource:
     assets: tuple[BandAsset, ...] = ()  # a STAC item's bands, with their scale, offset and nodata
     error: str | None = None  # why this scene cannot be read (a STAC item without a band): fails it alone
     acquired: str | None = None  # a STAC item's datetime (ISO 8601), carried to the result's STAC item
+    item_assets: tuple[tuple[str, str], ...] = ()  # a STAC item's every asset (key, GDAL path): masks, QA
 
     @property
     def document(self) -> str | None:
@@ -144,7 +145,7 @@ def expand_inputs(
 def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter | None) -> list[SceneSource]:
     """One scene per Item of a STAC document; an Item without a band is a scene that fails alone."""
     from geoseg.io.objectstore import stac_io
-    from geoseg.io.stac import BadItem, StacFilter, item_bands, read_items
+    from geoseg.io.stac import BadItem, StacFilter, item_assets, item_bands, read_items
 
     if band_names is None:
         raise GeoSegError("STAC inputs need a model bundle that names its bands", href)
@@ -162,13 +163,14 @@ def stac_scenes(href: str, band_names: list[str] | None, stac_filter: StacFilter
         text = f"{href}#{item.id}" + (f"@{seen[item.id]}" if seen[item.id] > 1 else "")
         when = item.datetime or item.common_metadata.start_datetime
         acquired = when.isoformat() if when else None
+        others = item_assets(item)
         try:
             assets = tuple(item_bands(item, band_names))
         except GeoSegError as exc:
             scenes.append(SceneSource(text, (href,), name=item.id, error=str(exc), acquired=acquired))
             continue
         bands = tuple(a.href for a in assets)
-        scenes.append(SceneSource(text, bands, name=item.id, assets=assets, acquired=acquired))
+        scenes.append(SceneSource(text, bands, name=item.id, assets=assets, acquired=acquired, item_assets=others))
     return scenes
 
 

@@ -271,6 +271,11 @@ def item_bands(item: pystac.Item, names: Sequence[str]) -> list[BandAsset]:
     return [found[n] for n in names]
 
 
+def item_assets(item: pystac.Item) -> tuple[tuple[str, str], ...]:
+    """Every asset of an item as (key, GDAL path): a mask (``SCL``, ``qa_pixel``) is found among them."""
+    return tuple((key, _gdal_href(asset.get_absolute_href() or asset.href)) for key, asset in item.assets.items())
+
+
 def _number(value: Any, item: pystac.Item, key: str, field: str) -> float:
     """A ``raster:bands`` scale or offset: a finite number (``null`` ended the whole job with exit 2)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

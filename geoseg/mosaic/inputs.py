@@ -27,7 +27,7 @@ from rasterio.transform import Affine, array_bounds
 
 from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import JOURNAL, MANIFEST, ManifestEntry, journal_entries
-from geoseg.inference.report import Status
+from geoseg.inference.report import FINISHED, Status
 from geoseg.io.styles import ClassStyle, class_table
 
 EPOCH = date(1970, 1, 1)
@@ -181,7 +181,7 @@ def read_jobs(folders: Sequence[Path]) -> Archive:
             continue  # one job named twice is one job
         seen.add(real)
         entries = read_entries(folder)
-        finished = [e for e in entries.values() if e.report.status in (Status.OK, Status.SKIPPED) and e.report.output]
+        finished = [e for e in entries.values() if e.report.status in FINISHED | {Status.SKIPPED} and e.report.output]
         skipped += len(entries) - len(finished)
         if not finished:
             raise GeoSegError("has no finished scene to mosaic", folder / MANIFEST)
