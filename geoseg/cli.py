@@ -697,7 +697,7 @@ def assess(sheet: Path, out: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("jobs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("jobs", nargs=-1, required=True)
 @click.option(
     "--output", "--out", "output", type=click.Path(path_type=Path), required=True, help="Folder for the mosaic."
 )
@@ -727,9 +727,14 @@ def assess(sheet: Path, out: Path | None) -> None:
     default=None,
     help="Run the tiles here or on Ray (default: by the mosaic's size).",
 )
+@click.option(
+    "--stac-items/--no-stac-items",
+    default=False,
+    help="Also describe the mosaic as a STAC Collection: stac/collection.json and one Item per tile.",
+)
 @click.option("--ray-address", envvar="RAY_ADDRESS", help="Existing Ray cluster; local Ray by default.")
 def mosaic(
-    jobs: tuple[Path, ...],
+    jobs: tuple[str, ...],
     output: Path,
     method: str | None,
     crs: str | None,
@@ -748,14 +753,17 @@ def mosaic(
     simplify: float,
     workers: int | None,
     in_process: bool | None,
+    stac_items: bool,
     ray_address: str | None,
 ) -> None:
-    """One map of a place and a period from finished predict jobs (JOBS: their folders), in tiles and a VRT.
+    """One map of a place and a period from finished predict jobs (JOBS: their folders or s3:// prefixes), in
+    tiles and a VRT.
 
     Writes OUTPUT/tiles/ (a class COG and a stats COG per tile: count, confidence, agreement, date),
     mosaic.vrt (classes, with names, colours and a QGIS style), mosaic_stats.vrt and mosaic.json (the record a
     rerun resumes from: only tiles whose scenes changed are redone).
     """
+    from geoseg.io.objectstore import is_s3
     from geoseg.mosaic.job import MosaicOptions, parse_bounds, parse_period
     from geoseg.mosaic.job import mosaic as run_mosaic
 
@@ -774,8 +782,9 @@ def mosaic(
         workers=workers,
         ray_address=ray_address,
         in_process=in_process,
+        stac_items=stac_items,
     )
-    summary = run_mosaic(list(jobs), output, options, console)
+    summary = run_mosaic([j if is_s3(j) else Path(j) for j in jobs], output, options, console)
     left = ", ".join(f"{n} {why}" for why, n in summary.left_out.items() if n)
     console.print(
         f"{summary.observations} scene(s) by {summary.method}{f' ({left} left out)' if left else ''}: "
@@ -790,8 +799,25 @@ def mosaic(
 @click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--size", type=click.IntRange(min=64), default=1024, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(out: Path, scenes: int, size: int, seed: int) -> None:
+@click.option(
+    "--series",
+    is_flag=True,
+    help="Instead: repeated, overlapping, cloudy acquisitions of one place across UTM zones 32N/33N, as a STAC "
+    "catalogue with an SCL-like mask asset and the truth (truth.gpkg).",
+)
+def synth(out: Path, scenes: int, size: int, seed: int, series: bool) -> None:
     """Write synthetic georeferenced scenes with label rasters and label polygons."""
+    from geoseg.io.guard import refuse_file_as_folder
+
+    refuse_file_as_folder(out)
+    if series:
+        from geoseg.synth_series import make_series
+
+        archive = make_series(out, scenes, size, seed)
+        for item in archive.scenes:
+            click.echo(f"{item.item}  EPSG:{item.epsg}  {item.acquired:%Y-%m-%d}  clouds {item.cloud_share:.0%}")
+        click.echo(f"catalogue: {archive.catalog}  truth: {archive.truth}")
+        return
     from geoseg.synth import make_archive
 
     for scene in make_archive(out, scenes, size, seed):

@@ -1,5 +1,5 @@
 """``geoseg demo``: synthesise an archive, train with Ray Train, predict with Ray actors, vectorize, estimate areas
-from a sample, report."""
+from a sample, then map a place from a cloudy archive across two UTM zones (masks, mosaic), report."""
 
 from __future__ import annotations
 
@@ -22,9 +22,12 @@ from geoseg.evaluate import evaluate
 from geoseg.inference.job import predict_archive
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.options import PredictOptions
+from geoseg.io.masks import MaskOptions, MaskRule
 from geoseg.metrics import summarize
-from geoseg.quicklook import quicklook
+from geoseg.mosaic.job import MosaicOptions, mosaic, parse_period
+from geoseg.quicklook import mosaic_figure, quicklook
 from geoseg.synth import make_archive
+from geoseg.synth_series import SynthSeries, make_series, truth_on_grid
 from geoseg.training.config import load_config
 from geoseg.training.data import split_scenes
 from geoseg.training.loop import train
@@ -45,7 +48,7 @@ def run_demo(
     console = console or Console(soft_wrap=True)
     workdir = Path(workdir).resolve()
     started = time.perf_counter()
-    console.rule("[bold]1/6 synthesise")
+    console.rule("[bold]1/7 synthesise")
     archive = make_archive(workdir / "synthetic", scenes=scenes, size=size, seed=0)
     console.print(
         f"{len(archive)} scenes of {size} x {size} px in EPSG:"
@@ -57,16 +60,16 @@ def run_demo(
         console.print(
             f"Ray: {int(ray.cluster_resources().get('CPU', 0))} CPUs, {int(ray.cluster_resources().get('GPU', 0))} GPUs"
         )
-        console.rule("[bold]2/6 train (Ray Train)")
+        console.rule("[bold]2/7 train (Ray Train)")
         t0 = time.perf_counter()
         bundle = train(cfg, workdir / "train", console=console)
         train_seconds = time.perf_counter() - t0
-        console.rule("[bold]3/6 predict (Ray actors)")
+        console.rule("[bold]3/7 predict (Ray actors)")
         options = PredictOptions()  # tiles, halo and blocks from the model's receptive field
         reports = predict_archive(
             bundle, [str(s.image) for s in archive], workdir / "predictions", options, console=console, in_process=False
         )
-    console.rule("[bold]4/6 vectorize and export")
+    console.rule("[bold]4/7 vectorize and export")
     spec = load_spec(bundle)
     held_out = {str(s.info.path) for s in split_scenes(cfg).val}
     vectors = workdir / "vectors"
@@ -93,11 +96,13 @@ def run_demo(
                 "iou": {k: v["iou"] for k, v in metrics["per_class"].items()},
             }
         )
-    console.rule("[bold]5/6 areas with confidence intervals")
+    console.rule("[bold]5/7 areas with confidence intervals")
     names = {c.id: c.name for c in spec.classes}
     done = [(s, r) for s, r in zip(archive, reports, strict=True) if r.status == "ok" and r.output is not None]
     areas = _areas(workdir / "areas", *min(done, key=lambda d: str(d[0].image) not in held_out)) if done else None
-    console.rule("[bold]6/6 report")
+    console.rule("[bold]6/7 a map of a place: cloudy scenes across two UTM zones, masked, one mosaic")
+    place = _map_of_a_place(workdir, bundle, max(192, size // 2), console)
+    console.rule("[bold]7/7 report")
     overall = summarize(total_cm, names) if total_cm is not None else {"miou": None, "per_class": {}}
     report_json = {
         "workdir": str(workdir),
@@ -110,10 +115,92 @@ def run_demo(
         "validation": spec.metrics,
         "scenes": scene_rows,
         "areas": areas,
+        "place": place,
     }
     write_json_atomic(workdir / "report.json", report_json)
     _print_summary(console, report_json)
     return report_json
+
+
+def _map_of_a_place(workdir: Path, bundle: Path, size: int, console: Console) -> dict[str, Any]:
+    """An archive of 6 cloudy acquisitions of one place in UTM zones 32N and 33N (``geoseg synth --series``),
+    predicted twice (with the SCL mask, and without: what a user without masks gets), each job mosaicked for
+    2024 onto one grid, and every product scored against the truth."""
+    series = make_series(workdir / "archive", scenes=6, size=size, seed=0)
+    mask = MaskOptions(MaskRule.parse("scl"), asset="SCL", buffer_m=4.0)
+    results: dict[str, Any] = {"catalog": str(series.catalog), "truth": str(series.truth)}
+    for label, masks in (("masked", mask), ("unmasked", None)):
+        job = workdir / f"archive_{label}"
+        reports = predict_archive(
+            bundle, [str(series.catalog)], job, PredictOptions(probabilities=True, mask=masks), console=console
+        )
+        options = MosaicOptions(
+            period=parse_period("2024"), vectors=VectorizeOptions(fmt="gpkg") if masks is not None else None
+        )
+        summary = mosaic([job], workdir / f"mosaic_{label}", options, console)
+        results[label] = {
+            "job": str(job),
+            "mosaic": str(workdir / f"mosaic_{label}" / summary.outputs["classes"]),
+            "scenes": _scene_scores(series, reports),
+        } | _mosaic_score(series, workdir / f"mosaic_{label}")
+    masked = results["masked"]
+    results["figure"] = str(
+        mosaic_figure(
+            masked["mosaic"],
+            Path(masked["mosaic"]).with_name("mosaic_stats.vrt"),
+            results["unmasked"]["mosaic"],
+            series.truth,
+            load_spec(bundle).classes,
+            workdir / "mosaic.png",
+        )
+    )
+    return results
+
+
+def _scene_scores(series: SynthSeries, reports: list[Any]) -> list[dict[str, Any]]:
+    """Each scene's accuracy over the ground it maps, and the share of its ground it maps."""
+    rows = []
+    truth_files = {s.id: s for s in series.scenes}
+    for report in reports:
+        if report.output is None:
+            continue
+        scene = truth_files[report.scene]
+        with rasterio.open(report.output) as pred_src, rasterio.open(scene.labels) as truth_src:
+            pred, truth = pred_src.read(1), truth_src.read(1)
+            mapped, ground = pred_src.read_masks(1) > 0, truth_src.read_masks(1) > 0
+        scored = mapped & ground
+        rows.append(
+            {
+                "scene": report.scene,
+                "acquired": scene.acquired.date().isoformat(),
+                "epsg": scene.epsg,
+                "clouds": round(scene.cloud_share, 4),
+                "mapped_share": round(float(scored.sum() / ground.sum()), 4),
+                "accuracy": round(float((pred[scored] == truth[scored]).mean()), 4) if scored.any() else None,
+            }
+        )
+    return rows
+
+
+def _mosaic_score(series: SynthSeries, folder: Path) -> dict[str, Any]:
+    """The mosaic against the truth painted on its grid: accuracy and mIoU over the pixels it maps, and the
+    share of its grid it maps."""
+    with rasterio.open(folder / "mosaic.vrt") as src:
+        pred, mapped = src.read(1), src.read_masks(1) > 0
+        truth = truth_on_grid(series.truth, src.crs, src.transform, src.width, src.height)
+        crs = src.crs.to_string()
+    with rasterio.open(folder / "mosaic_stats.vrt") as stats:
+        count = stats.read(1)
+    cm = np.zeros((256, 256), dtype=np.int64)
+    np.add.at(cm, (truth[mapped].astype(int), pred[mapped].astype(int)), 1)
+    scores = summarize(cm)
+    return {
+        "crs": crs,
+        "mapped_share": round(float(mapped.mean()), 4),
+        "accuracy": round(float(scores["pixel_accuracy"]), 4),
+        "miou": round(float(scores["miou"]), 4),
+        "mean_observations": round(float(count[mapped].mean()), 2),
+    }
 
 
 def _areas(folder: Path, scene: Any, report: Any) -> dict[str, Any]:
@@ -192,4 +279,42 @@ def _print_summary(console: Console, report: dict[str, Any]) -> None:
             table.add_row(name, f"{row['mapped_ha']:.2f}", f"{row['estimated_ha']:.2f}", ci, f"{row['true_ha']:.2f}")
         console.print(table)
         console.print(f"sampling sheet: {areas['sheet']}  (geoseg sample; geoseg assess)", markup=False)
+    if report.get("place"):
+        _print_place(console, report["place"])
     console.print(f"report:         {workdir / 'report.json'}", markup=False)
+
+
+def _print_place(console: Console, place: dict[str, Any]) -> None:
+    masked, unmasked = place["masked"], place["unmasked"]
+    table = Table(title="a map of a place: 6 cloudy acquisitions, zones 32N/33N, vs the truth (accuracy where mapped)")
+    for column in ("product", "date", "EPSG", "clouds", "mapped", "accuracy masked", "accuracy unmasked"):
+        table.add_column(column, justify="left" if column in ("product", "date") else "right")
+    plain = {row["scene"]: row for row in unmasked["scenes"]}
+    for row in masked["scenes"]:
+        other = plain.get(row["scene"], {})
+        table.add_row(
+            row["scene"],
+            row["acquired"],
+            str(row["epsg"]),
+            f"{row['clouds']:.0%}",
+            f"{row['mapped_share']:.0%}",
+            "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}",
+            "-" if other.get("accuracy") is None else f"{other['accuracy']:.3f}",
+        )
+    table.add_row(
+        "mosaic 2024 (mean)",
+        "2024",
+        masked["crs"].removeprefix("EPSG:"),
+        "-",
+        f"{masked['mapped_share']:.0%}",
+        f"{masked['accuracy']:.3f}",
+        f"{unmasked['accuracy']:.3f}",
+    )
+    console.print(table)
+    console.print(
+        f"mosaic mIoU {masked['miou']:.3f} with masks, {unmasked['miou']:.3f} without; "
+        f"{masked['mean_observations']:.1f} clear observations per pixel on average",
+        markup=False,
+    )
+    console.print(f"mosaic:         {masked['mosaic']} (+ mosaic_stats.vrt, polygons)", markup=False)
+    console.print(f"figure:         {place['figure']}", markup=False)

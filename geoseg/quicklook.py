@@ -66,3 +66,57 @@ def quicklook(
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def mosaic_figure(
+    mosaic: str | Path,
+    stats: str | Path,
+    unmasked: str | Path,
+    truth: str | Path,
+    classes: Sequence[ClassSpec],
+    out: str | Path,
+    max_side: int = 700,
+) -> Path:
+    """Write a PNG of a mosaic beside the same mosaic made without masks, its count band (clear observations per
+    pixel) and the truth (a ``truth.gpkg`` of :mod:`geoseg.synth_series`, painted on the mosaic's grid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from geoseg.synth_series import truth_on_grid
+
+    with rasterio.open(mosaic) as src:
+        scale = max(1.0, max(src.width, src.height) / max_side)
+        shape = (max(1, int(src.height / scale)), max(1, int(src.width / scale)))
+        masked = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        grid = (src.crs, src.transform * src.transform.scale(src.width / shape[1], src.height / shape[0]))
+    with rasterio.open(unmasked) as src:
+        plain = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    with rasterio.open(stats) as src:
+        count = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    painted = truth_on_grid(Path(truth), grid[0], grid[1], shape[1], shape[0])
+    palette = np.ones((256, 3), dtype=np.float32)
+    for c in classes:
+        palette[c.id] = np.array(c.color) / 255
+    fig, axes = plt.subplots(1, 4, figsize=(20, 5.6))
+    for ax, picture, title in (
+        (axes[0], palette[plain], "mosaic without masks"),
+        (axes[1], palette[masked], "mosaic with SCL masks"),
+        (axes[3], palette[painted], "truth"),
+    ):
+        ax.imshow(picture)
+        ax.set_title(title)
+        ax.set_axis_off()
+    shown = axes[2].imshow(np.ma.masked_equal(count, 0), cmap="viridis")
+    axes[2].set_title("count: clear observations per pixel")
+    axes[2].set_axis_off()
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    handles = [Patch(color=palette[c.id], label=c.name) for c in classes]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    out = Path(out)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -73,7 +73,7 @@ def _rotated_rect(rng: np.random.Generator, center: tuple[float, float], w: floa
     return shapely.affinity.rotate(rect, float(rng.uniform(0, 180)), origin="centroid")
 
 
-def _features(rng: np.random.Generator, extent: float) -> list[tuple[Polygon, int, float]]:
+def landscape(rng: np.random.Generator, extent: float) -> list[tuple[Polygon, int, float]]:
     """(geometry in scene metres, class id, brightness factor) in painting order: later wins."""
 
     def pt() -> tuple[float, float]:
@@ -111,7 +111,7 @@ def _features(rng: np.random.Generator, extent: float) -> list[tuple[Polygon, in
     return shapes
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     """Gaussian-filtered white noise with unit variance (FFT filter; no SciPy needed)."""
     noise = rng.standard_normal(shape)
     fy = np.fft.fftfreq(shape[0])[:, None]
@@ -119,6 +119,36 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: fl
     kernel = np.exp(-2 * (np.pi * sigma_px) ** 2 * (fx**2 + fy**2))
     smooth = np.fft.irfft2(np.fft.rfft2(noise) * kernel, s=shape)
     return smooth / (smooth.std() + 1e-12)
+
+
+def paint(
+    shapes: list[tuple[Polygon, int, float]], shape: tuple[int, int], transform: Affine
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids and brightness factors of ``shapes`` (painting order: later wins) on a grid; grassland elsewhere."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    brightness = np.ones(shape, dtype=np.float32)
+    for geom, class_id, bright in shapes:
+        burned = features.rasterize([(geom, 1)], out_shape=shape, transform=transform, dtype="uint8") > 0
+        labels[burned] = class_id
+        brightness[burned] = bright
+    return labels, brightness
+
+
+def reflectance(labels: np.ndarray, brightness: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Surface reflectance ``[band, h, w]`` (float32) of a painted landscape: each cover's spectrum, its
+    object's brightness, smooth texture and sensor noise."""
+    spectra = np.array([c.reflectance for c in CLASSES], dtype=np.float32)  # [class, band]
+    texture = smooth_noise(rng, labels.shape, 6).astype(np.float32)
+    out = np.empty((len(BANDS), *labels.shape), dtype=np.float32)
+    for b in range(len(BANDS)):
+        out[b] = spectra[labels, b] * brightness * (1 + 0.06 * texture)
+        out[b] += rng.normal(0, 0.004, labels.shape).astype(np.float32)
+    return out
+
+
+def to_digital_numbers(values: np.ndarray) -> np.ndarray:
+    """Reflectance as the archive stores it: x 10 000 in uint16, 0 kept for nodata."""
+    return np.clip(np.round(values * 10_000), 1, 65_535).astype(np.uint16)
 
 
 def make_scene(out_dir: Path, index: int, size: int, seed: int) -> SynthScene:
@@ -129,24 +159,12 @@ def make_scene(out_dir: Path, index: int, size: int, seed: int) -> SynthScene:
     transform = Affine(PIXEL_SIZE, 0, origin[0], 0, -PIXEL_SIZE, origin[1])
     extent = size * PIXEL_SIZE
     scene_grid = Affine(PIXEL_SIZE, 0, 0, 0, -PIXEL_SIZE, extent)  # pixels -> scene metres (y up)
-    shapes = _features(rng, extent)
-    labels = np.zeros((size, size), dtype=np.uint8)
-    brightness = np.ones((size, size), dtype=np.float32)
-    for geom, class_id, bright in shapes:
-        burned = features.rasterize([(geom, 1)], out_shape=labels.shape, transform=scene_grid, dtype="uint8") > 0
-        labels[burned] = class_id
-        brightness[burned] = bright
+    labels, brightness = paint(landscape(rng, extent), (size, size), scene_grid)
     # A nodata collar (the ragged edge of a swath) in one corner.
     cut = rng.uniform(0.15, 0.3) * size
     rows, cols = np.mgrid[0:size, 0:size]
-    nodata = (rows + cols) < cut + 6 * _smooth_noise(rng, labels.shape, 20)
-    spectra = np.array([c.reflectance for c in CLASSES], dtype=np.float32)  # [class, band]
-    texture = _smooth_noise(rng, labels.shape, 6).astype(np.float32)
-    image = np.empty((len(BANDS), size, size), dtype=np.uint16)
-    for b in range(len(BANDS)):
-        reflectance = spectra[labels, b] * brightness * (1 + 0.06 * texture)
-        reflectance += rng.normal(0, 0.004, labels.shape).astype(np.float32)
-        image[b] = np.clip(np.round(reflectance * 10_000), 1, 65_535)
+    nodata = (rows + cols) < cut + 6 * smooth_noise(rng, labels.shape, 20)
+    image = to_digital_numbers(reflectance(labels, brightness, rng))
     image[:, nodata] = 0
     labels[nodata] = LABEL_NODATA
 

@@ -40,7 +40,9 @@ def test_scl_values_at_20m_are_decoded_on_the_10m_grid(tmp_path) -> None:
     write_geotiff(scl, values[None], transform=Affine(20, 0, 500_000, 0, -20, 5_800_000))
     scene = open_scene(_scene_on(tmp_path / "scene.tif", 32, 32))
     for preset, hidden in (("scl", {0, 3, 8, 9, 10}), ("scl-snow", {0, 3, 8, 9, 10, 11})):
-        masked = read_masked(scene, SceneMask(str(scl), MaskRule.parse(preset)), Window(0, 0, 32, 32), False, OpenDatasets())
+        masked = read_masked(
+            scene, SceneMask(str(scl), MaskRule.parse(preset)), Window(0, 0, 32, 32), False, OpenDatasets()
+        )
         expected = np.isin(values, sorted(hidden)).repeat(2, axis=0).repeat(2, axis=1)
         assert np.array_equal(masked, expected), preset
         assert masked.sum() == 4 * len(hidden)
@@ -54,7 +56,9 @@ def test_qa_pixel_bits_are_decoded_as_the_collection_2_guide_says(tmp_path) -> N
     write_geotiff(qa, values[None], transform=SCENE_TRANSFORM)
     scene = open_scene(_scene_on(tmp_path / "scene.tif", 256, 256))
     for preset, bits in (("qa-pixel", (0, 1, 2, 3, 4)), ("qa-pixel-snow", (0, 1, 2, 3, 4, 5))):
-        masked = read_masked(scene, SceneMask(str(qa), MaskRule.parse(preset)), Window(0, 0, 256, 256), False, OpenDatasets())
+        masked = read_masked(
+            scene, SceneMask(str(qa), MaskRule.parse(preset)), Window(0, 0, 256, 256), False, OpenDatasets()
+        )
         expected = np.zeros(values.shape, bool)
         for bit in bits:
             expected |= (values >> bit) & 1 == 1
@@ -67,7 +71,12 @@ def test_qa_pixel_bits_are_decoded_as_the_collection_2_guide_says(tmp_path) -> N
 
 @pytest.mark.parametrize(
     ("text", "values", "bits"),
-    [("2,4", {2, 4}, set()), ("bits:1,3", set(), {1, 3}), ("SCL", {0, 3, 8, 9, 10}, set()), ("qa_pixel", set(), {0, 1, 2, 3, 4})],
+    [
+        ("2,4", {2, 4}, set()),
+        ("bits:1,3", set(), {1, 3}),
+        ("SCL", {0, 3, 8, 9, 10}, set()),
+        ("qa_pixel", set(), {0, 1, 2, 3, 4}),
+    ],
 )
 def test_rules_parse(text: str, values: set[int], bits: set[int]) -> None:
     rule = MaskRule.parse(text)
@@ -76,7 +85,7 @@ def test_rules_parse(text: str, values: set[int], bits: set[int]) -> None:
 
 @pytest.mark.parametrize("text", ["clouds", "bits:40", "", "2;4", "-1"])
 def test_bad_rules_say_what_is_expected(text: str) -> None:
-    with pytest.raises(ValueError, match="preset|bits are numbered"):
+    with pytest.raises(ValueError, match=r"preset|bits are numbered"):
         MaskRule.parse(text)
 
 
@@ -170,7 +179,9 @@ def test_masked_pixels_are_nodata_in_every_output_and_whole_masked_tiles_skip_th
         "predict", "--model", str(bundle), str(scene), "--output", str(masked_job), "--probabilities",
         "--mask-file", "{stem}_mask.tif", "--mask-values", "2,4", "--mask-buffer", "15", "--vectorize", "gpkg", *TILING,
     )  # fmt: skip
-    assert again.returncode == 0 and "0 ok" in again.stderr + again.stdout and "1 skipped" in again.stderr + again.stdout
+    assert (
+        again.returncode == 0 and "0 ok" in again.stderr + again.stdout and "1 skipped" in again.stderr + again.stdout
+    )
     cloud[:, :] = 0
     write_geotiff(tmp_path / "in" / "s1_mask.tif", cloud[None], transform=Affine(20, 0, 500_000, 0, -20, 5_800_000))
     redo = run(
@@ -228,7 +239,17 @@ def test_a_stac_scl_asset_masks_its_item_and_an_item_without_it_fails_alone(tmp_
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli.cli,
-        ["predict", "--model", str(s2_bundle), str(collection), "--output", str(out), "--mask-asset", "SCL", "--in-process"],
+        [
+            "predict",
+            "--model",
+            str(s2_bundle),
+            str(collection),
+            "--output",
+            str(out),
+            "--mask-asset",
+            "SCL",
+            "--in-process",
+        ],
     )
     assert result.exit_code == 1, result.output
     assert "STAC item 'no-scl' has no mask asset 'SCL'; its assets: B02, B03, B04, B08, B11, thumbnail" in result.output

@@ -412,3 +412,45 @@ def test_polygons_of_a_mosaic_cross_tile_edges_and_cover_it(tmp_path: Path) -> N
     whole = tmp_path / "whole.gpkg"
     assert run("vectorize", str(job / "a.tif"), "--output", str(whole)).returncode == 0
     assert len(frame) == len(pyogrio.read_dataframe(whole, layer="whole"))  # no polygon cut at a tile edge
+
+
+def test_stac_items_describe_each_tile_with_the_period_and_are_replaced_on_rerun(tmp_path: Path) -> None:
+    import pystac
+
+    rng = np.random.default_rng(9)
+    scenes = [
+        FakeScene(f"s{i}", random_probabilities(rng, 64, 64), _shifted(64 * i, 0), acquired=f"2024-0{i + 4}-10")
+        for i in range(3)
+    ]
+    job = write_job(tmp_path / "job", scenes)
+    out = tmp_path / "m"
+    result = run("mosaic", str(job), "--output", str(out), "--tile-size", "64", "--stac-items", "--period", "2024")
+    assert result.returncode == 0, result.stderr
+    collection = pystac.Collection.from_file(str(out / "stac" / "collection.json"))
+    items = sorted(collection.get_items(recursive=True), key=lambda i: i.id)
+    assert [i.id for i in items] == ["r000_c000", "r000_c001", "r000_c002"]
+    interval = collection.extent.temporal.intervals[0]
+    assert (interval[0].isoformat()[:10], interval[1].isoformat()[:10]) == ("2024-01-01", "2024-12-31")
+    for item in items:
+        assert item.properties["start_datetime"].startswith("2024-01-01") and item.datetime is None
+        classes_file = Path(item.assets["classes"].get_absolute_href())
+        assert classes_file.resolve() == (out / "tiles" / f"{item.id}.tif").resolve()
+        assert Path(item.assets["stats"].get_absolute_href()).resolve() == classes_file.with_name(
+            f"{item.id}_stats.tif"
+        )
+        with rasterio.open(classes_file) as src:
+            assert item.properties["proj:code"] == src.crs.to_string() and item.properties["proj:shape"] == [64, 64]
+            assert item.properties["proj:transform"] == list(src.transform)[:6]
+        names = [(c["value"], c["name"]) for c in item.assets["classes"].extra_fields["classification:classes"]]
+        assert names == [(c, CLASSES[c]) for c in IDS]
+    # Run again over two scenes only: the collection is rewritten, the third tile's item is gone with its tile.
+    job2 = write_job(tmp_path / "job2", scenes[:2])
+    result = run("mosaic", str(job2), "--output", str(tmp_path / "m2"), "--tile-size", "64", "--stac-items")
+    assert result.returncode == 0, result.stderr
+    shrunk = pystac.Collection.from_file(str(tmp_path / "m2" / "stac" / "collection.json"))
+    assert sorted(i.id for i in shrunk.get_items(recursive=True)) == ["r000_c000", "r000_c001"]
+    # A stac/ folder this mosaic did not write is refused before anything is written.
+    (tmp_path / "m3" / "stac").mkdir(parents=True)
+    refused = run("mosaic", str(job), "--output", str(tmp_path / "m3"), "--stac-items")
+    _one_line_error(refused, "was not written by this mosaic")
+    assert sorted(p.name for p in (tmp_path / "m3").iterdir()) == ["stac"]

@@ -298,3 +298,27 @@ def test_a_bucket_glob_or_prefix_is_one_scene_per_raster_object(s3, archive, bun
     assert done.returncode == 1 and (done.stdout + done.stderr).strip().splitlines() == [
         "geoseg: error: s3://archive/nowhere/*.tif: no input scenes found"
     ], done.stdout + done.stderr
+
+
+def test_a_mosaic_reads_a_job_from_its_bucket_prefix_as_from_its_folder(
+    s3, archive, bundle, tmp_path, monkeypatch
+) -> None:
+    import numpy as np
+    import rasterio
+
+    monkeypatch.setenv("GEOSEG_SPOOL", str(tmp_path / "spool"))
+    assert _predict(bundle, archive["remote"], "s3://results/mjob/", "--probabilities")[0] == 1  # no-nir fails alone
+    assert _predict(bundle, str(archive["local"]), str(tmp_path / "local"), "--probabilities")[0] == 1
+    runner = CliRunner()
+    remote = runner.invoke(cli.cli, ["mosaic", "s3://results/mjob/", "--output", str(tmp_path / "from-bucket")])
+    assert remote.exit_code == 0, remote.output
+    local = runner.invoke(cli.cli, ["mosaic", str(tmp_path / "local"), "--output", str(tmp_path / "from-disk")])
+    assert local.exit_code == 0, local.output
+    for name in ("mosaic.vrt", "mosaic_stats.vrt"):
+        with rasterio.open(tmp_path / "from-bucket" / name) as a, rasterio.open(tmp_path / "from-disk" / name) as b:
+            assert np.array_equal(a.read(), b.read()) and a.transform == b.transform
+    with rasterio.open(tmp_path / "from-bucket" / "mosaic_stats.vrt") as stats:
+        assert stats.read(1).max() == 2  # clear and cloudy overlap everywhere
+    missing = runner.invoke(cli.cli, ["mosaic", "s3://results/nothing-here/", "--output", str(tmp_path / "none")])
+    assert str(missing.exception) == "s3://results/nothing-here/: is not a predict job prefix (no manifest.json)"
+    assert not (tmp_path / "none").exists()

@@ -61,3 +61,50 @@ def test_label_polygons_rasterise_to_the_label_raster(tmp_path) -> None:
     np.testing.assert_array_equal(burned, labels)
     names = {c.id: c.name for c in CLASSES}
     assert all(names[i] == n for i, n in zip(frame.class_id, frame.class_name, strict=True))
+
+
+def test_a_series_is_one_place_seen_cloudy_in_two_zones_as_stac(tmp_path) -> None:
+    """geoseg synth --series: repeated acquisitions of one landscape in UTM 32N and 33N, each a STAC item with a
+    date, an SCL asset at twice the pixel size flagging every cloudy pixel, and labels equal to the truth."""
+    from datetime import UTC, datetime
+
+    from geoseg.io.stac import item_assets, read_items
+    from geoseg.synth_series import SCL_CLOUD_HIGH, SCL_CLOUD_MEDIUM, make_series, truth_on_grid
+
+    series = make_series(tmp_path / "a", scenes=6, size=160, seed=3)
+    again = make_series(tmp_path / "b", scenes=6, size=160, seed=3)
+    items = {i.id: i for i in read_items(str(series.catalog))}
+    assert sorted(items) == sorted(s.id for s in series.scenes)
+    assert {s.epsg for s in series.scenes} == {32632, 32633}
+    years = sorted(s.acquired.year for s in series.scenes)
+    assert years == [2023, 2024, 2024, 2024, 2024, 2024]
+    assert all(items[s.id].datetime == s.acquired and s.acquired.tzinfo == UTC for s in series.scenes)
+    assert sum(s.cloud_share > 0.05 for s in series.scenes) >= 4 and min(s.cloud_share for s in series.scenes) == 0
+    for scene, twin in zip(series.scenes, again.scenes, strict=True):
+        keys = dict(item_assets(items[scene.id]))
+        assert set(keys) == {"blue", "green", "red", "nir", "SCL", "labels"}
+        with rasterio.open(scene.bands[0]) as blue, rasterio.open(twin.bands[0]) as blue_twin:
+            pixels = blue.read(1)
+            assert np.array_equal(pixels, blue_twin.read(1)) and blue.crs.to_epsg() == scene.epsg
+            grid = (blue.crs, blue.transform, blue.width, blue.height)
+        with rasterio.open(scene.scl) as scl_src:
+            assert scl_src.transform.a == 2 * grid[1].a and scl_src.width == grid[2] // 2
+            scl = scl_src.read(1).repeat(2, axis=0).repeat(2, axis=1)
+        bright = pixels > 3500  # reflectance 0.35 in blue: cloud, which no land cover reaches
+        assert np.isin(scl[bright], [SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH]).all()
+        assert (bright.mean() > 0.02) == (scene.cloud_share > 0.05)
+        with rasterio.open(scene.labels) as labels_src:
+            labels, valid = labels_src.read(1), labels_src.read_masks(1) > 0
+        truth = truth_on_grid(series.truth, *grid)
+        assert np.array_equal(labels[valid], truth[valid]) and 0.8 < valid.mean() < 1
+        assert (pixels[~valid] == 0).all() and (pixels[valid] > 0).all()
+    # One place: the scenes' footprints overlap (the middle of the region is seen by every scene).
+    from shapely.geometry import shape
+
+    footprints = [shape(items[s.id].geometry) for s in series.scenes]
+    common = footprints[0]
+    for footprint in footprints[1:]:
+        common = common.intersection(footprint)
+    assert common.area > 0.05 * footprints[0].area
+    assert all(abs(f.centroid.x - 12.0) < 0.01 and abs(f.centroid.y - 48.6) < 0.01 for f in footprints)  # lon/lat
+    assert datetime(2024, 1, 1, tzinfo=UTC) < max(s.acquired for s in series.scenes)

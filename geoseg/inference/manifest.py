@@ -133,10 +133,15 @@ class ManifestEntry:
 
 
 def journal_entries(journal: Path) -> list[ManifestEntry]:
+    """The valid entries of a journal file (see :func:`parse_journal`)."""
+    return parse_journal(journal.read_bytes())
+
+
+def parse_journal(content: bytes) -> list[ManifestEntry]:
     """The valid entries of a journal, in order (last wins). A torn line (a kill mid-write, torn UTF-8 included)
     is invalid and ignored: that scene is redone."""
     entries = []
-    for line in journal.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in content.decode("utf-8", errors="replace").splitlines():
         with contextlib.suppress(json.JSONDecodeError):
             entry = ManifestEntry.from_json(json.loads(line))
             if entry is not None:

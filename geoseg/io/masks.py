@@ -197,9 +197,14 @@ def check_mask(path: str, what: str) -> None:
 def _mask_values(src: rasterio.DatasetReader, scene: SceneInfo, rows: range, cols: range) -> np.ndarray:
     """Band 1 of the mask over scene rows/cols, on the scene's grid (nearest)."""
     window = Window(cols.start, rows.start, len(cols), len(rows))
-    if src.crs == scene.crs and src.transform == scene.transform and (src.width, src.height) == (
-        scene.width,
-        scene.height,
+    if (
+        src.crs == scene.crs
+        and src.transform == scene.transform
+        and (src.width, src.height)
+        == (
+            scene.width,
+            scene.height,
+        )
     ):
         return np.asarray(src.read(1, window=window))
     with WarpedVRT(

@@ -342,43 +342,102 @@ class ResultScene:
     when: datetime  # the source item's acquisition time, else when the job ran
 
 
+def _raster_item(item_id: str, raster: str, when: datetime | None, properties: dict[str, Any]) -> pystac.Item:
+    """An Item for a class raster: lon/lat footprint and bbox, projection (code, shape, transform) read from it."""
+    from pystac.extensions.projection import ProjectionExtension
+    from rasterio.warp import transform_bounds, transform_geom
+    from shapely.geometry import box, mapping
+
+    with rasterio.open(gdal_path(raster)) as src:
+        bounds = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+        footprint = transform_geom(src.crs, "EPSG:4326", mapping(box(*src.bounds)))
+        epsg, shape, transform = src.crs.to_epsg(), [src.height, src.width], list(src.transform)[:6]
+    item = pystac.Item(id=item_id, geometry=footprint, bbox=list(bounds), datetime=when, properties=properties)
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    projection.epsg, projection.shape, projection.transform = epsg, shape, transform
+    return item
+
+
+def _class_list(classes: Sequence[tuple[int, str, tuple[int, int, int]]]) -> list[Any]:
+    from pystac.extensions.classification import Classification
+
+    return [
+        Classification.create(value=i, name=name, color_hint="{:02X}{:02X}{:02X}".format(*color))
+        for i, name, color in classes
+    ]
+
+
+def _save_relative(root: pystac.Catalog, folder: Path) -> list[Path]:
+    """Save ``root`` self-contained under ``folder``, local asset hrefs relative to their item (the folder can
+    move); returns the item files written."""
+    root.normalize_hrefs(str(folder))
+    written = []
+    for item in root.get_items(recursive=True):
+        for asset in item.assets.values():
+            if not asset.href.startswith(("s3://", "/vsi", "http")):
+                asset.href = os.path.relpath(asset.href, Path(item.self_href).parent)
+        written.append(Path(item.self_href))
+    root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return written
+
+
 def write_result_catalog(
     folder: Path, scenes: Sequence[ResultScene], classes: Sequence[tuple[int, str, tuple[int, int, int]]]
 ) -> list[Path]:
     """One STAC Item per finished scene (class COG, probabilities and polygons as assets, the class list in the
     classification extension, footprint and projection from the class raster) and ``catalog.json`` linking them,
     under ``folder``: the results form a catalogue of their own. Returns the files written."""
-    from pystac.extensions.classification import Classification, ClassificationExtension
-    from pystac.extensions.projection import ProjectionExtension
-    from rasterio.warp import transform_bounds, transform_geom
-    from shapely.geometry import box, mapping
+    from pystac.extensions.classification import ClassificationExtension
 
     catalog = pystac.Catalog(id="geoseg-results", description="Class rasters and polygons written by geoseg predict")
-    class_list = [
-        Classification.create(value=i, name=name, color_hint="{:02X}{:02X}{:02X}".format(*color))
-        for i, name, color in classes
-    ]
     media = {"classes": pystac.MediaType.COG, "probabilities": pystac.MediaType.COG}
     for scene in scenes:
-        raster = scene.outputs["classes"]
-        with rasterio.open(gdal_path(raster)) as src:
-            bounds = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
-            footprint = transform_geom(src.crs, "EPSG:4326", mapping(box(*src.bounds)))
-            epsg, shape, transform = src.crs.to_epsg(), [src.height, src.width], list(src.transform)[:6]
-        item = pystac.Item(id=scene.name, geometry=footprint, bbox=list(bounds), datetime=scene.when, properties={})
+        item = _raster_item(scene.name, scene.outputs["classes"], scene.when, {})
         for role, href in scene.outputs.items():
             asset = pystac.Asset(href=href, media_type=media.get(role), roles=["data"] if role == "classes" else [role])
             item.add_asset(role, asset)
-        ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = class_list
-        projection = ProjectionExtension.ext(item, add_if_missing=True)
-        projection.epsg, projection.shape, projection.transform = epsg, shape, transform
+        ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = _class_list(classes)
         catalog.add_item(item)
-    catalog.normalize_hrefs(str(folder))
-    written = []
-    for item in catalog.get_items():
-        for asset in item.assets.values():  # local products: relative to the item, so the folder can move
-            if not asset.href.startswith(("s3://", "/vsi", "http")):
-                asset.href = os.path.relpath(asset.href, Path(item.self_href).parent)
-        written.append(Path(item.self_href))
-    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    written = _save_relative(catalog, folder)
     return [folder / "catalog.json", *written]
+
+
+def write_mosaic_collection(
+    folder: Path,
+    tiles: Sequence[tuple[str, Path, Path]],
+    classes: Sequence[tuple[int, str, tuple[int, int, int]]],
+    period: tuple[datetime, datetime],
+    description: str,
+) -> list[Path]:
+    """A mosaic as a STAC Collection (``folder/collection.json``) with one Item per tile ``(name, class COG, stats
+    COG)``: the period as the items' start and end, the class list, projection and footprint from each tile.
+    Returns the files written."""
+    from pystac.extensions.classification import ClassificationExtension
+
+    start, end = period
+    collection = pystac.Collection(
+        id="geoseg-mosaic",
+        description=description,
+        extent=pystac.Extent(
+            pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[start, end]])
+        ),
+        license="other",
+    )
+    for name, class_cog, stats_cog in tiles:
+        item = _raster_item(
+            name, str(class_cog), None, {"start_datetime": start.isoformat(), "end_datetime": end.isoformat()}
+        )
+        item.add_asset("classes", pystac.Asset(href=str(class_cog), media_type=pystac.MediaType.COG, roles=["data"]))
+        stats = pystac.Asset(
+            href=str(stats_cog),
+            media_type=pystac.MediaType.COG,
+            roles=["metadata"],
+            title="count, confidence, agreement, date (days since 1970)",
+        )
+        item.add_asset("stats", stats)
+        ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = _class_list(classes)
+        collection.add_item(item)
+    collection.update_extent_from_items()
+    collection.extent.temporal = pystac.TemporalExtent([[start, end]])
+    written = _save_relative(collection, folder)
+    return [folder / "collection.json", *written]

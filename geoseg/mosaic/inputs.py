@@ -26,8 +26,10 @@ from rasterio.errors import CRSError, RasterioIOError
 from rasterio.transform import Affine, array_bounds
 
 from geoseg.errors import GeoSegError
-from geoseg.inference.manifest import JOURNAL, MANIFEST, ManifestEntry, journal_entries
+from geoseg.inference.manifest import JOURNAL, MANIFEST, ManifestEntry, parse_journal
 from geoseg.inference.report import FINISHED, Status
+from geoseg.io import objectstore
+from geoseg.io.objectstore import S3Url, is_s3
 from geoseg.io.styles import ClassStyle, class_table
 
 EPOCH = date(1970, 1, 1)
@@ -37,7 +39,7 @@ EPOCH = date(1970, 1, 1)
 class Observation:
     """One finished scene of a predict job, as a mosaic reads it."""
 
-    job: Path
+    job: str  # the job folder, or its s3:// prefix
     scene: str
     classes: str  # the class raster (COG)
     probabilities: str | None
@@ -75,45 +77,69 @@ def parse_acquired(text: str | None) -> date | None:
     return (when.astimezone(UTC) if when.tzinfo else when).date()
 
 
-def read_entries(folder: Path) -> dict[str, ManifestEntry]:
-    """A predict job's scene records, read only: the manifest, then its journal replayed over it."""
-    manifest, journal = folder / MANIFEST, folder / JOURNAL
-    if not folder.is_dir():
+JobRef = Path | str  # a local job folder, or a job's bucket prefix s3://bucket/prefix/
+
+
+def _job_file(folder: JobRef, name: str) -> bytes | None:
+    """A file of a job (local or in its bucket), None when it has none."""
+    if isinstance(folder, str) and is_s3(folder):
+        url = S3Url.parse(folder.rstrip("/") + "/").child(name)
+        return objectstore.read_bytes(url) if objectstore.size(url) is not None else None
+    path = Path(folder) / name
+    return path.read_bytes() if path.is_file() else None
+
+
+def read_entries(folder: JobRef) -> dict[str, ManifestEntry]:
+    """A predict job's scene records, read only: the manifest, then its journal replayed over it. ``folder`` is
+    a job folder or the ``s3://`` prefix a job published to."""
+    remote = isinstance(folder, str) and is_s3(folder)
+    if not remote and not Path(folder).is_dir():
         raise GeoSegError("is not a folder: a mosaic reads predict job folders", folder)
-    if not manifest.is_file() and not journal.is_file():
-        raise GeoSegError("is not a predict job folder (no manifest.json)", folder)
+    manifest, journal = _job_file(folder, MANIFEST), _job_file(folder, JOURNAL)
+    if manifest is None and journal is None:
+        raise GeoSegError(f"is not a predict job {'prefix' if remote else 'folder'} (no {MANIFEST})", folder)
     entries: dict[str, ManifestEntry] = {}
-    if manifest.is_file():
+    where = f"{str(folder).rstrip('/')}/{MANIFEST}"
+    if manifest is not None:
         try:
-            stored = json.loads(manifest.read_text(encoding="utf-8"))
+            stored = json.loads(manifest.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GeoSegError(f"is damaged ({exc}); rerun its predict job to repair it", manifest) from exc
+            raise GeoSegError(f"is damaged ({exc}); rerun its predict job to repair it", where) from exc
         scenes = stored.get("scenes") if isinstance(stored, dict) else None
         if not isinstance(scenes, dict):
-            raise GeoSegError("holds no scene records: not a predict job's manifest", manifest)
+            raise GeoSegError("holds no scene records: not a predict job's manifest", where)
         for value in scenes.values():
             entry = ManifestEntry.from_json(value)
             if entry is not None:
                 entries[entry.report.scene] = entry
-    if journal.is_file():
-        entries |= {entry.report.scene: entry for entry in journal_entries(journal)}
+    if journal is not None:
+        entries |= {entry.report.scene: entry for entry in parse_journal(journal)}
     return entries
 
 
-def _observation(folder: Path, entry: ManifestEntry) -> Observation:
+def _readable(output: str) -> str | None:
+    """A recorded product as GDAL reads it (``s3://`` as ``/vsis3/``), None when it is gone."""
+    if is_s3(output):
+        url = S3Url.parse(output)
+        return url.gdal if objectstore.size(url) is not None else None
+    return output if os.path.isfile(output) else None
+
+
+def _observation(folder: JobRef, entry: ManifestEntry) -> Observation:
     report = entry.report
-    output = report.output or ""
-    if not os.path.isfile(output):
+    where = f"{str(folder).rstrip('/')}/{MANIFEST}"
+    output = _readable(report.output or "")
+    if output is None:
         raise GeoSegError(
-            f"scene {report.scene}: its class raster {output} is missing (the manifest says it finished); "
+            f"scene {report.scene}: its class raster {report.output} is missing (the manifest says it finished); "
             "rerun the predict job to remake it",
-            folder / MANIFEST,
+            where,
         )
-    probabilities = report.probabilities
-    if probabilities and not os.path.isfile(probabilities):
+    probabilities = _readable(report.probabilities) if report.probabilities else None
+    if report.probabilities and probabilities is None:
         raise GeoSegError(
-            f"scene {report.scene}: its probability raster {probabilities} is missing; rerun the predict job",
-            folder / MANIFEST,
+            f"scene {report.scene}: its probability raster {report.probabilities} is missing; rerun the predict job",
+            where,
         )
     try:
         acquired = parse_acquired(report.acquired)
@@ -133,7 +159,7 @@ def _observation(folder: Path, entry: ManifestEntry) -> Observation:
     except (KeyError, TypeError, ValueError, CRSError, RasterioIOError) as exc:
         raise GeoSegError(f"scene {report.scene}: its grid cannot be read ({exc})", output) from exc
     return Observation(
-        job=folder,
+        job=str(folder),
         scene=report.scene,
         classes=output,
         probabilities=probabilities,
@@ -146,7 +172,7 @@ def _observation(folder: Path, entry: ManifestEntry) -> Observation:
     )
 
 
-def job_classes(folder: Path, observations: Sequence[Observation]) -> list[ClassStyle]:
+def job_classes(folder: JobRef, observations: Sequence[Observation]) -> list[ClassStyle]:
     """The class table of a job's class rasters (the first one's: a job has one bundle)."""
     try:
         with rasterio.open(observations[0].classes) as src:
@@ -167,16 +193,16 @@ class Archive:
     skipped: int  # scenes that did not finish (failed, or masked entirely), left out
 
 
-def read_jobs(folders: Sequence[Path]) -> Archive:
+def read_jobs(folders: Sequence[JobRef]) -> Archive:
     """The finished scenes of predict jobs; one-line errors for a folder that is no job, missing outputs, or
     jobs whose classes differ (a mosaic of two legends would be meaningless)."""
     observations: list[Observation] = []
     classes: list[ClassStyle] | None = None
-    first: Path | None = None
+    first: JobRef | None = None
     skipped = 0
     seen: set[str] = set()
     for folder in folders:
-        real = os.path.realpath(folder)
+        real = str(folder).rstrip("/") if is_s3(str(folder)) else os.path.realpath(folder)
         if real in seen:
             continue  # one job named twice is one job
         seen.add(real)
@@ -184,7 +210,7 @@ def read_jobs(folders: Sequence[Path]) -> Archive:
         finished = [e for e in entries.values() if e.report.status in FINISHED | {Status.SKIPPED} and e.report.output]
         skipped += len(entries) - len(finished)
         if not finished:
-            raise GeoSegError("has no finished scene to mosaic", folder / MANIFEST)
+            raise GeoSegError("has no finished scene to mosaic", f"{str(folder).rstrip('/')}/{MANIFEST}")
         found = [_observation(folder, e) for e in finished]
         table = job_classes(folder, found)
         if classes is None:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,11 @@ from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import file_size, write_json_atomic
 from geoseg.io.guard import refuse_file_as_folder, refuse_overwrite
 from geoseg.io.joblock import job_lock
+from geoseg.io.objectstore import is_s3
+from geoseg.io.styles import ClassStyle
 from geoseg.mosaic.compose import METHODS, NEEDS_PROBABILITIES, Method
 from geoseg.mosaic.grid import Bounds, Tile, default_crs, footprint, intersects, make_grid, parse_crs
-from geoseg.mosaic.inputs import Archive, Observation, read_jobs
+from geoseg.mosaic.inputs import Archive, JobRef, Observation, read_jobs
 from geoseg.mosaic.products import (
     CLASSES_VRT,
     COG,
@@ -52,6 +56,7 @@ from geoseg.progress import meter
 from geoseg.vector.polygonize import VectorizeOptions
 
 RECORD = "mosaic.json"
+STAC = "stac"  # the mosaic's STAC Collection (--stac-items)
 #: Below this many output megapixels (and with no cluster or workers named) tiles run in this process.
 SMALL_MOSAIC_MPX = 64.0
 
@@ -74,6 +79,7 @@ class MosaicOptions:
     workers: int | None = None
     ray_address: str | None = None
     in_process: bool | None = None
+    stac_items: bool = False  # also stac/collection.json with one Item per tile
 
 
 def parse_period(text: str) -> tuple[date, date]:
@@ -157,10 +163,12 @@ def _aoi(path: Path, crs: Any) -> Any:
     return polygons.geometry.union_all()
 
 
-def _guard(out_dir: Path, jobs: Sequence[Path]) -> None:
+def _guard(out_dir: Path, jobs: Sequence[JobRef]) -> None:
     """The output folder is none of the jobs, inside none, and holds none: a mosaic never writes in a job."""
     real = os.path.realpath(out_dir) + os.sep
     for job in jobs:
+        if is_s3(str(job)):
+            continue  # a bucket prefix: the mosaic's folder is local
         job_real = os.path.realpath(job) + os.sep
         if real.startswith(job_real) or job_real.startswith(real):
             raise GeoSegError(
@@ -239,7 +247,7 @@ def _map_tiles(works: list[TileWork], options: MosaicOptions, megapixels: float)
 
 
 def mosaic(
-    jobs: Sequence[Path], out_dir: Path, options: MosaicOptions, console: Console | None = None
+    jobs: Sequence[JobRef], out_dir: Path, options: MosaicOptions, console: Console | None = None
 ) -> MosaicSummary:
     """Make (or bring up to date) the mosaic of ``jobs`` in ``out_dir``; see the module docstring."""
     console = console or Console(stderr=True)
@@ -283,6 +291,8 @@ def mosaic(
     tiles = list(grid.tiles())
     tile_paths = [path for t in tiles for path in tile_files(out_dir, t.name)]
     refuse_overwrite([*finals, out_dir / RECORD, *tile_paths], inputs, owned_files(record, out_dir))
+    if options.stac_items:
+        _check_stac_folder(out_dir, record)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / TILES).mkdir(exist_ok=True)
     summary = MosaicSummary(observations=len(observations), method=method)
@@ -335,6 +345,8 @@ def mosaic(
         if options.cog:
             publish_single_cog(out_dir / CLASSES_VRT, out_dir / COG)
             outputs["cog"] = COG
+        if options.stac_items:
+            outputs["stac"] = _write_stac(out_dir, record, written, archive.classes, observations, options)
         if options.vectors is not None:
             from geoseg.vector.job import vectorize_raster
 
@@ -348,6 +360,43 @@ def mosaic(
     summary.outputs = {k: str(out_dir / v) for k, v in outputs.items()}
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_stac_folder(out_dir: Path, before: dict[str, Any]) -> None:
+    """The STAC folder is absent, or this mosaic's own (its record names it)."""
+    folder = out_dir / STAC
+    if os.path.lexists(folder) and before.get("outputs", {}).get("stac") != f"{STAC}/collection.json":
+        raise GeoSegError("exists and was not written by this mosaic: move it away or choose another --output", folder)
+
+
+def _write_stac(
+    out_dir: Path,
+    before: dict[str, Any],
+    written: list[TileRecord],
+    classes: Sequence[ClassStyle],
+    observations: Sequence[Observation],
+    options: MosaicOptions,
+) -> str:
+    """``stac/collection.json``: one Item per written tile, the period (or the scenes' dates) as its time span.
+    The folder is this mosaic's own: an earlier run's (recorded) is replaced whole, so no Item of a tile that is
+    gone stays behind; anything else already there is refused."""
+    from geoseg.io.stac import write_mosaic_collection
+
+    folder = out_dir / STAC
+    _check_stac_folder(out_dir, before)
+    if folder.exists():
+        shutil.rmtree(folder)
+    dates = sorted(o.acquired for o in observations if o.acquired is not None)
+    if options.period is not None:
+        first, last = options.period
+    else:
+        first, last = (dates[0], dates[-1]) if dates else (datetime.now(UTC).date(),) * 2
+    span = (datetime.combine(first, dt_time.min, UTC), datetime.combine(last, dt_time.max, UTC))
+    tiles = [(r.name, *tile_files(out_dir, r.name)) for r in sorted(written, key=lambda r: r.name)]
+    table = [(c.id, c.name, c.rgb) for c in classes]
+    described = f"geoseg mosaic of {len(observations)} scene(s), {first} to {last}"
+    write_mosaic_collection(folder, tiles, table, span, described)
+    return f"{STAC}/collection.json"
 
 
 def _write_record(
