@@ -189,7 +189,8 @@ def test_the_demo_maps_a_place_from_a_cloudy_archive_and_no_cloud_leaks(demo) ->
     masked, unmasked = place["masked"], place["unmasked"]
     assert {row["epsg"] for row in masked["scenes"]} == {32632, 32633} and len(masked["scenes"]) == 6
     assert masked["accuracy"] > unmasked["accuracy"] and masked["miou"] > unmasked["miou"]
-    assert masked["mapped_share"] > 0.9 and masked["mean_observations"] > 1.5
+    # Clouds leave few holes: the masked mosaic maps most of what the scenes cover (all of it, unmasked).
+    assert masked["mapped_share"] > 0.85 * unmasked["mapped_share"] and masked["mean_observations"] > 1.5
     # The mosaic's accuracy, recomputed here from its file and the truth.
     from geoseg.synth_series import truth_on_grid
 

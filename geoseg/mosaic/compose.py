@@ -36,7 +36,7 @@ import numpy as np
 from geoseg.io.writer import CLASS_NODATA, PROBABILITY_NODATA, PROBABILITY_SCALE
 from geoseg.mosaic.grid import OutputGrid, Tile
 from geoseg.mosaic.inputs import Observation
-from geoseg.mosaic.warp import warp
+from geoseg.mosaic.warp import Sampler
 
 Method = Literal["mean", "mode", "latest", "best"]
 METHODS: tuple[Method, ...] = ("mean", "mode", "latest", "best")
@@ -60,6 +60,20 @@ def _ratio(numerator: np.ndarray, count: np.ndarray) -> np.ndarray:
     """round(numerator / count) on the probability scale, half up, in integers; 0 where count is 0."""
     safe = np.maximum(count, 1).astype(np.int64)
     return ((2 * numerator.astype(np.int64) + safe) // (2 * safe)).astype(np.uint16) * (count > 0)
+
+
+def _first_max(sums: np.ndarray, votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel, the class with the highest sum, ties to the most votes, then to the lowest class: its index and
+    its sum. A running comparison over classes (contiguous passes) instead of an argmax across the class axis
+    of a combined key (strided, and an int64 copy of every sum: 3x slower, measured)."""
+    winner = np.zeros(sums.shape[1:], np.intp)
+    top, top_votes = sums[0].copy(), votes[0].copy()
+    for k in range(1, len(sums)):
+        better = (sums[k] > top) | ((sums[k] == top) & (votes[k] > top_votes))
+        winner[better] = k
+        np.copyto(top, sums[k], where=better)
+        np.copyto(top_votes, votes[k], where=better)
+    return winner, top
 
 
 def compose_tile(
@@ -88,40 +102,42 @@ def compose_tile(
         method == "latest" and all(o.probabilities for o in observations)
     )
     for obs in observations:
-        index = lut[warp(obs.classes, [1], tile, grid, obs, CLASS_NODATA, bilinear=False)[0]]
+        sampler = Sampler(tile, grid, obs)  # positions once, for the classes and the probabilities
+        if sampler.region is None:
+            continue
+        at = sampler.region  # every update below is to the part of the tile the scene reaches
+        index = lut[sampler.nearest(obs.classes, [1], CLASS_NODATA)[0]]
         valid = index >= 0
+        if inside is not None:
+            valid &= inside[at]
+        if not valid.any():
+            continue  # the scene does not reach into the tile, or only its nodata does
         probs = None
         if read_probabilities and obs.probabilities:
-            probs = warp(obs.probabilities, list(range(1, n + 1)), tile, grid, obs, PROBABILITY_NODATA, bilinear=True)
+            probs = sampler.bilinear(obs.probabilities, list(range(1, n + 1)), PROBABILITY_NODATA)
             valid &= probs[0] != PROBABILITY_NODATA
-        if inside is not None:
-            valid &= inside
-        if not valid.any():
-            continue
-        count += valid
+        count[at] += valid
         safe_index = np.where(valid, index, 0)
         for k in range(n):
             voted = valid & (index == k)
-            votes[k] += voted
-            last_day[k][voted] = obs.day
+            votes[k][at] += voted
+            last_day[k][at][voted] = obs.day
         if sums is not None and probs is not None:
-            sums += np.where(valid, probs, 0)
+            sums[(slice(None), *at)] += np.where(valid, probs, 0)
         if chosen is not None:
             own_p = (
                 np.take_along_axis(probs, safe_index[None].astype(np.intp), axis=0)[0].astype(np.int16)
                 if probs is not None
-                else np.zeros((h, w), np.int16)
+                else np.zeros(valid.shape, np.int16)
             )
-            take = valid if method == "latest" else valid & (own_p >= chosen_p)
-            chosen[take] = index[take]
-            chosen_p[take] = own_p[take]
-            chosen_day[take] = obs.day
+            take = valid if method == "latest" else valid & (own_p >= chosen_p[at])
+            chosen[at][take] = index[take]
+            chosen_p[at][take] = own_p[take]
+            chosen_day[at][take] = obs.day
     has = count > 0
     if method == "mean":
         assert sums is not None
-        key = (sums.astype(np.int64) << 20) | votes  # votes < 2**20 observations of one pixel
-        winner = np.argmax(key, axis=0)
-        top = np.take_along_axis(sums, winner[None], axis=0)[0]
+        winner, top = _first_max(sums, votes)
         confidence = _ratio(top, count)
     elif method == "mode":
         winner = np.argmax(votes, axis=0)

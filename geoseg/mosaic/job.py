@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dt_time
@@ -218,6 +219,17 @@ def _tile_done(entry: Any, key: str, out_dir: Path, name: str) -> bool:
     )
 
 
+def _tile_threads(works: list[TileWork], workers: int | None) -> int:
+    """Tiles composed at once in this process: one per CPU (or ``--workers``), as many as a quarter of the
+    memory holds (a tile's arrays: about 16 bytes per pixel and class, measured by the arrays compose keeps)."""
+    if len(works) <= 1:
+        return 1
+    pixels = max(w.tile.shape[0] * w.tile.shape[1] for w in works)
+    per_tile = pixels * (16 * len(works[0].classes) + 64)
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, min(workers or os.cpu_count() or 1, len(works), memory // 4 // per_tile))
+
+
 def _map_tiles(works: list[TileWork], options: MosaicOptions, megapixels: float) -> Iterator[TileRecord]:
     """Run the tiles: in this process for a small mosaic on no cluster, else as Ray tasks (as predict decides)."""
     forced = options.in_process
@@ -232,7 +244,13 @@ def _map_tiles(works: list[TileWork], options: MosaicOptions, megapixels: float)
         )
     )
     if not on_ray or len(works) <= 1:
-        yield from map(run_tile, works)
+        threads = _tile_threads(works, options.workers)
+        if threads <= 1:
+            yield from map(run_tile, works)
+            return
+        # numpy's gathers and arithmetic and GDAL's reads and COG writes release the GIL: tiles run side by side
+        with ThreadPoolExecutor(threads, thread_name_prefix="geoseg-mosaic") as pool:
+            yield from pool.map(run_tile, works)
         return
     import ray
 

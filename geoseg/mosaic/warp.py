@@ -13,14 +13,16 @@ alone:
   uses and its weights are the same whichever tile it falls in; between nodes 480 m apart the interpolation
   is off by micrometres.
 
-Resampling is then numpy in float64: nearest takes the source pixel containing the position; bilinear weighs
-the four source pixels around it, valid ones only (nodata never mixes in), renormalised, rounded half to even.
+Resampling is then numpy: nearest takes the source pixel containing the position; bilinear weighs the four
+source pixels around it with integer weights (1/256 px), valid ones only (nodata never mixes in), renormalised
+in exact integers, rounded half up.
 A scene whose pixels are the grid's (same CRS, pixel size and lattice) is sliced, not resampled.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -29,7 +31,7 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from geoseg.io.raster import same_projection
-from geoseg.mosaic.grid import OutputGrid, Tile
+from geoseg.mosaic.grid import OutputGrid, Tile, footprint
 from geoseg.mosaic.inputs import Observation
 
 STEP = 16  # output pixels between exactly transformed lattice nodes
@@ -96,50 +98,118 @@ def _read(obs_path: str, bands: list[int], c0: int, r0: int, c1: int, r1: int, n
     return out
 
 
-def warp(
-    path: str, bands: list[int], tile: Tile, grid: OutputGrid, obs: Observation, nodata: int, bilinear: bool
-) -> np.ndarray:
-    """``bands`` of ``path`` (a raster on ``obs``'s grid) on ``tile``: ``[bands, h, w]`` uint8, nodata outside."""
+def reach(tile: Tile, grid: OutputGrid, obs: Observation) -> tuple[slice, slice] | None:
+    """The rows and columns of ``tile`` that ``obs`` can reach: its footprint (densified edges) in grid pixels,
+    two pixels wider on every side, clipped to the tile; None when it reaches none. Pixels outside are nodata
+    for this scene, so no work is done there (a scene often covers a small part of a tile)."""
+    left, bottom, right, top = footprint(obs, grid.crs)
+    inverse = ~grid.transform
+    xs, ys = inverse * (np.array([left, right, left, right]), np.array([top, top, bottom, bottom]))
+    r0 = math.floor(float(np.min(ys))) - 2 - int(tile.window.row_off)
+    r1 = math.ceil(float(np.max(ys))) + 2 - int(tile.window.row_off)
+    c0 = math.floor(float(np.min(xs))) - 2 - int(tile.window.col_off)
+    c1 = math.ceil(float(np.max(xs))) + 2 - int(tile.window.col_off)
     h, w = tile.shape
-    offset = _offset(grid, obs)
-    if offset is not None:  # the scene's pixels are the grid's: a slice, not a resampling
-        c0, r0 = offset[0] + int(tile.window.col_off), offset[1] + int(tile.window.row_off)
-        return _read(path, bands, c0, r0, c0 + w, r0 + h, nodata)
-    sx, sy = source_positions(tile, grid, obs)
-    finite = np.isfinite(sx) & np.isfinite(sy)
-    if not finite.any():
-        return np.full((len(bands), h, w), nodata, np.uint8)
-    margin = 1 if bilinear else 0
-    c0 = max(int(np.floor(sx[finite].min())) - margin, -1)
-    r0 = max(int(np.floor(sy[finite].min())) - margin, -1)
-    c1 = min(int(np.floor(sx[finite].max())) + margin + 1, obs.width + 1)
-    r1 = min(int(np.floor(sy[finite].max())) + margin + 1, obs.height + 1)
-    out = np.full((len(bands), h, w), nodata, np.uint8)
-    if c1 <= c0 or r1 <= r0:
-        return out
-    source = _read(path, bands, c0, r0, c1, r1, nodata)
-    sx, sy = np.where(finite, sx - c0, -10.0), np.where(finite, sy - r0, -10.0)
-    sh, sw = source.shape[1:]
-    if not bilinear:
-        ix, iy = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-        inside = (ix >= 0) & (iy >= 0) & (ix < sw) & (iy < sh)
-        values = source[:, np.clip(iy, 0, sh - 1), np.clip(ix, 0, sw - 1)]
-        return np.where(inside[None], values, nodata).astype(np.uint8)
-    x0f, y0f = np.floor(sx - 0.5), np.floor(sy - 0.5)
-    fx, fy = sx - 0.5 - x0f, sy - 0.5 - y0f
-    x0, y0 = x0f.astype(np.int64), y0f.astype(np.int64)
-    total = np.zeros((len(bands), h, w))
-    weight = np.zeros((h, w))
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (xx >= 0) & (yy >= 0) & (xx < sw) & (yy < sh)
-            values = source[:, np.clip(yy, 0, sh - 1), np.clip(xx, 0, sw - 1)]
-            ok = inside & (values[0] != nodata) & (wx * wy > 0)
-            kernel = np.where(ok, wx * wy, 0.0)
-            total += values * kernel
-            weight += kernel
-    has = weight > 0
-    result = np.round(total / np.where(has, weight, 1.0))
-    out[:] = np.where(has[None], np.clip(result, 0, 255), nodata).astype(np.uint8)
-    return out
+    r0, r1, c0, c1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+    return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
+
+
+class Sampler:
+    """Where each pixel of the part of ``tile`` a scene reaches (:attr:`region`) comes from in that scene:
+    computed once, used for the scene's class raster (nearest) and its probabilities (bilinear), which share
+    its grid. Arrays it returns cover the region only.
+
+    Bilinear weights are integers (the fractions rounded to 1/256 of a pixel, the four weights of a pixel summing
+    to 65 536), so the sums are exact int32 and the result, rounded half up, is the same in every tiling."""
+
+    def __init__(self, tile: Tile, grid: OutputGrid, obs: Observation) -> None:
+        self.region = reach(tile, grid, obs)  # (rows, cols) of the tile the scene can reach; None: none
+        self.window: tuple[int, int, int, int] | None = None  # c0, r0, c1, r1 of the source read
+        self.offset = _offset(grid, obs)
+        if self.region is None:
+            self.shape = (0, 0)
+            return
+        rows, cols = self.region
+        part = replace(
+            tile,
+            window=Window(
+                int(tile.window.col_off) + cols.start, int(tile.window.row_off) + rows.start, cols.stop - cols.start,
+                rows.stop - rows.start,
+            ),
+        )  # fmt: skip
+        self.shape = part.shape
+        if self.offset is not None:  # the scene's pixels are the grid's: a slice, not a resampling
+            c0, r0 = self.offset[0] + int(part.window.col_off), self.offset[1] + int(part.window.row_off)
+            self.window = (c0, r0, c0 + self.shape[1], r0 + self.shape[0])
+            return
+        sx, sy = source_positions(part, grid, obs)
+        finite = np.isfinite(sx) & np.isfinite(sy)
+        if not finite.any():
+            return
+        c0 = max(int(np.floor(sx[finite].min())) - 1, -1)
+        r0 = max(int(np.floor(sy[finite].min())) - 1, -1)
+        c1 = min(int(np.floor(sx[finite].max())) + 2, obs.width + 1)
+        r1 = min(int(np.floor(sy[finite].max())) + 2, obs.height + 1)
+        if c1 <= c0 or r1 <= r0:
+            return
+        self.window = (c0, r0, c1, r1)
+        # Positions relative to the window read. The window reaches one pixel past the scene (nodata there), so an
+        # index clipped to the window lands on nodata whenever the position lies outside the scene.
+        self._finite = None if finite.all() else finite.ravel()
+        self._sx = np.where(finite, sx - c0, -10.0).ravel()
+        self._sy = np.where(finite, sy - r0, -10.0).ravel()
+
+    def _source(self, path: str, bands: list[int], nodata: int) -> np.ndarray:
+        assert self.window is not None
+        return _read(path, bands, *self.window, nodata)
+
+    def _unplaced(self, values: np.ndarray, nodata: int) -> np.ndarray:
+        """``values`` ``[pixel, band]`` with pixels of no position (outside the CRS's domain) set to nodata."""
+        if self._finite is not None:
+            values[~self._finite] = nodata
+        return values
+
+    def nearest(self, path: str, bands: list[int], nodata: int) -> np.ndarray:
+        """``bands`` of ``path`` on the region, ``[bands, h, w]`` uint8, nodata outside the scene."""
+        h, w = self.shape
+        if self.window is None:
+            return np.full((len(bands), h, w), nodata, np.uint8)
+        source = self._source(path, bands, nodata)
+        if self.offset is not None:
+            return source
+        sh, sw = source.shape[1:]
+        ix = np.clip(np.floor(self._sx).astype(np.int64), 0, sw - 1)
+        iy = np.clip(np.floor(self._sy).astype(np.int64), 0, sh - 1)
+        values = source.reshape(len(bands), -1)[:, iy * sw + ix]
+        return self._unplaced(values.T, nodata).T.reshape(len(bands), h, w)
+
+    def bilinear(self, path: str, bands: list[int], nodata: int) -> np.ndarray:
+        """``bands`` of ``path`` on the region by bilinear interpolation over the valid source pixels only (band
+        1 says which are valid), ``[bands, h, w]`` uint8, nodata where none of the four is."""
+        h, w = self.shape
+        if self.window is None or self.offset is not None:
+            return self.nearest(path, bands, nodata)  # a slice: the pixel itself
+        source = self._source(path, bands, nodata)
+        sh, sw = source.shape[1:]
+        pixels = np.ascontiguousarray(source.reshape(len(bands), -1).T)  # [pixel, band]: one gather per tap
+        fx, fy = self._sx - 0.5, self._sy - 0.5
+        x0, y0 = np.floor(fx), np.floor(fy)
+        ax = np.rint((fx - x0) * 256).astype(np.int32)  # 0..256: the weight of the right/lower neighbour
+        ay = np.rint((fy - y0) * 256).astype(np.int32)
+        x0i, y0i = x0.astype(np.int64), y0.astype(np.int64)
+        columns = (np.clip(x0i, 0, sw - 1), np.clip(x0i + 1, 0, sw - 1))
+        rows = (np.clip(y0i, 0, sh - 1) * sw, np.clip(y0i + 1, 0, sh - 1) * sw)
+        total = np.zeros((h * w, len(bands)), np.int32)
+        weight = np.zeros(h * w, np.int32)
+        for row, wy in ((rows[0], 256 - ay), (rows[1], ay)):
+            for column, wx in ((columns[0], 256 - ax), (columns[1], ax)):
+                values = pixels[row + column]
+                kernel = wx * wy
+                kernel[values[:, 0] == nodata] = 0
+                total += values * kernel[:, None]
+                weight += kernel
+        has = weight > 0
+        result = (total + (weight // 2)[:, None]) // np.where(has, weight, 1)[:, None]
+        result[~has] = nodata
+        result = self._unplaced(result.astype(np.uint8), nodata)
+        return np.ascontiguousarray(result.T).reshape(len(bands), h, w)
