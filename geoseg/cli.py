@@ -807,9 +807,6 @@ def mosaic(
 )
 def synth(out: Path, scenes: int, size: int, seed: int, series: bool) -> None:
     """Write synthetic georeferenced scenes with label rasters and label polygons."""
-    from geoseg.io.guard import refuse_file_as_folder
-
-    refuse_file_as_folder(out)
     if series:
         from geoseg.synth_series import make_series
 

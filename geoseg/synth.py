@@ -20,6 +20,7 @@ from affine import Affine
 from rasterio import features
 from shapely.geometry import LineString, Point, Polygon, box
 
+from geoseg.io.guard import claim_folder, record_folder
 from geoseg.io.writer import class_tags
 from geoseg.vector.export import to_geodataframe, write_polygons
 from geoseg.vector.polygonize import polygonize
@@ -193,6 +194,14 @@ def make_scene(out_dir: Path, index: int, size: int, seed: int) -> SynthScene:
     return SynthScene(image_path, label_path, polygons_path, epsg)
 
 
+RECORD = ".geoseg-synth"  # what synth wrote in its folder: a rerun may replace those files, and only those
+
+
 def make_archive(out_dir: str | Path, scenes: int = 3, size: int = 1024, seed: int = 0) -> list[SynthScene]:
-    """Write ``scenes`` synthetic scenes into ``out_dir``; the same seed gives the same bytes."""
-    return [make_scene(Path(out_dir), i, size, seed) for i in range(scenes)]
+    """Write ``scenes`` synthetic scenes into ``out_dir`` (new, empty, or synth's own); the same seed gives the
+    same bytes."""
+    out = Path(out_dir)
+    claim_folder(out, RECORD, "geoseg synth")
+    made = [make_scene(out, i, size, seed) for i in range(scenes)]
+    record_folder(out, RECORD)
+    return made

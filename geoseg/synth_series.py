@@ -38,8 +38,9 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import box, mapping
 
+from geoseg.io.guard import claim_folder, record_folder
 from geoseg.io.writer import class_tags
-from geoseg.synth import BANDS, CLASSES, LABEL_NODATA, PIXEL_SIZE, landscape, paint, reflectance, smooth_noise
+from geoseg.synth import BANDS, CLASSES, LABEL_NODATA, PIXEL_SIZE, RECORD, landscape, paint, reflectance, smooth_noise
 from geoseg.synth import to_digital_numbers as digital_numbers
 
 GROUND_CRS = "EPSG:3035"  # ETRS89-LAEA Europe: the truth's own frame
@@ -152,6 +153,7 @@ def make_series(out_dir: str | Path, scenes: int = 6, size: int = 512, seed: int
     """Write ``scenes`` acquisitions of ``size`` px into ``out_dir`` (see the module); the same seed gives the same
     pixels. ``out_dir/catalog.json`` is the STAC catalogue, ``out_dir/truth.gpkg`` the truth."""
     out = Path(out_dir)
+    claim_folder(out, RECORD, "geoseg synth")
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 2024])
@@ -251,4 +253,5 @@ def make_series(out_dir: str | Path, scenes: int = 6, size: int = 512, seed: int
     scenes_out = tuple(
         SeriesScene(i, out / "synthetic-l2a" / i / f"{i}.json", b, s, lab, e, a, c) for i, b, s, lab, e, a, c in written
     )
+    record_folder(out, RECORD)
     return SynthSeries(out / "catalog.json", truth, scenes_out)

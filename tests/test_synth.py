@@ -108,3 +108,33 @@ def test_a_series_is_one_place_seen_cloudy_in_two_zones_as_stac(tmp_path) -> Non
     assert common.area > 0.05 * footprints[0].area
     assert all(abs(f.centroid.x - 12.0) < 0.01 and abs(f.centroid.y - 48.6) < 0.01 for f in footprints)  # lon/lat
     assert datetime(2024, 1, 1, tzinfo=UTC) < max(s.acquired for s in series.scenes)
+
+
+def test_synth_writes_only_into_a_new_empty_or_its_own_folder(tmp_path) -> None:
+    """A rerun replaces synth's own files (and removes those it no longer writes); a folder holding anything
+    else is refused in one line, the file untouched, for both kinds of archive."""
+    import pytest
+    from test_cli import _one_line_error, run
+
+    from geoseg.errors import GeoSegError
+    from geoseg.synth_series import make_series
+
+    make_archive(tmp_path / "a", scenes=2, size=96, seed=1)
+    make_archive(tmp_path / "a", scenes=1, size=96, seed=1)  # its own folder: the second scene's files go
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.suffix == ".tif") == [
+        "scene_000.tif",
+        "scene_000_labels.tif",
+    ]
+    mine = tmp_path / "b" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("field notes")
+    with pytest.raises(GeoSegError, match="holds files geoseg synth did not write"):
+        make_archive(tmp_path / "b", scenes=1, size=96)
+    with pytest.raises(GeoSegError, match="holds files geoseg synth did not write"):
+        make_series(tmp_path / "b", scenes=2, size=96)
+    assert mine.read_text() == "field notes" and sorted(p.name for p in mine.parent.iterdir()) == ["notes.txt"]
+    series = make_series(tmp_path / "c", scenes=2, size=96)
+    (tmp_path / "c" / "data" / "extra.tif").write_bytes(b"mine")  # the user's file inside synth's folder
+    result = run("synth", "--series", "--out", str(tmp_path / "c"), "--scenes", "2", "--size", "96")
+    _one_line_error(result, "extra.tif: was not written by geoseg synth")
+    assert series.truth.exists() and (tmp_path / "c" / "data" / "extra.tif").read_bytes() == b"mine"

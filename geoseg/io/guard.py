@@ -46,3 +46,35 @@ def refuse_overwrite(outputs: Iterable[Path], inputs: Iterable[Path], owned: Ite
         if (os.path.lexists(output)) and real not in mine:
             kind = "a folder" if output.is_dir() else "a file"
             raise GeoSegError(f"is {kind} this command did not write; refusing to replace it", output)
+
+
+def claim_folder(out_dir: Path, record: str, command: str) -> None:
+    """A folder a generating command (``geoseg synth``) writes whole: new, empty, or written by an earlier run of
+    it (``record`` there lists what it wrote). An earlier run's files are removed (the run makes its archive
+    anew: nothing of a larger earlier one stays behind); anything else there is refused in one line, before any
+    file is touched."""
+    refuse_file_as_folder(out_dir)
+    listing = out_dir / record
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not listing.is_file():
+        raise GeoSegError(f"holds files {command} did not write; give a new or empty folder", out_dir)
+    try:
+        owned = [out_dir / line for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GeoSegError(f"cannot read {command}'s record ({exc})", listing) from exc
+    mine = {os.path.realpath(p) for p in owned} | {os.path.realpath(listing)}
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file() and os.path.realpath(path) not in mine:
+            raise GeoSegError(f"was not written by {command}: move it away or give a new folder", path)
+    for path in owned:
+        path.unlink(missing_ok=True)
+
+
+def record_folder(out_dir: Path, record: str) -> None:
+    """After a generating command: list every file under ``out_dir`` as its own (all of them are:
+    :func:`claim_folder` refused anything else), atomically."""
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != record)
+    temporary = out_dir / f".{record}.partial"
+    temporary.write_text("".join(f"{p.relative_to(out_dir).as_posix()}\n" for p in files), encoding="utf-8")
+    temporary.replace(out_dir / record)
