@@ -288,7 +288,7 @@ def _print_place(console: Console, place: dict[str, Any]) -> None:
     masked, unmasked = place["masked"], place["unmasked"]
     table = Table(title="a map of a place: 6 cloudy acquisitions, zones 32N/33N, vs the truth (accuracy where mapped)")
     for column in ("product", "date", "EPSG", "clouds", "mapped", "accuracy masked", "accuracy unmasked"):
-        table.add_column(column, justify="left" if column in ("product", "date") else "right")
+        table.add_column(column, justify="left" if column in ("product", "date") else "right", no_wrap=True)
     plain = {row["scene"]: row for row in unmasked["scenes"]}
     for row in masked["scenes"]:
         other = plain.get(row["scene"], {})
@@ -302,7 +302,7 @@ def _print_place(console: Console, place: dict[str, Any]) -> None:
             "-" if other.get("accuracy") is None else f"{other['accuracy']:.3f}",
         )
     table.add_row(
-        "mosaic 2024 (mean)",
+        "mosaic (mean)",
         "2024",
         masked["crs"].removeprefix("EPSG:"),
         "-",

@@ -193,7 +193,16 @@ def test_masked_pixels_are_nodata_in_every_output_and_whole_masked_tiles_skip_th
         assert (out.read(1) != CLASS_NODATA).all()
 
 
-def test_a_scene_masked_whole_is_empty_not_failed_and_a_missing_mask_fails_its_scene_alone(bundle, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(["--in-process"], id="in-process"),
+        pytest.param(["--ray", "--workers", "2"], id="ray", marks=pytest.mark.ray),
+    ],
+)
+def test_a_scene_masked_whole_is_empty_not_failed_and_a_missing_mask_fails_its_scene_alone(
+    bundle, tmp_path, where: list[str]
+) -> None:
     whole = _mask_scene(tmp_path / "in", "overcast", np.full((80, 100), 1, np.uint8))
     fine = _mask_scene(tmp_path / "in", "clear", np.zeros((80, 100), np.uint8))
     lost = _mask_scene(tmp_path / "in", "lost", np.zeros((80, 100), np.uint8))
@@ -201,7 +210,7 @@ def test_a_scene_masked_whole_is_empty_not_failed_and_a_missing_mask_fails_its_s
     out = tmp_path / "out"
     result = run(
         "predict", "--model", str(bundle), str(whole), str(fine), str(lost), "--output", str(out),
-        "--mask-file", "{stem}_mask.tif", "--mask-values", "1", *TILING,
+        "--mask-file", "{stem}_mask.tif", "--mask-values", "1", *TILING[:-1], *where,
     )  # fmt: skip
     assert result.returncode == 1  # one scene failed
     assert "lost_mask.tif: the scene's mask is missing" in result.stderr + result.stdout

@@ -231,7 +231,10 @@ def _tile_threads(works: list[TileWork], workers: int | None) -> int:
 
 
 def _map_tiles(works: list[TileWork], options: MosaicOptions, megapixels: float) -> Iterator[TileRecord]:
-    """Run the tiles: in this process for a small mosaic on no cluster, else as Ray tasks (as predict decides)."""
+    """Run the tiles: in this process for a small mosaic on no cluster, else as Ray tasks (as predict decides).
+    The costliest tiles (most scene pixels to read) go first, so no worker is left with a large tile at the
+    end while the others idle."""
+    works = sorted(works, key=lambda w: -len(w.observations) * w.tile.shape[0] * w.tile.shape[1])
     forced = options.in_process
     on_ray = (
         (not forced)
