@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -154,7 +155,13 @@ def bundle_init(
     out: Path,
 ) -> None:
     """Write a bundle: your model's weights, classes and bands (or random weights for tests and benchmarks)."""
-    from geoseg.bundle import init_bundle
+    from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, init_bundle
+
+    for name in (SPEC_FILE, WEIGHTS_FILE):  # a bundle is a model's only copy: never replaced by another
+        if os.path.lexists(out / name):
+            raise GeoSegError(
+                f"holds a model bundle ({name}); bundle init never replaces one: choose another --out", out
+            )
 
     kwargs: dict[str, Any] = {
         k: v for k, v in {"base_channels": base_channels, "depth": depth, "encoder": encoder}.items() if v is not None
@@ -474,6 +481,9 @@ def evaluate(
     if out is not None:  # checked before the work, not after the metrics are printed
         if out.is_dir():
             raise GeoSegError("is a folder; --out takes a file name", out)
+        from geoseg.io.guard import is_geoseg_json, refuse_foreign
+
+        refuse_foreign(out, is_geoseg_json, "geoseg evaluate")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -504,7 +514,7 @@ def evaluate(
         )
     if out:
         try:
-            write_json_atomic(out, metrics)
+            write_json_atomic(out, {"geoseg_version": __version__, **metrics})
         except OSError as exc:
             raise GeoSegError(f"cannot write the metrics ({exc.strerror or exc})", out) from exc
 

@@ -396,3 +396,40 @@ def test_vectorize_cli_options(tmp_path) -> None:
     after = gpd.read_file(tmp_path / "clean.data", driver="GPKG")
     assert after.crs.to_epsg() == 4326 and 0 not in set(after["class_id"])
     assert (after["area_m2"] >= 50).all() and len(after) < len(before[before["class_id"] != 0])
+
+
+def test_no_command_writes_over_a_file_it_did_not_write(tmp_path) -> None:
+    """vectorize, evaluate and bundle init meet a user's file at their output: one line, exit 1, the file as it
+    was; their own earlier products are replaced (a rerun), and a GeoPackage with another layer is the user's."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    classes = tmp_path / "classes.tif"
+    write_geotiff(classes, (np.arange(2000).reshape(1, 40, 50) // 500).astype(np.uint8))
+    notes, metrics = tmp_path / "notes.gpkg", tmp_path / "metrics.json"
+    notes.write_text("my notes")
+    metrics.write_text('{"mine": 1}')
+    _one_line_error(run("vectorize", str(classes), "--output", str(notes)), "is not a geoseg polygons product")
+    _one_line_error(
+        run("evaluate", "--pred", str(classes), "--truth", str(classes), "--out", str(metrics)), "metrics.json"
+    )
+    assert notes.read_text() == "my notes" and metrics.read_text() == '{"mine": 1}'
+    survey = tmp_path / "survey.gpkg"  # a real GeoPackage, someone's layer
+    gpd.GeoDataFrame({"plot": [1]}, geometry=[box(500_000, 5_799_600, 500_100, 5_799_700)], crs="EPSG:32633").to_file(
+        survey, layer="plots"
+    )
+    before = survey.read_bytes()
+    _one_line_error(run("vectorize", str(classes), "--output", str(survey)), "survey.gpkg")
+    assert survey.read_bytes() == before
+    # Their own products: a rerun replaces them.
+    ours, record = tmp_path / "ours.gpkg", tmp_path / "ours.json"
+    for _ in range(2):
+        assert run("vectorize", str(classes), "--output", str(ours)).returncode == 0
+        assert run("evaluate", "--pred", str(classes), "--truth", str(classes), "--out", str(record)).returncode == 0
+    assert len(gpd.read_file(ours, layer="ours")) == 4 and json.loads(record.read_text())["miou"] == 1.0
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, 3, 2, 4)
+    weights = (bundle / "weights.pt").read_bytes()
+    again = run("bundle", "init", "--arch", "unet", "--in-channels", "3", "--num-classes", "5", "--out", str(bundle))
+    _one_line_error(again, "holds a model bundle (bundle.json)")
+    assert (bundle / "weights.pt").read_bytes() == weights

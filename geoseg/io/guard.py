@@ -8,7 +8,7 @@ names them); any other existing file at an output path is the user's and is refu
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from geoseg.errors import GeoSegError
@@ -78,3 +78,25 @@ def record_folder(out_dir: Path, record: str) -> None:
     temporary = out_dir / f".{record}.partial"
     temporary.write_text("".join(f"{p.relative_to(out_dir).as_posix()}\n" for p in files), encoding="utf-8")
     temporary.replace(out_dir / record)
+
+
+def refuse_foreign(output: Path, is_ours: Callable[[Path], bool], command: str) -> None:
+    """An existing ``output`` is replaced only if it is a product of ``command`` (``is_ours`` says, from its
+    content: a geoseg layer, a geoseg record); anything else there is the user's and is refused in one line."""
+    if os.path.lexists(output) and not is_ours(output):
+        raise GeoSegError(
+            f"exists and is not a {command} product: geoseg never writes over a file it did not write; "
+            "choose another output or move it away",
+            output,
+        )
+
+
+def is_geoseg_json(path: Path) -> bool:
+    """A JSON record geoseg wrote (it names the ``geoseg_version`` that wrote it)."""
+    import json
+
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and "geoseg_version" in document

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from geoseg.cluster import ray_session
 from geoseg.errors import GeoSegError
+from geoseg.io.guard import refuse_foreign
 from geoseg.io.styles import class_table
 from geoseg.progress import meter
 from geoseg.vector.export import PolygonWriter, to_geodataframe
@@ -46,6 +47,21 @@ def confidence_source(mask: Path) -> tuple[str, int] | None:
         return str(probabilities), src.count
 
 
+def is_geoseg_vector(path: Path) -> bool:
+    """Polygons geoseg wrote: a vector file whose every layer (but QGIS's ``layer_styles``) has the class fields
+    geoseg writes. A GeoPackage holding another layer is someone's: it is not replaced."""
+    import pyogrio
+
+    try:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path) if str(name) != "layer_styles"]
+        return bool(layers) and all(
+            {"class_id", "class_name", "area_m2"} <= set(pyogrio.read_info(path, layer=name)["fields"])
+            for name in layers
+        )
+    except Exception:  # not a vector file GDAL can open
+        return False
+
+
 def vectorize_raster(
     mask: Path,
     outputs: Sequence[Path],
@@ -62,6 +78,8 @@ def vectorize_raster(
     mapping unit sieves the raster first (see :mod:`geoseg.vector.refine`), so the polygons stay a partition.
     ``console``: where progress goes (none when called per scene by ``predict``, which has its own).
     """
+    for out in outputs:  # an existing file is replaced only if it is polygons geoseg wrote
+        refuse_foreign(out, is_geoseg_vector, "geoseg polygons")
     confidence = confidence_source(mask) if options.confidence else None
     with open_class_raster(mask) as src:  # one-line errors before any work (or Ray) starts
         chunks = math.ceil(src.width / options.chunk) * math.ceil(src.height / options.chunk)
