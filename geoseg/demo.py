@@ -22,7 +22,7 @@ from geoseg.evaluate import evaluate
 from geoseg.inference.job import predict_archive
 from geoseg.inference.manifest import write_json_atomic
 from geoseg.inference.options import PredictOptions
-from geoseg.io.masks import MaskOptions, MaskRule
+from geoseg.io.maskrules import MaskOptions, MaskRule
 from geoseg.metrics import summarize
 from geoseg.mosaic.job import MosaicOptions, mosaic, parse_period
 from geoseg.quicklook import mosaic_figure, quicklook

@@ -19,7 +19,8 @@ from test_cli import _one_line_error, run
 from test_stac import ORIGIN_X, ORIGIN_Y, s2_item
 
 from geoseg.bundle import BandSpec, init_bundle
-from geoseg.io.masks import MaskOptions, MaskRule, SceneMask, read_masked
+from geoseg.io.maskrules import MaskOptions, MaskRule, SceneMask
+from geoseg.io.masks import read_masked
 from geoseg.io.raster import OpenDatasets, open_scene
 from geoseg.io.writer import CLASS_NODATA
 

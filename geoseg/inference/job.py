@@ -54,7 +54,8 @@ from geoseg.inference.scene import (
     run_scenes,
 )
 from geoseg.io.joblock import job_lock
-from geoseg.io.masks import MaskOptions, mask_path, scene_mask
+from geoseg.io.maskrules import MaskOptions
+from geoseg.io.masks import mask_path, scene_mask
 from geoseg.io.objectstore import S3Url, is_s3
 from geoseg.io.paths import is_virtual
 from geoseg.io.raster import SceneInfo, open_scene

@@ -16,7 +16,7 @@ from geoseg.vector.formats import FORMAT_NAMES
 
 if TYPE_CHECKING:
     from geoseg.inference.options import PredictOptions
-    from geoseg.io.masks import MaskOptions
+    from geoseg.io.maskrules import MaskOptions
     from geoseg.io.stac import StacFilter
 
 
@@ -76,7 +76,7 @@ class PredictConfig(Strict):
     @classmethod
     def _mask_rule(cls, value: str | None) -> str | None:
         if value is not None:
-            from geoseg.io.masks import MaskRule
+            from geoseg.io.maskrules import MaskRule
 
             MaskRule.parse(value)
         return value
@@ -92,7 +92,7 @@ class PredictConfig(Strict):
         if self.mask_file is not None and self.mask_values is None:
             raise ValueError("mask_file needs mask_values: the values that mean not ground (Fmask: 2,4; 0/1: 1)")
         if self.mask_asset is not None and self.mask_values is None:
-            from geoseg.io.masks import MaskRule
+            from geoseg.io.maskrules import MaskRule
 
             if MaskRule.default_for(self.mask_asset) is None:
                 raise ValueError(f"mask_asset {self.mask_asset} has no preset: give mask_values")
@@ -100,7 +100,7 @@ class PredictConfig(Strict):
 
     def mask_options(self) -> MaskOptions | None:
         """The job's masks (validated above), or None."""
-        from geoseg.io.masks import MaskOptions, MaskRule
+        from geoseg.io.maskrules import MaskOptions, MaskRule
 
         if self.mask_asset is None and self.mask_file is None:
             return None

@@ -29,7 +29,7 @@ from typing import Any
 from geoseg.errors import GeoSegError
 from geoseg.geometry import ModelGeometry
 from geoseg.inference.tiling import BlockGrid, TileGrid
-from geoseg.io.masks import MaskOptions
+from geoseg.io.maskrules import MaskOptions
 from geoseg.io.raster import PadMode, SceneInfo
 from geoseg.vector.polygonize import VectorizeOptions
 

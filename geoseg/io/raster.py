@@ -20,7 +20,7 @@ from rasterio.windows import Window
 from geoseg.errors import GeoSegError
 
 if TYPE_CHECKING:
-    from geoseg.io.masks import SceneMask
+    from geoseg.io.maskrules import SceneMask
 
 PadMode = Literal["reflect", "constant", "nodata"]
 _NUMERIC_KINDS = {"u", "i", "f"}
