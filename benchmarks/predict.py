@@ -212,9 +212,11 @@ def _model_process(pipe: Connection, datasets: dict[str, tuple[Path, list[Path]]
 
 
 class TreePss:
-    """Peak proportional set size (PSS, MiB) of this process and all its descendants, sampled every 0.1 s."""
+    """Peak proportional set size (PSS, MiB) of a process (this one by default) and all its descendants,
+    sampled every 0.1 s."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: int | None = None) -> None:
+        self.root = root or os.getpid()
         self.peak = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -229,7 +231,7 @@ class TreePss:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(_pss(pid) for pid in _descendants(os.getpid())))
+            self.peak = max(self.peak, sum(_pss(pid) for pid in _descendants(self.root)))
             self._stop.wait(0.1)
 
 
@@ -282,6 +284,47 @@ def peak_pss(bundle: Path, scene: Path, warm: Path, work: Path, warm_on_scene: b
         executor.shutdown()
 
 
+def in_process_pss(bundle: Path, scene: Path, work: Path) -> float:
+    """Peak PSS (MiB) of ``geoseg predict --in-process`` on ``scene``, a fresh process as a user runs it (its
+    imports, model, reader, blending and COG build all in it; the publishing threads too)."""
+    import subprocess
+
+    out = work / "in_process_job"
+    shutil.rmtree(out, ignore_errors=True)
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--in-process"]
+    process = subprocess.Popen([*args, "--output", str(out), str(scene)], stderr=subprocess.PIPE, cwd=ROOT)
+    with TreePss(process.pid) as tree:
+        _, stderr = process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    return tree.peak
+
+
+def p2b(args: argparse.Namespace) -> None:
+    """P2b alone: the in-process path's whole-job peak PSS at 16x the pixels, interleaved repeats."""
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        tiny = init_bundle(work / "tiny", "unet", 4, 6, base_channels=4, depth=2)
+        big = make_scene(work / "big.tif", args.host_size)
+        base = make_scene(work / "base.tif", args.host_size // 4)
+        runs: dict[str, list[float]] = defaultdict(list)
+        for _ in range(args.repeats):
+            for name, scene in (("base", base), ("big", big)):
+                runs[name].append(in_process_pss(tiny, scene, work))
+    ratios = [b / a for a, b in zip(runs["base"], runs["big"], strict=True)]
+    rows = [
+        (
+            f"P2b in-process peak PSS, {args.host_size}^2 / {args.host_size // 4}^2",
+            statistics.median(ratios),
+            "<= 1.15",
+            f"{statistics.median(runs['big']):.0f} MiB / {statistics.median(runs['base']):.0f} MiB; "
+            f"ratios {min(ratios):.2f}-{max(ratios):.2f}",
+        )
+    ]
+    print_table(rows, args.json)
+    for name, values in runs.items():
+        print(f"  {name}: " + ", ".join(f"{v:.0f}" for v in values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=4096, help="side of the P1/P3 scene in pixels")
@@ -289,7 +332,11 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=16, help="U-Net width for P1/P3")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--p2b", action="store_true", help="only P2b: the in-process path's memory")
     args = parser.parse_args()
+    if args.p2b:
+        p2b(args)
+        return
     from geoseg.cluster import ray_session
 
     with tempfile.TemporaryDirectory() as folder:

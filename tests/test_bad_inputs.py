@@ -594,5 +594,5 @@ def test_every_command_over_the_bad_input_corpus(bundle: Path, tmp_path: Path) -
 
 
 def _published(*names: str) -> set[str]:
-    """The files a published scene has: its class COG, GDAL category names and QGIS style."""
-    return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml")}
+    """The files a published scene has: its class COG, GDAL category names, QGIS style and quicklook."""
+    return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml", ".png")}

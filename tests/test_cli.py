@@ -184,16 +184,19 @@ def test_a_rerun_leaves_no_product_of_an_earlier_model_and_restores_deleted_styl
     common = ["--output", str(job), "--tile", "64", str(scene)]
     ran = run("predict", "--model", str(first), "--probabilities", "--vectorize", "shp", *common)
     assert ran.returncode == 0, ran.stderr
-    assert (job / "s_probabilities.tif").exists() and (job / "s.shp").exists()
+    assert (job / "s_probabilities.tif").exists() and (job / "s_polygons.shp").exists()
+    assert "class_1" in (job / "s_polygons.qml").read_text()  # the polygons' own style: s.qml is the raster's
     again = run("predict", "--model", str(second), *common)
     assert again.returncode == 0, again.stderr
     assert "written by an earlier model or option set" in again.stderr
     names = {p.name for p in job.iterdir()}
-    assert names == {"s.tif", "s.tif.aux.xml", "s.qml", "manifest.json", "report.json"}, names
+    assert names == {"s.tif", "s.tif.aux.xml", "s.qml", "s.png", "manifest.json", "report.json"}, names
     (job / "s.qml").unlink()
     (job / "s.tif.aux.xml").unlink()
+    (job / "s.png").unlink()
     skipped = run("predict", "--model", str(second), *common)
     assert skipped.returncode == 0 and f"restored the styles of {job / 's.tif'}" in skipped.stderr
+    assert f"restored the quicklook of {job / 's.tif'}" in skipped.stderr and (job / "s.png").is_file()
     assert "class_0" in (job / "s.qml").read_text()  # the bundle's class names, as first written
     assert "class_1" in (job / "s.tif.aux.xml").read_text()
 
@@ -400,8 +403,9 @@ def test_vectorize_cli_options(tmp_path) -> None:
 
 def test_no_command_writes_over_a_file_it_did_not_write(tmp_path) -> None:
     """vectorize, evaluate and bundle init meet a user's file at their output: one line, exit 1, the file as it
-    was; their own earlier products are replaced (a rerun), and a GeoPackage with another layer is the user's."""
+    was; their own earlier products are replaced (a rerun); into a user's GeoPackage only geoseg's layer goes."""
     import geopandas as gpd
+    import pyogrio
     from shapely.geometry import box
 
     classes = tmp_path / "classes.tif"
@@ -418,9 +422,21 @@ def test_no_command_writes_over_a_file_it_did_not_write(tmp_path) -> None:
     gpd.GeoDataFrame({"plot": [1]}, geometry=[box(500_000, 5_799_600, 500_100, 5_799_700)], crs="EPSG:32633").to_file(
         survey, layer="plots"
     )
-    before = survey.read_bytes()
-    _one_line_error(run("vectorize", str(classes), "--output", str(survey)), "survey.gpkg")
-    assert survey.read_bytes() == before
+    # Into someone's GeoPackage, only geoseg's own layer (named as the file) is added, as gdal_polygonize.py does;
+    # their layers stay; a rerun replaces that layer alone.
+    for _ in range(2):
+        assert run("vectorize", str(classes), "--output", str(survey)).returncode == 0
+        assert [str(n) for n, _ in pyogrio.list_layers(survey) if n != "layer_styles"] == ["plots", "survey"]
+        assert len(gpd.read_file(survey, layer="survey")) == 4
+        assert gpd.read_file(survey, layer="plots")["plot"].tolist() == [1]
+    # A layer of that name that is someone's is refused, the file as it was.
+    theirs = tmp_path / "theirs.gpkg"
+    gpd.GeoDataFrame({"plot": [1]}, geometry=[box(500_000, 5_799_600, 500_100, 5_799_700)], crs="EPSG:32633").to_file(
+        theirs, layer="theirs"
+    )
+    before = theirs.read_bytes()
+    _one_line_error(run("vectorize", str(classes), "--output", str(theirs)), "theirs.gpkg")
+    assert theirs.read_bytes() == before
     # Their own products: a rerun replaces them.
     ours, record = tmp_path / "ours.gpkg", tmp_path / "ours.json"
     for _ in range(2):

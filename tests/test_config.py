@@ -130,3 +130,20 @@ def test_bad_yaml_and_python_tags(tmp_path) -> None:
         load_config(tagged)
     with pytest.raises(GeoSegError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ("labels/{name}_labels.tif", r"holds the placeholder \{name\}; the one placeholder is \{stem\}"),
+        ("labels/{0}.tif", r"holds the placeholder \{0\}"),
+        ("labels/{stem.tif", r"is not a valid pattern"),
+        ("labels/{stem}}.tif", r"is not a valid pattern"),
+    ],
+)
+def test_label_placeholders_are_checked_where_the_config_is_read(labels, message) -> None:
+    """Only ``{stem}`` is replaced; any other brace failed per scene with a KeyError traceback mid-run (issue 23)."""
+    with pytest.raises(GeoSegError, match=r"config key data\.scenes\.0\.labels: .*" + message):
+        load_config(REPO / "configs" / "synthetic.yaml", [f"data.scenes=[{{image: a.tif, labels: '{labels}'}}]"])
+    ok = load_config(REPO / "configs" / "synthetic.yaml", ["data.scenes=[{image: a.tif, labels: 'l/{stem}_x.tif'}]"])
+    assert ok.data.scenes[0].labels == "l/{stem}_x.tif"

@@ -147,7 +147,6 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
 
 @pytest.mark.realdata
 def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path) -> None:
-
     """With a halo covering the receptive field, tiling + blending reproduces whole-image inference."""
     import torch
 
@@ -700,8 +699,8 @@ def test_changing_only_polygon_options_reruns_no_model(make_geotiff, bundle3, tm
     [second] = predict_archive(bundle3, [scene], out, shp, executor=executor)
     assert len(calls) == blocks and (out / "v.tif").stat().st_mtime_ns == raster_time
     assert second.sha256 == first.sha256
-    assert second.status == "ok" and second.vectors == str(out / "v.shp") and not (out / "v.gpkg").exists()
-    polygons = gpd.read_file(out / "v.shp")
+    assert second.status == "ok" and second.vectors == str(out / "v_polygons.shp") and not (out / "v.gpkg").exists()
+    polygons = gpd.read_file(out / "v_polygons.shp")
     assert shapely.coverage_is_valid(polygons.geometry.values)  # merged, not deleted: still a partition ...
     assert polygons.area.sum() == pytest.approx(70 * 90 * 100)  # ... of every pixel (10 m), once
     [third] = predict_archive(bundle3, [scene], out, shp, executor=executor)
@@ -733,5 +732,5 @@ def test_small_jobs_run_in_process_and_large_or_clustered_ones_on_ray(make_geoti
 
 
 def _published(*names: str) -> set[str]:
-    """The files a published scene has: its class COG, GDAL category names and QGIS style."""
-    return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml")}
+    """The files a published scene has: its class COG, GDAL category names, QGIS style and quicklook."""
+    return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml", ".png")}

@@ -160,9 +160,10 @@ def test_a_catalogue_in_a_bucket_predicts_into_another_bucket_as_a_local_run_doe
     code, output = _predict(bundle, archive["remote"], "s3://results/job1/", "--vectorize", "fgb")
     assert "model not rerun" in output and "cannot access" not in output
     objects = _objects("results", "job1/")
-    assert {"clear.fgb", "cloudy.fgb"} <= set(objects) and not {"clear.gpkg", "cloudy.gpkg"} & set(objects)
+    assert {"clear_polygons.fgb", "clear_polygons.qml", "cloudy_polygons.fgb"} <= set(objects)
+    assert not {"clear.gpkg", "cloudy.gpkg"} & set(objects)
     manifest = json.loads(objects["manifest.json"])["scenes"]
-    assert manifest["clear"]["vectors"] == "s3://results/job1/clear.fgb" and manifest["clear"]["error"] is None
+    assert manifest["clear"]["vectors"] == "s3://results/job1/clear_polygons.fgb" and manifest["clear"]["error"] is None
 
 
 def test_a_job_killed_mid_way_resumes_against_the_bucket_from_an_empty_spool(s3, archive, bundle, tmp_path) -> None:
@@ -322,3 +323,76 @@ def test_a_mosaic_reads_a_job_from_its_bucket_prefix_as_from_its_folder(
     missing = runner.invoke(cli.cli, ["mosaic", "s3://results/nothing-here/", "--output", str(tmp_path / "none")])
     assert str(missing.exception) == "s3://results/nothing-here/: is not a predict job prefix (no manifest.json)"
     assert not (tmp_path / "none").exists()
+
+
+def test_an_object_replaced_in_place_is_redone(s3, archive, bundle, tmp_path) -> None:
+    """A scene whose object was replaced under the same key was skipped on rerun: objects were keyed by name.
+    Now by the ETag, size and time the store answers (issue 23, rule 2)."""
+    import numpy as np
+    import rasterio
+
+    profile = {"driver": "GTiff", "width": 40, "height": 30, "count": 5, "dtype": "float32", "crs": "EPSG:32633"}
+    profile["transform"] = rasterio.transform.from_origin(500_000, 5_800_000, 10, 10)
+    client = objectstore.client()
+
+    def put(seed: int) -> None:
+        path = tmp_path / f"scene{seed}.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.random.default_rng(seed).uniform(-3, 3, (5, 30, 40)).astype(np.float32))
+        client.upload_file(str(path), "archive", "replaced/a.tif")
+
+    put(1)
+    out = tmp_path / "out"
+    code, output = _predict(bundle, "s3://archive/replaced/a.tif", str(out))
+    assert code == 0 and "1 ok" in output, output
+    first = (out / "a.tif").read_bytes()
+    code, output = _predict(bundle, "s3://archive/replaced/a.tif", str(out))
+    assert code == 0 and "0 ok, 0 failed, 1 skipped" in output, output
+    put(2)
+    # New processes, as reruns are: GDAL keeps what it read of an object for the life of its process.
+    args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--in-process"]
+    args += ["--input", "s3://archive/replaced/a.tif", "--output"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    rerun = subprocess.run([*args, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "1 ok, 0 failed, 0 skipped" in rerun.stderr, rerun.stdout + rerun.stderr
+    fresh = tmp_path / "fresh"
+    assert subprocess.run([*args, str(fresh)], env=env, capture_output=True, timeout=300).returncode == 0
+    assert (out / "a.tif").read_bytes() == (fresh / "a.tif").read_bytes() != first
+
+
+def _refusal(bundle: Path, archive: dict[str, Path | str], output: str) -> str:
+    """The one-line error of a predict refused before it started."""
+    args = ["predict", "--model", str(bundle), "--input", str(archive["remote"]), "--output", output, "--in-process"]
+    result = CliRunner().invoke(cli.cli, [*args, "--stac-filter", "ids=clear"])
+    assert result.exit_code == 1 and isinstance(result.exception, cli.GeoSegError), result.output
+    return str(result.exception)
+
+
+def test_one_job_per_bucket_prefix_and_a_dead_jobs_lease_expires(s3, archive, bundle, tmp_path, monkeypatch) -> None:
+    """Two jobs on one prefix overwrote each other's records (issue 23, rule 5): the second now meets the
+    prefix's lease in one line naming the holder; a lease nobody renews (its job died) is taken over."""
+    from geoseg.io import joblock
+
+    monkeypatch.setenv("GEOSEG_SPOOL", str(tmp_path / "spool"))
+    prefix = objectstore.S3Url.parse("s3://results/leased/")
+    with joblock.prefix_lease(prefix):
+        lease = json.loads(_objects("results", "leased/")[".geoseg.lock"])
+        assert lease["pid"] == os.getpid()
+        with (
+            pytest.raises(cli.GeoSegError, match=r"another geoseg job is writing here \(pid \d+ on "),
+            joblock.prefix_lease(prefix),
+        ):
+            pass
+        refused = _refusal(bundle, archive, "s3://results/leased/")
+        assert "another geoseg job is writing here" in refused and "s3://results/leased/" in refused
+        assert set(_objects("results", "leased/")) == {".geoseg.lock"}  # nothing of the refused job
+    assert _objects("results", "leased/") == {}  # released at the end
+    # A job killed with its lease held: its lease stays until it is LEASE_S old, then the next job takes it.
+    objectstore.put_if(prefix.child(".geoseg.lock"), b'{"pid": 1, "host": "lost", "since": "", "command": "x"}', None)
+    assert "pid 1 on lost" in _refusal(bundle, archive, "s3://results/leased/")
+    monkeypatch.setattr(joblock, "LEASE_S", 1.0)
+    time.sleep(1.5)
+    code, output = _predict(bundle, str(archive["remote"]), "s3://results/leased/", "--stac-filter", "ids=clear")
+    assert code == 0, output
+    objects = _objects("results", "leased/")
+    assert "clear.tif" in objects and ".geoseg.lock" not in objects

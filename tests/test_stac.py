@@ -279,3 +279,25 @@ def test_a_job_never_writes_over_what_it_reads(tmp_path) -> None:
     guard_remote_inputs(S3Url.parse("s3://results/job/"), [(results, "a")])  # ... unless --stac-items writes it
     with pytest.raises(GeoSegError, match=r"s3://results/job/stac/catalog\.json: is an input inside the output"):
         guard_remote_inputs(S3Url.parse("s3://results/job/"), [(results, "a")], stac_items=True)
+
+
+def test_an_edited_item_reruns_its_scene_and_only_it(tmp_path, s2_bundle) -> None:
+    """A rerun skipped a scene whose item had been edited (a corrected ``raster:bands`` offset): 84 % of its
+    pixels differed from a fresh run. The identity now holds what the item told the reader (issue 23, rule 2)."""
+    import json
+
+    from geoseg import cli
+
+    root = catalog(tmp_path)
+    args = ["predict", "--model", str(s2_bundle), "--input", str(root), "--output", str(tmp_path / "out")]
+    args += ["--stac-filter", "max-cloud=50", "--in-process"]
+    first = CliRunner().invoke(cli.cli, args)
+    assert first.exit_code == 1 and "ok" in first.output  # 'no-nir' fails alone, as above
+    again = CliRunner().invoke(cli.cli, args)
+    assert "0 ok, 1 failed, 1 skipped" in again.output, again.output
+    item_file = next((tmp_path / "catalog").rglob("clear.json"))
+    doc = json.loads(item_file.read_text())
+    doc["assets"]["B04"]["raster:bands"][0]["offset"] = -0.2  # a corrected offset: the reflectance changes
+    item_file.write_text(json.dumps(doc))
+    edited = CliRunner().invoke(cli.cli, args)
+    assert "1 ok, 1 failed, 0 skipped" in edited.output, edited.output

@@ -37,7 +37,7 @@ from geoseg.io.raster import SceneInfo, onto_grid
 from geoseg.io.styles import ClassStyle, style_class_raster
 from geoseg.io.writer import StagingRaster, class_tags, publish_cog, write_text_atomic
 from geoseg.progress import meter
-from geoseg.vector.formats import vector_files
+from geoseg.vector.formats import polygons_beside, vector_files
 from geoseg.vector.polygonize import VectorizeOptions
 
 RECORD = "transitions.json"
@@ -133,7 +133,7 @@ def _positions(cmap: ClassMap, values: np.ndarray, valid: np.ndarray, lookup: np
 def products(out_dir: Path, vector_format: str | None) -> list[Path]:
     paths = [out_dir / n for n in (RASTER, RASTER + ".aux.xml", "change.qml", RECORD, MATRIX_CSV)]
     if vector_format:
-        paths.extend(vector_files(out_dir / f"change.{vector_format}"))
+        paths.extend(vector_files(polygons_beside(out_dir / RASTER, vector_format)))
     return paths
 
 

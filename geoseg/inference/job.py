@@ -53,7 +53,7 @@ from geoseg.inference.scene import (
     publish_scene,
     run_scenes,
 )
-from geoseg.io.joblock import job_lock
+from geoseg.io.joblock import job_lock, prefix_lease
 from geoseg.io.maskrules import MaskOptions
 from geoseg.io.masks import mask_path, scene_mask
 from geoseg.io.objectstore import S3Url, is_s3
@@ -62,7 +62,7 @@ from geoseg.io.raster import SceneInfo, open_scene
 from geoseg.io.sources import SceneSource, expand_inputs
 from geoseg.io.stac import ResultScene, StacFilter, build_item_vrt, write_result_catalog
 from geoseg.io.stack import build_stack_vrt
-from geoseg.io.styles import style_class_raster
+from geoseg.io.styles import style_class_raster, write_thumbnail
 from geoseg.progress import meter
 from geoseg.vector.formats import vector_files
 from geoseg.vector.polygonize import VectorizeOptions
@@ -139,6 +139,7 @@ def predict_archive(
         prepare_job_folder(out_dir)
         held.enter_context(job_lock(out_dir))  # one job per folder; the kernel drops it if this process dies
         if remote is not None:
+            held.enter_context(prefix_lease(remote.url))  # one job per bucket prefix, whichever host runs it
             remote.pull()  # the bucket's manifest: what is finished there, whoever ran it
         inputs = input_paths(plan)
         remove_stale_partials(out_dir, inputs)  # left by a killed run of this job; never a finished output
@@ -225,8 +226,8 @@ def write_stac_items(
         outputs = {"classes": report.output}
         outputs |= {"probabilities": report.probabilities} if report.probabilities else {}
         outputs |= {"vectors": report.vectors} if report.vectors else {}
-        when = datetime.fromisoformat(source.acquired) if source.acquired else now
-        scenes.append(ResultScene(report.scene, outputs, when))
+        acquired = report.acquired or source.acquired
+        scenes.append(ResultScene(report.scene, outputs, datetime.fromisoformat(acquired) if acquired else None, now))
     classes = [(c.id, c.name, c.color) for c in spec.classes]
     folder = out_dir / "stac"
     written = write_result_catalog(folder, scenes, classes)
@@ -316,13 +317,17 @@ def halo_notes(options: PredictOptions, receptive_field: int) -> list[str]:
 
 
 def restore_sidecars(report: SceneReport, console: Console) -> None:
-    """A finished scene whose category names (``.tif.aux.xml``) or QGIS style (``.qml``) were deleted gets them
-    back: a skipped scene must still be what a finished one is."""
+    """A finished scene whose category names (``.tif.aux.xml``), QGIS style (``.qml``) or quicklook (``.png``)
+    were deleted gets them back: a skipped scene must still be what a finished one is."""
     output = Path(report.output or "")
     sidecars = [output.with_name(output.name + ".aux.xml"), output.with_suffix(".qml")]
-    if output.is_file() and not all(p.exists() for p in sidecars):
+    if not output.is_file():
+        return
+    if not all(p.exists() for p in sidecars):
         style_class_raster(output)
         console.print(f"restored the styles of {output}", markup=False)
+    if not output.with_suffix(".png").exists() and write_thumbnail(output) is not None:
+        console.print(f"restored the quicklook of {output}", markup=False)
 
 
 def prepare_job_folder(out_dir: Path) -> None:
@@ -354,15 +359,16 @@ def open_source(source: SceneSource, name: str, out_dir: Path, mask: MaskOptions
 
 
 def scene_identity(source: SceneSource, mask: MaskOptions | None) -> str:
-    """What the scene's result depends on besides the job: its files, and its mask file when it has one (a
-    redone cloud mask reruns the scene)."""
-    files = source.local_files() or [Path(b) for b in source.bands]
+    """What the scene's result depends on besides the job: its files (local ones by their bytes, remote objects
+    by what their store says of them now), its mask file when it has one (a redone cloud mask reruns the scene),
+    and for a STAC item what the item told the reader: each band's asset href, scale, offset and nodata (an
+    edited ``raster:bands`` offset reruns the scene, as a changed band choice does)."""
+    files: list[str | Path] = [*source.local_files(), *(b for b in source.bands if is_virtual(b) or "://" in b)]
     if mask is not None:
         with contextlib.suppress(GeoSegError):  # no mask: the scene fails when it opens, saying so
-            path = mask_path(source, mask)
-            if not is_virtual(path):
-                files = [*files, Path(path)]
-    return source_identity(files)
+            files.append(mask_path(source, mask))
+    read_by = [[a.name, a.href, a.scale, a.offset, a.nodata] for a in source.assets]
+    return source_identity(files, json.dumps(read_by) if read_by else "")
 
 
 class _Job:
@@ -507,6 +513,8 @@ class _Job:
             sources[name] = source.text
             try:
                 scenes[name] = open_source(source, name, self.out_dir, self.options.mask)
+                if not source.acquired and scenes[name].acquired:  # the file's own metadata says when
+                    self.acquired[name] = scenes[name].acquired  # type: ignore[assignment]
             except GeoSegError as exc:
                 self.record(source.text, name, self.failed(source.text, name, exc))
         total = sum(scene.width * scene.height for scene in scenes.values()) / 1e6

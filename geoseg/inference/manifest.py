@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ from typing import Any, Protocol
 from geoseg import __version__
 from geoseg.errors import GeoSegError
 from geoseg.inference.report import FINISHED, SceneReport, Status
+from geoseg.io.paths import is_virtual
+from geoseg.io.stamps import remote_stamp
 from geoseg.io.writer import temp_sibling
 
 MANIFEST = "manifest.json"
@@ -33,23 +36,27 @@ def write_json_atomic(path: Path, payload: object) -> None:
     os.replace(staging, path)
 
 
-def source_identity(paths: list[Path]) -> str:
-    """A cheap key of the bytes a scene is read from: per file its size, modification time and a hash of its
-    first and last 64 KiB (a header rewritten in place changes it even when size and time are kept).
-
-    GDAL virtual paths (``/vsis3/...``) that are not local files are keyed by name; their stores version
-    objects themselves.
+def source_identity(paths: Sequence[str | Path], extra: str = "") -> str:
+    """A cheap key of the bytes a scene is read from: per local file its size, modification time and a hash of
+    its first and last 64 KiB (a header rewritten in place changes it even when size and time are kept); per
+    remote object (``/vsis3/``, ``/vsicurl/``) the ETag, size and last-modified time its store answers
+    (:func:`geoseg.io.stamps.remote_stamp`: an object replaced in place is redone). ``extra`` is what else the
+    scene was read by (a STAC item's asset hrefs, scales, offsets and nodata).
     """
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(extra.encode())
     for path in paths:
-        local = os.path.realpath(path) if not str(path).startswith("/vsi") else str(path)
-        digest.update(local.encode())  # resolved: another spelling of the same file is the same source
+        text = str(path)
+        if is_virtual(text) or "://" in text:
+            digest.update(text.encode())
+            digest.update((remote_stamp(text) or "").encode())
+            continue
+        digest.update(os.path.realpath(text).encode())  # resolved: another spelling of the same file is one source
         try:
-            stat = path.stat()
+            stat = os.stat(text)
         except OSError:
             continue
         digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-        with contextlib.suppress(OSError), open(path, "rb") as f:
+        with contextlib.suppress(OSError), open(text, "rb") as f:
             digest.update(f.read(_PROBE))
             if stat.st_size > _PROBE:
                 f.seek(max(_PROBE, stat.st_size - _PROBE))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from geoseg.errors import GeoSegError
 from geoseg.io.sources import SceneSource, base_name
-from geoseg.vector.formats import vector_files
+from geoseg.vector.formats import POLYGONS_SUFFIX, polygons_beside, vector_files
 
 PROBABILITIES_SUFFIX = "_probabilities"
 JOB_FILES = ("manifest.json", "manifest.jsonl", "report.json")
@@ -33,8 +33,8 @@ STACKS = "stacks"
 _PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
 
 
-def _claims(name: str) -> tuple[str, str]:
-    return name.casefold(), (name + PROBABILITIES_SUFFIX).casefold()
+def _claims(name: str) -> tuple[str, str, str]:
+    return name.casefold(), (name + PROBABILITIES_SUFFIX).casefold(), (name + POLYGONS_SUFFIX).casefold()
 
 
 def scene_names(sources: list[SceneSource]) -> list[str]:
@@ -59,8 +59,9 @@ def scene_outputs(out_dir: Path, name: str, vector_format: str | None) -> list[P
     """Every path the job may write for scene ``name`` (whatever the options: they do not move names)."""
     paths = [out_dir / f"{name}.tif", out_dir / f"{name}{PROBABILITIES_SUFFIX}.tif", out_dir / STACKS / f"{name}.vrt"]
     paths += [out_dir / f"{name}.qml", out_dir / f"{name}.tif.aux.xml"]  # the class raster's style and categories
+    paths.append(out_dir / f"{name}.png")  # its quicklook
     if vector_format:
-        paths.extend(vector_files(out_dir / f"{name}.{vector_format}"))
+        paths.extend(vector_files(polygons_beside(out_dir / f"{name}.tif", vector_format)))
     return paths
 
 

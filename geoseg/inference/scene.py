@@ -29,7 +29,7 @@ from geoseg.inference.report import SceneReport, Status
 from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import BlockGrid
 from geoseg.io.raster import SceneInfo
-from geoseg.io.styles import style_class_raster
+from geoseg.io.styles import style_class_raster, write_thumbnail
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
 from geoseg.vector.polygonize import VectorizeOptions
 
@@ -101,6 +101,7 @@ def publish_scene(staged: StagedScene) -> Published:
     try:
         publish_cog(*staged.classes, "nearest")
         final_paths += style_class_raster(staged.classes[1])  # category names and a QGIS style beside it
+        final_paths += [p for p in [write_thumbnail(staged.classes[1])] if p is not None]  # <scene>.png
         if staged.probabilities:
             publish_cog(*staged.probabilities, "average")
         digest = file_sha256(staged.classes[1])
@@ -132,10 +133,12 @@ def polygons_error(exc: BaseException, class_raster: Path) -> str:
 
 
 def polygonize_scene(class_raster: Path, options: VectorizeOptions) -> Path:
-    """Polygonize a published class raster into ``<scene>.<format>`` beside it (in this process)."""
+    """Polygonize a published class raster into its polygons beside it (``vector.formats.polygons_beside``), in
+    this process."""
+    from geoseg.vector.formats import polygons_beside
     from geoseg.vector.job import vectorize_raster
 
-    vectors = class_raster.with_suffix(f".{options.fmt}")
+    vectors = polygons_beside(class_raster, options.fmt or "gpkg")
     vectorize_raster(class_raster, [vectors], options, workers=1)
     return vectors
 

@@ -51,6 +51,7 @@ from geoseg.io.raster import OpenDatasets, SceneInfo, reflect_index
 if TYPE_CHECKING:
     from geoseg.io.sources import SceneSource
 
+
 def mask_path(source: SceneSource, options: MaskOptions) -> str:
     """Where ``source``'s mask is (not yet opened): its STAC item's asset, or the pattern's file beside it.
     One line naming the scene and the cause when it has none (the scene fails alone, never runs unmasked)."""

@@ -14,6 +14,7 @@ no rename).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -134,6 +135,53 @@ def size(url: S3Url) -> int | None:
         if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise s3_error(exc, url, "look up the object") from exc
+
+
+def stamp(url: S3Url) -> str:
+    """``etag|size|last-modified`` of the object (every write gives it a new ETag), ``"missing"`` when there is
+    none: a replaced object is told from the one a finished scene was computed from."""
+    try:
+        head = client().head_object(Bucket=url.bucket, Key=url.key)
+    except Exception as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return "missing"
+        raise s3_error(exc, url, "look up the object") from exc
+    modified = head.get("LastModified")
+    return f"{head.get('ETag', '')}|{head.get('ContentLength', '')}|{modified.isoformat() if modified else ''}"
+
+
+def put_if(url: S3Url, body: bytes, etag: str | None) -> str | None:
+    """Write a small object only if it is as expected: absent (``etag`` None: S3's ``If-None-Match: *``) or
+    still at ``etag`` (``If-Match``). Returns the new ETag, or None when the condition failed (someone else
+    wrote or removed it first): the atomic step a lease is built on."""
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        return str(client().put_object(Bucket=url.bucket, Key=url.key, Body=body, **condition)["ETag"])
+    except Exception as exc:
+        if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+            return None
+        raise s3_error(exc, url, "write the object") from exc
+
+
+def held(url: S3Url) -> tuple[str, float, bytes] | None:
+    """(ETag, age in seconds by the store's own clock, body) of an object; None when there is none. The age
+    is the store's ``Date`` minus its ``Last-Modified``: no two hosts' clocks are compared."""
+    from email.utils import parsedate_to_datetime
+
+    try:
+        got = client().get_object(Bucket=url.bucket, Key=url.key)
+    except Exception as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise s3_error(exc, url, "read the object") from exc
+    now = parsedate_to_datetime(got["ResponseMetadata"]["HTTPHeaders"]["date"])
+    return str(got["ETag"]), (now - got["LastModified"]).total_seconds(), bytes(got["Body"].read())
+
+
+def delete_if(url: S3Url, etag: str) -> None:
+    """Delete the object only while it is still at ``etag`` (a lease taken over by another job stays)."""
+    with contextlib.suppress(Exception):
+        client().delete_object(Bucket=url.bucket, Key=url.key, IfMatch=etag)
 
 
 def upload(local: Path, url: S3Url) -> None:

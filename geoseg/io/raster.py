@@ -40,6 +40,7 @@ class SceneInfo:
     nodata: float | None
     block_shape: tuple[int, int]
     mask: SceneMask | None = None  # pixels that are not ground (clouds, shadows): read as nodata
+    acquired: str | None = None  # when the image was taken (ISO 8601, UTC), if its metadata says
 
     @property
     def name(self) -> str:
@@ -81,6 +82,23 @@ def on_grid(src: rasterio.DatasetReader, crs: CRS, transform: Affine, width: int
     return same_projection(src.crs, crs)
 
 
+def acquisition_time(src: rasterio.DatasetReader) -> str | None:
+    """When the image was taken, from GDAL's ``IMAGERY`` metadata domain (``ACQUISITIONDATETIME``: what GDAL
+    reads from a scene's vendor metadata, e.g. a Landsat MTL, a DigitalGlobe IMD, a Pleiades DIMAP), or from an
+    ``ACQUISITIONDATETIME`` tag of the file itself; None when neither says. Never the file's TIFFTAG_DATETIME,
+    which is when the *file* was written."""
+    from datetime import UTC, datetime
+
+    text = src.tags(ns="IMAGERY").get("ACQUISITIONDATETIME") or src.tags().get("ACQUISITIONDATETIME")
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None  # a vendor's format we do not know: no date rather than a wrong one
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
 def open_scene(path: str | Path) -> SceneInfo:
     """Read and check a scene's header; every problem is a one-line :class:`GeoSegError` naming the file."""
     path = str(path)
@@ -109,6 +127,7 @@ def open_scene(path: str | Path) -> SceneInfo:
                 transform=src.transform,
                 nodata=src.nodata,
                 block_shape=src.block_shapes[0],
+                acquired=acquisition_time(src),
             )
     except RasterioIOError as exc:
         cause = str(exc).split(": ", 1)[-1] if str(exc) else "cannot be read"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import RasterioIOError
 
+from geoseg import __version__
 from geoseg.errors import GeoSegError
 from geoseg.io.paths import gdal_path
 from geoseg.io.stack import vrt_source, write_vrt
@@ -339,7 +341,25 @@ class ResultScene:
 
     name: str
     outputs: dict[str, str]  # role ("classes", "probabilities", "vectors") -> path or URL
-    when: datetime  # the source item's acquisition time, else when the job ran
+    acquired: datetime | None  # when the source image was taken (its item's or its metadata's), if known
+    processed: datetime  # when the job ran
+
+
+# Media types of what a job writes, by suffix (IANA where registered, else the community's usual one).
+MEDIA_TYPES = {
+    ".gpkg": "application/geopackage+sqlite3",
+    ".geojson": "application/geo+json",
+    ".json": "application/geo+json",
+    ".fgb": "application/vnd.flatgeobuf",
+    ".parquet": "application/vnd.apache.parquet",
+    ".shp": "application/vnd.shp",
+    ".qml": "text/xml",
+    ".xml": "application/xml",
+    ".png": "image/png",
+}
+PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+_UNKNOWN_START = datetime(1, 1, 1, tzinfo=UTC)  # RFC 3339's earliest instant: "no earlier bound known"
 
 
 def _raster_item(item_id: str, raster: str, when: datetime | None, properties: dict[str, Any]) -> pystac.Item:
@@ -359,12 +379,83 @@ def _raster_item(item_id: str, raster: str, when: datetime | None, properties: d
 
 
 def _class_list(classes: Sequence[tuple[int, str, tuple[int, int, int]]]) -> list[Any]:
+    """The classification extension's list: ``name`` a code of ``[0-9A-Za-z-_]`` (its schema's pattern; a
+    name with spaces broke it), the display name in ``title``."""
     from pystac.extensions.classification import Classification
 
-    return [
-        Classification.create(value=i, name=name, color_hint="{:02X}{:02X}{:02X}".format(*color))
-        for i, name, color in classes
+    codes: set[str] = set()
+    listed = []
+    for i, name, color in classes:
+        code = re.sub(r"[^0-9A-Za-z_-]+", "-", name).strip("-") or f"class-{i}"
+        code = code if code not in codes else f"{code}-{i}"
+        codes.add(code)
+        listed.append(
+            Classification.create(value=i, name=code, title=name, color_hint="{:02X}{:02X}{:02X}".format(*color))
+        )
+    return listed
+
+
+def _sibling(href: str, suffix: str) -> str:
+    """The href of a file beside ``href`` with ``suffix`` in place of its extension (``.png``, ``.qml``), or
+    added to its name (``.aux.xml``, starting with '+')."""
+    if suffix.startswith("+"):
+        return href + suffix[1:]
+    base, dot, _ = href.rpartition(".")
+    return f"{base}.{suffix.lstrip('.')}" if dot else href + suffix
+
+
+def _exists(href: str) -> bool:
+    return href.startswith(("s3://", "/vsi", "http")) or os.path.isfile(href)
+
+
+def _raster_bands(href: str) -> list[dict[str, Any]]:
+    """The raster extension's ``raster:bands`` as the file itself states them: type, nodata, scale, offset."""
+    with rasterio.open(gdal_path(href)) as src:
+        bands = []
+        for i in range(src.count):
+            band: dict[str, Any] = {"data_type": src.dtypes[i], "scale": src.scales[i], "offset": src.offsets[i]}
+            if src.nodata is not None:
+                band["nodata"] = src.nodata
+            bands.append(band)
+    return bands
+
+
+def _result_assets(outputs: dict[str, str]) -> dict[str, pystac.Asset]:
+    """Every file of a finished scene as an asset: the class COG, its QGIS style, its GDAL categories and
+    colours, its quicklook (the thumbnail), the probabilities (their 1/254 scale stated), the polygons and
+    their style."""
+    classes = outputs["classes"]
+    assets = {"classes": pystac.Asset(classes, "classes", media_type=pystac.MediaType.COG, roles=["data"])}
+    sidecars = [
+        ("style", ".qml", "QGIS style of the class raster", ["metadata"]),
+        ("categories", "+.aux.xml", "GDAL category names and colour table (PAM)", ["metadata"]),
+        ("thumbnail", ".png", "quicklook of the classes", ["thumbnail"]),
     ]
+    for key, suffix, title, roles in sidecars:
+        href = _sibling(classes, suffix)
+        if _exists(href):
+            media = MEDIA_TYPES[".xml" if suffix.endswith(".xml") else suffix]
+            assets[key] = pystac.Asset(href, title, media_type=media, roles=roles)
+    if "probabilities" in outputs:
+        probabilities = pystac.Asset(
+            outputs["probabilities"],
+            "class probabilities (value / 254) and confidence",
+            media_type=pystac.MediaType.COG,
+            roles=["data"],
+        )
+        probabilities.extra_fields["raster:bands"] = _raster_bands(outputs["probabilities"])
+        assets["probabilities"] = probabilities
+    if "vectors" in outputs:
+        polygons = outputs["vectors"]
+        suffix = os.path.splitext(polygons)[1].lower()
+        polygons_type = MEDIA_TYPES.get(suffix)
+        assets["polygons"] = pystac.Asset(polygons, "class polygons", media_type=polygons_type, roles=["data"])
+        style = _sibling(polygons, ".qml")
+        if suffix != ".gpkg" and _exists(style):  # a GeoPackage holds its style inside
+            assets["polygons-style"] = pystac.Asset(
+                style, "QGIS style of the polygons", media_type=MEDIA_TYPES[".qml"], roles=["metadata"]
+            )
+    return assets
 
 
 def _save_relative(root: pystac.Catalog, folder: Path) -> list[Path]:
@@ -384,18 +475,27 @@ def _save_relative(root: pystac.Catalog, folder: Path) -> list[Path]:
 def write_result_catalog(
     folder: Path, scenes: Sequence[ResultScene], classes: Sequence[tuple[int, str, tuple[int, int, int]]]
 ) -> list[Path]:
-    """One STAC Item per finished scene (class COG, probabilities and polygons as assets, the class list in the
-    classification extension, footprint and projection from the class raster) and ``catalog.json`` linking them,
-    under ``folder``: the results form a catalogue of their own. Returns the files written."""
+    """One STAC Item per finished scene (every file of it as an asset, the class list in the classification
+    extension, footprint and projection from the class raster) and ``catalog.json`` linking them, under
+    ``folder``: the results form a catalogue of their own. Returns the files written.
+
+    An item's ``datetime`` is when its *image* was taken (the source item's, or the scene's own metadata's);
+    when nothing says, it is null with the range ``start_datetime`` .. the job's time (the image existed
+    then: the one bound known), never the job's time as an acquisition. The job's time is
+    ``processing:datetime``."""
     from pystac.extensions.classification import ClassificationExtension
 
     catalog = pystac.Catalog(id="geoseg-results", description="Class rasters and polygons written by geoseg predict")
-    media = {"classes": pystac.MediaType.COG, "probabilities": pystac.MediaType.COG}
     for scene in scenes:
-        item = _raster_item(scene.name, scene.outputs["classes"], scene.when, {})
-        for role, href in scene.outputs.items():
-            asset = pystac.Asset(href=href, media_type=media.get(role), roles=["data"] if role == "classes" else [role])
-            item.add_asset(role, asset)
+        processed = scene.processed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        properties: dict[str, Any] = {"processing:datetime": processed, "processing:software": {"geoseg": __version__}}
+        if scene.acquired is None:
+            start = _UNKNOWN_START.isoformat().replace("+00:00", "Z")
+            properties |= {"start_datetime": start, "end_datetime": processed}
+        item = _raster_item(scene.name, scene.outputs["classes"], scene.acquired, properties)
+        item.stac_extensions += [PROCESSING_SCHEMA, RASTER_SCHEMA]
+        for key, asset in _result_assets(scene.outputs).items():
+            item.add_asset(key, asset)
         ClassificationExtension.ext(item.assets["classes"], add_if_missing=True).classes = _class_list(classes)
         catalog.add_item(item)
     written = _save_relative(catalog, folder)

@@ -3,11 +3,12 @@
 The class table (id, name, colour) has one home: the class raster itself, as its colour table and its
 ``class_<id>`` tags, written from the bundle. Everything here is derived from it:
 
-* the class raster gets GDAL category names (a PAM ``.aux.xml`` beside it: TIFF has no field for them, and
-  GDAL's GTiff driver keeps them there too) and a paletted QGIS style ``<stem>.qml`` with the names as labels;
+* the class raster gets GDAL category names and a colour table of only its classes (a PAM ``.aux.xml`` beside
+  it: TIFF has no field for names and holds 256 colours, GDAL's GTiff driver keeps PAM there too) and a
+  paletted QGIS style ``<stem>.qml`` with the names as labels;
 * polygons get a ``color`` attribute (``#rrggbb``) and a categorized QGIS style: inside a GeoPackage as its
-  default style (the ``layer_styles`` table QGIS reads), beside other formats as ``<stem>.qml`` unless a
-  raster of the same stem already owns that name (``predict --vectorize shp``).
+  default style (the ``layer_styles`` table QGIS reads), beside other formats as ``<stem>.qml`` (predict names them
+  ``<scene>_polygons.<ext>``, so the raster's ``<scene>.qml`` is not theirs).
 
 QGIS loads ``<stem>.qml`` beside a file, and a GeoPackage's default ``layer_styles`` row, when the layer is
 added. Files are written under a temporary name and renamed.
@@ -16,6 +17,7 @@ added. Files are written under a temporary name and renamed.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import rasterio
 
-from geoseg.io.writer import class_names_from_tags, write_text_atomic
+from geoseg.io.writer import class_names_from_tags, temp_sibling, write_text_atomic
 
 QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
 
@@ -92,13 +94,27 @@ def vector_qml(table: list[ClassStyle], field: str = "class_id") -> str:
 
 
 def category_names_pam(table: list[ClassStyle]) -> str:
-    """A GDAL PAM document giving band 1 its category names (index = class id; gaps are empty)."""
+    """A GDAL PAM document giving band 1 its category names and a colour table of only the class ids
+    (index = class id; gaps are empty and transparent).
+
+    TIFF stores a palette of 2^bits entries, so an 8-bit class raster's own colour table has 256 and QGIS
+    listed 256 legend entries for a 3-class map opened without its ``.qml``. GDAL reports the PAM colour table
+    in place of the file's, so QGIS (and ArcGIS, which reads PAM too) list exactly the classes, named, from the
+    raster and its ``.aux.xml``; the file keeps its own 256-entry palette, so its colours survive without it.
+    """
     root = ET.Element("PAMDataset")
     band = ET.SubElement(root, "PAMRasterBand", band="1")
     names = ET.SubElement(band, "CategoryNames")
-    by_id = {c.id: c.name for c in table}
-    for value in range(max(by_id) + 1 if by_id else 0):
-        ET.SubElement(names, "Category").text = by_id.get(value, "")
+    by_id = {c.id: c for c in table}
+    count = max(by_id) + 1 if by_id else 0
+    for value in range(count):
+        ET.SubElement(names, "Category").text = by_id[value].name if value in by_id else ""
+    if count:
+        ET.SubElement(band, "ColorInterp").text = "Palette"
+        colours = ET.SubElement(band, "ColorTable")
+        for value in range(count):
+            rgb, alpha = (by_id[value].rgb, 255) if value in by_id else ((0, 0, 0), 0)
+            ET.SubElement(colours, "Entry", c1=str(rgb[0]), c2=str(rgb[1]), c3=str(rgb[2]), c4=str(alpha))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
 
@@ -118,6 +134,48 @@ def style_class_raster(path: Path) -> list[Path]:
             leftover.unlink(missing_ok=True)
         raise
     return written
+
+
+THUMBNAIL_SIDE = 512  # pixels on the longer side: a STAC browser's card, a file manager's preview
+
+
+def write_thumbnail(path: Path, max_side: int = THUMBNAIL_SIDE) -> Path | None:
+    """``<stem>.png`` beside a class raster: its classes in their colours, nodata transparent, at most
+    ``max_side`` pixels a side (decimated by nearest neighbour, from the COG's overviews: a few blocks read,
+    not the scene). The STAC item's thumbnail, and a picture of the result without a GIS. None when the raster
+    has no class table."""
+    import warnings
+
+    import numpy as np
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with rasterio.open(path) as src:
+        table = class_table(src)
+        if not table:
+            return None
+        scale = max(1.0, max(src.width, src.height) / max_side)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        valid = src.read_masks(1, out_shape=shape, resampling=Resampling.nearest) > 0
+    lut = np.zeros((max(256, int(classes.max()) + 1), 4), dtype=np.uint8)
+    for c in table:
+        lut[c.id] = (*c.rgb, 255)
+    rgba = lut[classes]
+    rgba[~valid] = 0
+    out = path.with_suffix(".png")
+    staging = temp_sibling(out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: its place is in the item
+            profile = {"driver": "PNG", "width": shape[1], "height": shape[0], "count": 4, "dtype": "uint8"}
+            with rasterio.open(staging, "w", **profile) as dst:
+                dst.write(rgba.transpose(2, 0, 1))
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+        staging.with_name(staging.name + ".aux.xml").unlink(missing_ok=True)
+    return out
 
 
 def style_vector_sidecar(path: Path, table: list[ClassStyle]) -> Path | None:

@@ -369,10 +369,11 @@ def mosaic(
         if options.stac_items:
             outputs["stac"] = _write_stac(out_dir, record, written, archive.classes, observations, options)
         if options.vectors is not None:
+            from geoseg.vector.formats import polygons_beside
             from geoseg.vector.job import vectorize_raster
 
             source = out_dir / (COG if options.cog else CLASSES_VRT)
-            vectors = out_dir / f"mosaic.{options.vectors.fmt}"
+            vectors = polygons_beside(out_dir / "mosaic.tif", options.vectors.fmt or "gpkg")
             vectorize_raster(
                 source, [vectors], options.vectors, workers=options.workers, ray_address=options.ray_address
             )

@@ -7,6 +7,7 @@ ever imported or evaluated: architectures and losses are chosen by name from fix
 from __future__ import annotations
 
 import glob
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,22 @@ class SceneSource(Strict):
         "stem, so one entry can describe a whole folder."
     )
     label_field: str = Field("class_id", description="Attribute holding the class id, for polygon labels.")
+
+    @field_validator("labels")
+    @classmethod
+    def _only_stem(cls, value: str) -> str:
+        """``{stem}`` is the one placeholder: anything else in braces would fail per scene, mid-run."""
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid pattern ({exc}); write '{{stem}}' or literal text") from None
+        unknown = sorted({f for f in fields if f != "stem"})
+        if unknown:
+            raise ValueError(
+                f"{value!r} holds the placeholder {{{unknown[0]}}}; the one placeholder is {{stem}} "
+                "(the image's file name without its extension)"
+            )
+        return value
 
 
 class RegionSpec(Strict):

@@ -127,6 +127,11 @@ class PolygonWriter:
         self.staging = temp_sibling(self.out)
         self.staging.mkdir()
         self.target = self.staging / self.out.name
+        self.layer = self.out.stem
+        if self.driver == "GPKG" and self.out.is_file():
+            # Someone's GeoPackage (the caller's guard let it through: our layer is absent or ours): the layer
+            # is added or replaced in a copy, which replaces the file only when complete. Other layers stay.
+            shutil.copy2(self.out, self.target)
         self.held: list[gpd.GeoDataFrame] = []
         self.written = 0
 
@@ -165,6 +170,7 @@ class PolygonWriter:
                 encoding="UTF-8",
                 use_arrow=True,
                 append=self.written > 0,
+                **({"layer": self.layer} if self.driver == "GPKG" else {}),
             )
             self.written += max(1, len(frame))
 
@@ -181,7 +187,7 @@ class PolygonWriter:
                         self.target, driver=self.driver, engine="pyogrio", encoding="UTF-8", use_arrow=True, **options
                     )
             if self.styles and self.driver == "GPKG":  # inside the file, before it is published
-                gpkg_default_style(self.target, self.out.stem, vector_qml(self.styles))
+                gpkg_default_style(self.target, self.layer, vector_qml(self.styles))
             produced = sorted(self.staging.iterdir())
             if self.driver == "ESRI Shapefile" and sum(p.stat().st_size for p in produced) > _SHAPEFILE_LIMIT:
                 raise GeoSegError("shapefile would exceed 2 GB; write .gpkg or .fgb instead", self.out)

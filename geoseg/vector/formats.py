@@ -17,9 +17,21 @@ FORMATS: dict[str, tuple[str, bool]] = {
 SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")  # the files beside a .shp that are part of it
 
 
+POLYGONS_SUFFIX = "_polygons"
+
+
 def vector_files(path: Path) -> list[Path]:
-    """The files one vector output is: itself, and a shapefile's parts beside it."""
-    return [path, *(path.with_suffix(part) for part in SHAPEFILE_PARTS)] if path.suffix == ".shp" else [path]
+    """The files one vector output is: itself, a shapefile's parts beside it, and its QGIS style ``<stem>.qml``
+    (every format but GeoPackage, which holds its style inside)."""
+    parts = [path, *(path.with_suffix(part) for part in SHAPEFILE_PARTS)] if path.suffix == ".shp" else [path]
+    return parts if path.suffix == ".gpkg" else [*parts, path.with_suffix(".qml")]
+
+
+def polygons_beside(raster: Path, fmt: str) -> Path:
+    """Where the polygons of a class raster go: ``<stem>.gpkg`` (its style lives inside it), else
+    ``<stem>_polygons.<fmt>``. QGIS loads ``<stem>.qml`` beside whatever it opens, and the raster's style owns
+    that name: polygons in a format styled by a sidecar need a stem, and so a ``.qml``, of their own."""
+    return raster.with_suffix(".gpkg") if fmt == "gpkg" else raster.with_name(f"{raster.stem}{POLYGONS_SUFFIX}.{fmt}")
 
 
 # what --vectorize / --format accept (".json" is GeoJSON under another extension)

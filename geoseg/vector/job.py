@@ -47,19 +47,32 @@ def confidence_source(mask: Path) -> tuple[str, int] | None:
         return str(probabilities), src.count
 
 
-def is_geoseg_vector(path: Path) -> bool:
-    """Polygons geoseg wrote: a vector file whose every layer (but QGIS's ``layer_styles``) has the class fields
-    geoseg writes. A GeoPackage holding another layer is someone's: it is not replaced."""
+GEOSEG_FIELDS = frozenset({"class_id", "class_name", "area_m2"})
+
+
+def _layers(path: Path) -> dict[str, set[str]] | None:
+    """Each layer's fields (but QGIS's ``layer_styles``); None when GDAL cannot open the file as vectors."""
     import pyogrio
 
     try:
-        layers = [str(name) for name, _ in pyogrio.list_layers(path) if str(name) != "layer_styles"]
-        return bool(layers) and all(
-            {"class_id", "class_name", "area_m2"} <= set(pyogrio.read_info(path, layer=name)["fields"])
-            for name in layers
-        )
+        names = [str(name) for name, _ in pyogrio.list_layers(path) if str(name) != "layer_styles"]
+        return {name: set(pyogrio.read_info(path, layer=name)["fields"]) for name in names}
     except Exception:  # not a vector file GDAL can open
+        return None
+
+
+def is_geoseg_vector(path: Path) -> bool:
+    """Polygons geoseg may write at ``path``: a vector file whose every layer has the class fields geoseg
+    writes (a rerun replaces it), or a GeoPackage whose layer of geoseg's name (the file's stem) is absent or
+    geoseg's: there geoseg adds or replaces that one layer and keeps every other, as ``gdal_polygonize.py``
+    does. A layer of that name holding someone's data, or any other file, is refused."""
+    layers = _layers(path)
+    if not layers:
         return False
+    if path.suffix.lower() == ".gpkg":
+        own = layers.get(path.stem)
+        return own is None or own >= GEOSEG_FIELDS
+    return all(fields >= GEOSEG_FIELDS for fields in layers.values())
 
 
 def vectorize_raster(
