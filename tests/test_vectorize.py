@@ -411,3 +411,15 @@ def test_the_issues_land_cover_command_keeps_a_partition(real_data, tmp_path) ->
         if not simplify:  # no gaps: every valid pixel once (simplifying moves the outer boundary too)
             assert valid_m2 <= frame.area.sum() <= valid_m2 + nodata_m2
             assert (frame.area >= 10_000).mean() > 0.99  # the unit holds (GDAL leaves unmergeable specks)
+
+
+def test_a_vector_files_style_is_never_a_rasters(tmp_path) -> None:
+    """Removing an earlier run's ``<scene>.shp`` (it stood beside ``<scene>.tif``) must not take the raster's
+    ``<scene>.qml`` with it; polygons of their own stem own their ``.qml``; a GeoPackage's style is inside."""
+    from geoseg.vector.formats import vector_files, vector_style
+
+    (tmp_path / "s.tif").write_bytes(b"")
+    assert tmp_path / "s.qml" not in vector_files(tmp_path / "s.shp") and vector_style(tmp_path / "s.shp") is None
+    assert vector_files(tmp_path / "s_polygons.fgb") == [tmp_path / "s_polygons.fgb", tmp_path / "s_polygons.qml"]
+    assert vector_files(tmp_path / "s.gpkg") == [tmp_path / "s.gpkg"]
+    assert tmp_path / "v.qml" in vector_files(tmp_path / "v.shp")  # no raster of that stem: the style is its own

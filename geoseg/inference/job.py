@@ -428,15 +428,11 @@ class _Job:
         for old in (before.probabilities, before.vectors):
             if not old or old in kept or Path(old).parent != self.out_dir:
                 continue
-            parts = vector_files(Path(old))
-            if not old.endswith((".tif", ".gpkg")):
-                parts.append(Path(old).with_suffix(".qml"))  # its own style sidecar, not the raster's
+            parts = vector_files(Path(old))  # with its own style, never the raster's
             removed = []
             for part in parts:
                 if os.path.realpath(part) in self.inputs or not part.exists() or part == Path(now.output or ""):
                     continue
-                if part.suffix == ".qml" and part == Path(now.output or "").with_suffix(".qml"):
-                    continue  # the class raster's style shares the stem
                 part.unlink()
                 removed.append(part.name)
             if removed:
@@ -513,8 +509,9 @@ class _Job:
             sources[name] = source.text
             try:
                 scenes[name] = open_source(source, name, self.out_dir, self.options.mask)
-                if not source.acquired and scenes[name].acquired:  # the file's own metadata says when
-                    self.acquired[name] = scenes[name].acquired  # type: ignore[assignment]
+                acquired = scenes[name].acquired
+                if not source.acquired and acquired:  # the file's own metadata says when
+                    self.acquired[name] = acquired
             except GeoSegError as exc:
                 self.record(source.text, name, self.failed(source.text, name, exc))
         total = sum(scene.width * scene.height for scene in scenes.values()) / 1e6

@@ -127,25 +127,28 @@ def read_bytes(url: S3Url) -> bytes:
         raise s3_error(exc, url, "read the object") from exc
 
 
-def size(url: S3Url) -> int | None:
-    """The object's size, None when there is none (any other failure is an error)."""
+def _head(url: S3Url) -> dict[str, Any] | None:
+    """The object's HEAD answer, None when there is none (any other failure is an error)."""
     try:
-        return int(client().head_object(Bucket=url.bucket, Key=url.key)["ContentLength"])
+        return dict(client().head_object(Bucket=url.bucket, Key=url.key))
     except Exception as exc:
         if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise s3_error(exc, url, "look up the object") from exc
 
 
+def size(url: S3Url) -> int | None:
+    """The object's size, None when there is none (any other failure is an error)."""
+    head = _head(url)
+    return None if head is None else int(head["ContentLength"])
+
+
 def stamp(url: S3Url) -> str:
     """``etag|size|last-modified`` of the object (every write gives it a new ETag), ``"missing"`` when there is
     none: a replaced object is told from the one a finished scene was computed from."""
-    try:
-        head = client().head_object(Bucket=url.bucket, Key=url.key)
-    except Exception as exc:
-        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return "missing"
-        raise s3_error(exc, url, "look up the object") from exc
+    head = _head(url)
+    if head is None:
+        return "missing"
     modified = head.get("LastModified")
     return f"{head.get('ETag', '')}|{head.get('ContentLength', '')}|{modified.isoformat() if modified else ''}"
 

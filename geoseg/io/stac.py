@@ -395,15 +395,6 @@ def _class_list(classes: Sequence[tuple[int, str, tuple[int, int, int]]]) -> lis
     return listed
 
 
-def _sibling(href: str, suffix: str) -> str:
-    """The href of a file beside ``href`` with ``suffix`` in place of its extension (``.png``, ``.qml``), or
-    added to its name (``.aux.xml``, starting with '+')."""
-    if suffix.startswith("+"):
-        return href + suffix[1:]
-    base, dot, _ = href.rpartition(".")
-    return f"{base}.{suffix.lstrip('.')}" if dot else href + suffix
-
-
 def _exists(href: str) -> bool:
     return href.startswith(("s3://", "/vsi", "http")) or os.path.isfile(href)
 
@@ -425,17 +416,16 @@ def _result_assets(outputs: dict[str, str]) -> dict[str, pystac.Asset]:
     colours, its quicklook (the thumbnail), the probabilities (their 1/254 scale stated), the polygons and
     their style."""
     classes = outputs["classes"]
+    stem = os.path.splitext(classes)[0]
     assets = {"classes": pystac.Asset(classes, "classes", media_type=pystac.MediaType.COG, roles=["data"])}
     sidecars = [
-        ("style", ".qml", "QGIS style of the class raster", ["metadata"]),
-        ("categories", "+.aux.xml", "GDAL category names and colour table (PAM)", ["metadata"]),
-        ("thumbnail", ".png", "quicklook of the classes", ["thumbnail"]),
+        ("style", f"{stem}.qml", "QGIS style of the class raster", ".qml", "metadata"),
+        ("categories", f"{classes}.aux.xml", "GDAL category names and colour table (PAM)", ".xml", "metadata"),
+        ("thumbnail", f"{stem}.png", "quicklook of the classes", ".png", "thumbnail"),
     ]
-    for key, suffix, title, roles in sidecars:
-        href = _sibling(classes, suffix)
+    for key, href, title, suffix, role in sidecars:
         if _exists(href):
-            media = MEDIA_TYPES[".xml" if suffix.endswith(".xml") else suffix]
-            assets[key] = pystac.Asset(href, title, media_type=media, roles=roles)
+            assets[key] = pystac.Asset(href, title, media_type=MEDIA_TYPES[suffix], roles=[role])
     if "probabilities" in outputs:
         probabilities = pystac.Asset(
             outputs["probabilities"],
@@ -450,7 +440,7 @@ def _result_assets(outputs: dict[str, str]) -> dict[str, pystac.Asset]:
         suffix = os.path.splitext(polygons)[1].lower()
         polygons_type = MEDIA_TYPES.get(suffix)
         assets["polygons"] = pystac.Asset(polygons, "class polygons", media_type=polygons_type, roles=["data"])
-        style = _sibling(polygons, ".qml")
+        style = os.path.splitext(polygons)[0] + ".qml"
         if suffix != ".gpkg" and _exists(style):  # a GeoPackage holds its style inside
             assets["polygons-style"] = pystac.Asset(
                 style, "QGIS style of the polygons", media_type=MEDIA_TYPES[".qml"], roles=["metadata"]

@@ -178,15 +178,6 @@ def write_thumbnail(path: Path, max_side: int = THUMBNAIL_SIDE) -> Path | None:
     return out
 
 
-def style_vector_sidecar(path: Path, table: list[ClassStyle]) -> Path | None:
-    """``<stem>.qml`` beside a finished vector file, unless a raster of that stem owns the name."""
-    if not table or any(path.with_suffix(ext).exists() for ext in (".tif", ".tiff")):
-        return None
-    sidecar = path.with_suffix(".qml")
-    write_text_atomic(sidecar, vector_qml(table))
-    return sidecar
-
-
 def gpkg_default_style(
     path: Path, layer: str, qml: str, geometry_column: str = "geom", description: str = "geoseg classes"
 ) -> None:

@@ -15,9 +15,9 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
 from geoseg.errors import GeoSegError
-from geoseg.io.styles import ClassStyle, gpkg_default_style, style_vector_sidecar, vector_qml
-from geoseg.io.writer import temp_sibling
-from geoseg.vector.formats import FORMATS
+from geoseg.io.styles import ClassStyle, gpkg_default_style, vector_qml
+from geoseg.io.writer import temp_sibling, write_text_atomic
+from geoseg.vector.formats import FORMATS, vector_style
 from geoseg.vector.polygonize import ClassPolygons
 
 _SHAPEFILE_LIMIT = 2**31  # 2 GB: .shp/.dbf offsets are 32-bit
@@ -196,7 +196,9 @@ class PolygonWriter:
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
         if self.styles and self.driver != "GPKG":
-            style_vector_sidecar(self.out, self.styles)
+            sidecar = vector_style(self.out)  # its own style; a raster of that stem keeps its own
+            if sidecar is not None:
+                write_text_atomic(sidecar, vector_qml(self.styles))
         return self.out
 
     def abort(self) -> None:

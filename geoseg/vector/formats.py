@@ -21,10 +21,20 @@ POLYGONS_SUFFIX = "_polygons"
 
 
 def vector_files(path: Path) -> list[Path]:
-    """The files one vector output is: itself, a shapefile's parts beside it, and its QGIS style ``<stem>.qml``
-    (every format but GeoPackage, which holds its style inside)."""
+    """The files one vector output is: itself, a shapefile's parts beside it, and its own QGIS style
+    (:func:`vector_style`: never a raster's)."""
     parts = [path, *(path.with_suffix(part) for part in SHAPEFILE_PARTS)] if path.suffix == ".shp" else [path]
-    return parts if path.suffix == ".gpkg" else [*parts, path.with_suffix(".qml")]
+    style = vector_style(path)
+    return parts if style is None else [*parts, style]
+
+
+def vector_style(path: Path) -> Path | None:
+    """The QGIS style that belongs to a vector file: ``<stem>.qml``, unless it is a GeoPackage (its style is
+    inside) or a raster of that stem owns the name (an earlier run's ``<scene>.shp`` beside ``<scene>.tif``):
+    writing or removing the polygons' style must never touch the raster's."""
+    if path.suffix.lower() == ".gpkg" or any(path.with_suffix(ext).exists() for ext in (".tif", ".tiff")):
+        return None
+    return path.with_suffix(".qml")
 
 
 def polygons_beside(raster: Path, fmt: str) -> Path:
