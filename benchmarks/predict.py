@@ -16,6 +16,22 @@ run back to back, because this machine's speed drifts by 10-30 % between minutes
       raster / the base raster (a small U-Net), target <= 1.15; workers warmed on each raster as for the timed
       rows, and (info) on a small scene only
   P3  end-to-end throughput with 2 workers / 1 worker, target >= 1.7 (on 2 cores)
+
+    .venv/bin/python benchmarks/predict.py --h1 [--host-size 8192] [--repeats 3]
+
+  H1' host CPU per pixel over single-process decode CPU per pixel, target <= 2.0: the CPU of the whole job's
+      process tree (driver, Ray's own processes, readers, model actors, the publishing task), minus the bare
+      model's CPU with its argmax on the same tiles (one thread, in this process), for an 8192^2 4-band uint16
+      DEFLATE scene, a 163-parameter U-Net, --tile 512 --halo 32, 2 workers on a warm pool; split per stage
+      (each process's CPU by its role; the model actors' own share is theirs minus the bare model).
+
+    .venv/bin/python benchmarks/predict.py --p7 [--p7-scenes 1000 10000] [--repeats 2]
+
+  P7  an archive of small scenes (256^2, 4-band uint16 DEFLATE, a 163-parameter U-Net): scenes/s of the
+      whole ``geoseg predict`` command (in process, and on a private Ray with its start-up) over a plain
+      one-process loop (read, normalise, the same model on one thread, argmax, write a DEFLATE GeoTIFF), each a
+      fresh process, interleaved; target >= 0.8. With a second archive size, the in-process scenes/s of the
+      larger over the smaller (the per-scene cost must not grow with the archive: >= 0.9).
 Every end-to-end run is a real job (`predict_archive`: reader and model actors, manifest, COG published in a
 task) on fresh actors warmed on a small scene, so actor start-up is excluded.
 """
@@ -141,11 +157,11 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def pipeline_batches(bundle: Path, paths: list[Path]) -> list[np.ndarray]:
+def pipeline_batches(bundle: Path, paths: list[Path], options: PredictOptions = OPTIONS) -> list[np.ndarray]:
     """The model input of every batch the pipeline runs for these scenes (its tiles, per block, batched as the
     worker batches them), read and normalised in advance."""
     spec, _ = load_bundle(bundle)
-    options, norm = OPTIONS.resolved(spec.geometry()), spec.normalisation()
+    options, norm = options.resolved(spec.geometry()), spec.normalisation()
     batches = []
     for path in paths:
         scene = open_scene(path)
@@ -284,9 +300,10 @@ def peak_pss(bundle: Path, scene: Path, warm: Path, work: Path, warm_on_scene: b
         executor.shutdown()
 
 
-def in_process_pss(bundle: Path, scene: Path, work: Path) -> float:
-    """Peak PSS (MiB) of ``geoseg predict --in-process`` on ``scene``, a fresh process as a user runs it (its
-    imports, model, reader, blending and COG build all in it; the publishing threads too)."""
+def in_process_pss(bundle: Path, scene: Path, work: Path) -> tuple[float, float]:
+    """Peak PSS (MiB, sampled every 0.1 s) and peak RSS (MiB, the kernel's own high-water mark, exact) of
+    ``geoseg predict --in-process`` on ``scene``: a fresh process as a user runs it (its imports, model, reader,
+    blending, COG build and publishing threads all in it; a one-scene job starts no publishing process)."""
     import subprocess
 
     out = work / "in_process_job"
@@ -294,13 +311,16 @@ def in_process_pss(bundle: Path, scene: Path, work: Path) -> float:
     args = [sys.executable, "-m", "geoseg", "predict", "--model", str(bundle), "--in-process"]
     process = subprocess.Popen([*args, "--output", str(out), str(scene)], stderr=subprocess.PIPE, cwd=ROOT)
     with TreePss(process.pid) as tree:
-        _, stderr = process.communicate()
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
     assert process.returncode == 0, stderr.decode()[-2000:]
-    return tree.peak
+    return tree.peak, usage.ru_maxrss / 1024
 
 
 def p2b(args: argparse.Namespace) -> None:
-    """P2b alone: the in-process path's whole-job peak PSS at 16x the pixels, interleaved repeats."""
+    """P2b alone: the in-process path's whole-job peak memory at 16x the pixels, interleaved repeats."""
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         tiny = init_bundle(work / "tiny", "unet", 4, 6, base_channels=4, depth=2)
@@ -309,20 +329,272 @@ def p2b(args: argparse.Namespace) -> None:
         runs: dict[str, list[float]] = defaultdict(list)
         for _ in range(args.repeats):
             for name, scene in (("base", base), ("big", big)):
-                runs[name].append(in_process_pss(tiny, scene, work))
-    ratios = [b / a for a, b in zip(runs["base"], runs["big"], strict=True)]
-    rows = [
-        (
-            f"P2b in-process peak PSS, {args.host_size}^2 / {args.host_size // 4}^2",
-            statistics.median(ratios),
-            "<= 1.15",
-            f"{statistics.median(runs['big']):.0f} MiB / {statistics.median(runs['base']):.0f} MiB; "
-            f"ratios {min(ratios):.2f}-{max(ratios):.2f}",
+                pss, rss = in_process_pss(tiny, scene, work)
+                runs[f"{name} pss"].append(pss)
+                runs[f"{name} rss"].append(rss)
+    rows = []
+    for kind, how in (("rss", "peak RSS (exact)"), ("pss", "peak PSS (sampled)")):
+        ratios = [b / a for a, b in zip(runs[f"base {kind}"], runs[f"big {kind}"], strict=True)]
+        rows.append(
+            (
+                f"P2b in-process {how}, {args.host_size}^2 / {args.host_size // 4}^2",
+                statistics.median(ratios),
+                "<= 1.15",
+                f"{statistics.median(runs[f'big {kind}']):.0f} MiB / "
+                f"{statistics.median(runs[f'base {kind}']):.0f} MiB; ratios {min(ratios):.2f}-{max(ratios):.2f}",
+            )
         )
-    ]
     print_table(rows, args.json)
     for name, values in runs.items():
         print(f"  {name}: " + ", ".join(f"{v:.0f}" for v in values))
+
+
+H1_OPTIONS = PredictOptions(tile=512, halo=32)
+TICK = os.sysconf("SC_CLK_TCK")
+ROLES = ("readers", "model actors", "publishing", "driver", "Ray's processes")
+
+
+def _tree_cpu() -> dict[int, tuple[float, str]]:
+    """CPU-seconds and command line of every process in this process's tree."""
+    found = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found[pid] = ((int(fields[11]) + int(fields[12])) / TICK, command)
+    return found
+
+
+def _role(pid: int, command: str) -> str:
+    if pid == os.getpid():
+        return "driver"
+    if command.startswith("ray::_Reader"):
+        return "readers"
+    if command.startswith("ray::_Model"):
+        return "model actors"
+    if command.startswith(("ray::IDLE", "ray::_publish")):  # the task workers: only the publishing task runs there
+        return "publishing"
+    return "Ray's processes"  # raylet, GCS, dashboard and its agents, log monitor
+
+
+def tree_split(run: Callable[[], object]) -> dict[str, float]:
+    """CPU-seconds per role of this process tree while ``run`` runs (roles read before, so a task worker that
+    went idle still counts as publishing)."""
+    before = _tree_cpu()
+    run()
+    after = _tree_cpu()
+    split: dict[str, float] = defaultdict(float)
+    for pid, (cpu, command) in after.items():
+        role = _role(pid, before[pid][1] if pid in before else command)
+        split[role] += cpu - (before[pid][0] if pid in before else 0.0)
+    return split
+
+
+def bare_model_cpu(bundle: Path, scene: Path) -> float:
+    """CPU-seconds of the model and its argmax alone, one thread, on the pipeline's batches of ``scene``."""
+    from geoseg.inference.blend import first_argmax
+    from geoseg.inference.worker import ModelWorker
+
+    spec, model = load_bundle(bundle)
+    worker = ModelWorker(spec, model.state_dict(), threads=1)
+    batches = [
+        torch.from_numpy(b).contiguous(memory_format=torch.channels_last)
+        for b in pipeline_batches(bundle, [scene], H1_OPTIONS)
+    ]
+    worker.logits(batches[0])  # warm-up
+    started = time.process_time()
+    for batch in batches:
+        for scores in worker.logits(batch):
+            first_argmax(scores.contiguous())
+    return time.process_time() - started
+
+
+def decode_cpu(path: Path) -> float:
+    started = time.process_time()
+    decode_seconds(path)
+    return time.process_time() - started
+
+
+def h1(args: argparse.Namespace) -> None:
+    """H1': host CPU per pixel, split per stage, interleaved repeats."""
+    from geoseg.cluster import ray_session
+    from geoseg.inference.distributed import RayExecutor
+    from geoseg.inference.job import predict_archive
+
+    quiet = Console(file=io.StringIO())
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        bundle = init_bundle(work / "h163", "unet", 4, 6, base_channels=1, depth=1)
+        big, small = make_scene(work / "big.tif", args.host_size), make_scene(work / "small.tif", 256)
+        runs: dict[str, list[float]] = defaultdict(list)
+        with ray_session(num_cpus=os.cpu_count()):
+            spec, model = load_bundle(bundle)
+            executor = RayExecutor(spec, model.state_dict(), workers=2, threads_per_worker=1)
+            try:
+
+                def job(scene: Path) -> None:
+                    shutil.rmtree(work / "job", ignore_errors=True)
+                    [report] = predict_archive(
+                        bundle, [str(scene)], work / "job", H1_OPTIONS, console=quiet, executor=executor
+                    )
+                    assert report.status == "ok", report.error
+
+                job(small)
+                job(big)  # warm: first-call costs, not the pipeline's
+                for _ in range(args.repeats):
+                    runs["decode"].append(decode_cpu(big))
+                    runs["bare"].append(bare_model_cpu(bundle, big))
+                    split = tree_split(lambda: job(big))
+                    for role in ROLES:
+                        runs[role].append(split.get(role, 0.0))
+                    runs["small driver"].append(tree_split(lambda: job(small)).get("driver", 0.0))
+            finally:
+                executor.shutdown()
+    report_h1(args, runs)
+
+
+def report_h1(args: argparse.Namespace, runs: dict[str, list[float]]) -> None:
+    pixels = args.host_size**2
+    repeats = range(len(runs["decode"]))
+    tree = [sum(runs[role][i] for role in ROLES) for i in repeats]
+    host = [tree[i] - runs["bare"][i] for i in repeats]
+    ratios = [host[i] / runs["decode"][i] for i in repeats]
+    med = statistics.median
+    ns = lambda cpu: cpu / pixels * 1e9  # noqa: E731
+    rows = [
+        (
+            f"H1' host CPU per px / decode CPU per px, {args.host_size}^2",
+            med(ratios),
+            "<= 2.0",
+            f"host {med(host):.2f} CPU-s ({ns(med(host)):.0f} ns/px) = tree {med(tree):.2f} "
+            f"- model {med(runs['bare']):.2f}; decode {med(runs['decode']):.2f}; "
+            f"ratios {min(ratios):.2f}-{max(ratios):.2f}",
+        ),
+        (
+            "H2 driver CPU-s per Mpx (minus a 256^2 job's)",
+            med([(runs["driver"][i] - runs["small driver"][i]) / (pixels / 1e6 - 0.0655) for i in repeats]),
+            "<= 0.005",
+            f"{med(runs['driver']):.2f} CPU-s",
+        ),
+    ]
+    model_host = [runs["model actors"][i] - runs["bare"][i] for i in repeats]
+    for role, values in [(r, runs[r]) for r in ROLES if r != "model actors"] + [
+        ("model actors minus the model", model_host)
+    ]:
+        rows.append(
+            (
+                f"   {role}",
+                med(values) / med(runs["decode"]),
+                "(x decode)",
+                f"{med(values):.2f} CPU-s, {ns(med(values)):.0f} ns/px",
+            )
+        )
+    print_table(rows, args.json)
+    for name, values in runs.items():
+        print(f"  {name}: " + ", ".join(f"{v:.2f}" for v in values))
+
+
+def make_chips(folder: Path, count: int, side: int = 256) -> Path:
+    """``count`` random 4-band uint16 DEFLATE scenes of ``side``^2 side by side on one grid (P7's archive)."""
+    if folder.exists() and len(list(folder.glob("*.tif"))) == count:
+        return folder
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    profile = {"driver": "GTiff", "width": side, "height": side, "count": 4, "dtype": "uint16", "nodata": 0}
+    profile |= {"crs": "EPSG:32633", "tiled": True, "blockxsize": side, "blockysize": side, "compress": "deflate"}
+    for i in range(count):
+        origin = (500_000 + side * 10 * (i % 100), 5_800_000 - side * 10 * (i // 100))
+        with rasterio.open(
+            staging / f"c{i:05d}.tif", "w", transform=Affine(10, 0, origin[0], 0, -10, origin[1]), **profile
+        ) as dst:
+            dst.write(rng.integers(500, 3000, (4, side, side), dtype=np.uint16))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
+
+
+def plain_loop(scenes: Path, out: Path, bundle: Path) -> None:
+    """P7's reference: each scene read whole, normalised, through the model on one thread, argmax, written as a
+    DEFLATE GeoTIFF; nothing else (no tiles, no halo, no manifest, COG, styles or quicklook)."""
+    from geoseg.inference.blend import first_argmax
+
+    torch.set_num_threads(1)
+    spec, model = load_bundle(bundle)
+    model = model.eval().to(memory_format=torch.channels_last)
+    norm = spec.normalisation()
+    out.mkdir(parents=True)
+    with torch.inference_mode():
+        for path in sorted(scenes.glob("*.tif")):
+            with rasterio.open(path) as src:
+                raw, profile = src.read(), src.profile
+            x = torch.from_numpy(norm.apply(raw, np.ones(raw.shape[1:], bool)))[None]
+            classes = first_argmax(model(x.contiguous(memory_format=torch.channels_last))[0]).numpy()
+            profile.update(count=1, dtype="uint8", nodata=255, compress="deflate")
+            with rasterio.open(out / path.name, "w", **profile) as dst:
+                dst.write(classes, 1)
+
+
+def _command_seconds(*args: str) -> float:
+    import subprocess
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return time.perf_counter() - started
+
+
+def p7(args: argparse.Namespace) -> None:
+    """P7: archives of small scenes, whole commands in fresh processes, interleaved repeats."""
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        bundle = init_bundle(work / "free", "unet", 4, 6, base_channels=1, depth=1)
+        rates: dict[tuple[int, str], list[float]] = defaultdict(list)
+        for count in args.p7_scenes:
+            scenes = make_chips(work / f"chips{count}", count)
+            paths = ("plain", "in-process", "ray") if count == args.p7_scenes[0] else ("in-process",)
+            for _ in range(args.repeats):
+                for path in paths:
+                    out = work / f"out_{path}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    if path == "plain":
+                        seconds = _command_seconds(__file__, "--plain-loop", str(scenes), str(out), str(bundle))
+                    else:
+                        predict = ["-m", "geoseg", "predict", "--model", str(bundle), "--output", str(out)]
+                        seconds = _command_seconds(*predict, str(scenes), f"--{path}")
+                    rates[(count, path)].append(count / seconds)
+            shutil.rmtree(scenes)
+        first = args.p7_scenes[0]
+        for path in ("in-process", "ray"):
+            ratios = [a / b for a, b in zip(rates[(first, path)], rates[(first, "plain")], strict=True)]
+            rows.append(
+                (
+                    f"P7 {first} x 256^2: geoseg {path} / plain loop, scenes/s",
+                    statistics.median(ratios),
+                    ">= 0.8",
+                    f"{statistics.median(rates[(first, path)]):.1f} vs "
+                    f"{statistics.median(rates[(first, 'plain')]):.1f} scenes/s; "
+                    f"ratios {min(ratios):.2f}-{max(ratios):.2f}",
+                )
+            )
+        for count in args.p7_scenes[1:]:
+            growth = statistics.median(rates[(count, "in-process")]) / statistics.median(rates[(first, "in-process")])
+            rows.append(
+                (
+                    f"P7 in-process scenes/s, {count} / {first} scenes",
+                    growth,
+                    ">= 0.9",
+                    f"{statistics.median(rates[(count, 'in-process')]):.1f} vs "
+                    f"{statistics.median(rates[(first, 'in-process')]):.1f} scenes/s",
+                )
+            )
+    print_table(rows, args.json)
+    for (count, path), values in rates.items():
+        print(f"  {count} {path}: " + ", ".join(f"{v:.1f}" for v in values) + " scenes/s")
 
 
 def main() -> None:
@@ -333,9 +605,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians are reported)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--p2b", action="store_true", help="only P2b: the in-process path's memory")
+    parser.add_argument("--p7", action="store_true", help="only P7: archives of small scenes")
+    parser.add_argument("--h1", action="store_true", help="only H1' (and H2): host CPU per pixel, split per stage")
+    parser.add_argument("--p7-scenes", type=int, nargs="+", default=[1000], help="archive sizes for P7")
+    parser.add_argument("--plain-loop", type=Path, nargs=3, help=argparse.SUPPRESS)  # P7's reference, run alone
     args = parser.parse_args()
+    if args.plain_loop:
+        plain_loop(*args.plain_loop)
+        return
     if args.p2b:
         p2b(args)
+        return
+    if args.p7:
+        p7(args)
+        return
+    if args.h1:
+        h1(args)
         return
     from geoseg.cluster import ray_session
 

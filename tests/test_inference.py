@@ -174,21 +174,46 @@ def test_tiled_equals_whole_image_inference_on_a_real_image(real_data, tmp_path)
     assert report.seam_pixels > 0 and report.seam_disagreement is not None and report.seam_disagreement < 1e-3
 
 
-@pytest.mark.parametrize(("rows", "cols", "readers"), [(1, 1, 4), (9, 3, 2), (40, 2, 3), (7, 5, 1)])
-def test_scene_blocks_come_once_each_in_stripes_read_in_raster_order(rows, cols, readers) -> None:
+@pytest.mark.parametrize(
+    ("rows", "cols", "readers", "block"),
+    [(1, 1, 4, 64), (9, 3, 2, 64), (40, 2, 3, 64), (7, 5, 1, 64), (9, 11, 2, 1024)],
+)
+def test_scene_blocks_come_once_each_in_stripes_read_in_bands_in_raster_order(rows, cols, readers, block) -> None:
+    from geoseg.inference.reader import COLUMN_BAND
     from geoseg.inference.scene import MIN_STRIPE_ROWS, scene_work
     from geoseg.inference.tiling import BlockGrid, TileGrid
 
-    blocks = BlockGrid(TileGrid(cols * 64, rows * 64, tile=64), 64)
+    blocks = BlockGrid(TileGrid(cols * block, rows * block, tile=block), block)
+    band = max(1, COLUMN_BAND // block)  # 8 block columns per band for 1024-px blocks: 8 + 3
     items = list(scene_work("s", None, blocks, readers))  # type: ignore[arg-type]
     assert sorted(i.block.index for i in items) == list(range(rows * cols))
     stripes = sorted({i.stripe for i in items})
     assert len(stripes) == max(1, min(readers, rows // MIN_STRIPE_ROWS))
-    for stripe in stripes:  # each stripe is a run of whole block rows, in raster order
-        mine = [i.block.index for i in items if i.stripe == stripe]
-        assert mine == list(range(mine[0], mine[0] + len(mine))) and len(mine) % cols == 0
+    for stripe in stripes:  # each stripe is a run of whole block rows, walked band by band, each in raster order
+        mine = [(i.block.row, i.block.col) for i in items if i.stripe == stripe]
+        stripe_rows = sorted({r for r, _ in mine})
+        assert stripe_rows == list(range(stripe_rows[0], stripe_rows[-1] + 1)) and len(mine) % cols == 0
+        expected = [
+            (r, c) for first in range(0, cols, band) for r in stripe_rows for c in range(first, min(first + band, cols))
+        ]
+        assert mine == expected
     if len(stripes) > 1:  # interleaved: every reader gets work from the start
         assert {i.stripe for i in items[: len(stripes)]} == set(stripes)
+
+
+def test_reader_cache_is_bounded_by_the_band_not_the_scene_width() -> None:
+    from geoseg.inference.reader import block_cache_bytes
+    from geoseg.inference.tiling import BlockGrid, TileGrid
+    from geoseg.io.raster import SceneInfo
+
+    def cache(width: int) -> int:
+        scene = SceneInfo("x.tif", width, 8192, 4, "uint16", None, None, None, (512, 512))  # type: ignore[arg-type]
+        blocks = BlockGrid(TileGrid(width, 8192, tile=512, halo=32), 1024)
+        return block_cache_bytes(scene, blocks[0])
+
+    # 896-px blocks read 960 px (+ 2 source rows); a band of 8192 + 64 + 2 x 512 columns; 4 bands of 2 bytes.
+    assert cache(40000) == cache(65536) == (960 + 1024) * (8192 + 64 + 1024) * 4 * 2
+    assert cache(2048) == (960 + 1024) * 2048 * 4 * 2  # narrower than a band: the scene's width
 
 
 def test_stride_is_aligned_to_the_model_downsampling() -> None:

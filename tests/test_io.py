@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -12,7 +14,7 @@ from rasterio.windows import Window
 from geoseg.errors import GeoSegError
 from geoseg.io import open_scene, read_tile
 from geoseg.io.raster import same_projection
-from geoseg.io.writer import CLASS_NODATA, class_staging, publish_cog
+from geoseg.io.writer import CLASS_NODATA, StagingRaster, class_staging, publish_cog
 
 
 def test_open_scene_reads_the_header(make_geotiff) -> None:
@@ -101,6 +103,43 @@ def test_writer_produces_a_georeferenced_cog_with_colours(make_geotiff, tmp_path
         assert dst.overviews(1), "a COG carries overviews"
         assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert [p.name for p in out.parent.iterdir()] == ["classes.tif"]
+
+
+@pytest.mark.parametrize("kind", ["classes", "probabilities"])
+def test_a_cog_from_a_memory_raster_is_byte_identical_to_one_from_a_staging_file(make_geotiff, tmp_path, kind) -> None:
+    """A one-block scene is published from memory (no staging file): its COG must be the very same bytes."""
+    from geoseg.io.writer import probability_staging
+
+    scene = open_scene(make_geotiff(np.ones((1, 300, 200), np.uint8)))
+    rng = np.random.default_rng(3)
+    if kind == "classes":
+        pixels = rng.integers(0, 3, (1, 300, 200)).astype(np.uint8)
+        pixels[0, :7] = CLASS_NODATA
+
+        def make(path: Path, memory: bool) -> StagingRaster:
+            return class_staging(
+                path, scene, [0, 1, 2], ["a", "b", "c"], [(9, 8, 7), (1, 2, 3), (4, 5, 6)], 320, memory
+            )
+    else:
+        pixels = rng.integers(0, 255, (4, 300, 200)).astype(np.uint8)
+
+        def make(path: Path, memory: bool) -> StagingRaster:
+            return probability_staging(path, scene, ["a", "b", "c"], 320, memory)
+
+    built = {}
+    for memory in (False, True):
+        out = tmp_path / f"{memory}" / "x.tif"
+        out.parent.mkdir()
+        staging = make(out, memory)
+        staging.write(Window(0, 0, 200, 300), pixels)
+        if memory:
+            publish_cog(staging.dataset, out, "nearest")
+            staging.abort()
+            assert [p.name for p in out.parent.iterdir()] == ["x.tif"]  # no staging file was ever written
+        else:
+            publish_cog(staging.close(), out, "nearest")
+        built[memory] = out.read_bytes()
+    assert built[True] == built[False]
 
 
 def test_writer_leaves_nothing_when_aborted(make_geotiff, tmp_path) -> None:

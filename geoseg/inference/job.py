@@ -41,6 +41,7 @@ from geoseg.inference.outputs import (
     remove_stale_partials,
     scene_names,
 )
+from geoseg.inference.publishing import MIN_SCENES, PublishingProcess
 from geoseg.inference.remote import RemoteFolder, fetch_bundle, spool_folder
 from geoseg.inference.report import FINISHED, SceneReport, Status, job_report, print_summary
 from geoseg.inference.scene import (
@@ -153,7 +154,8 @@ def predict_archive(
                     from geoseg.inference.executor import LocalExecutor
                     from geoseg.inference.worker import ModelWorker
 
-                    executor = LocalExecutor(ModelWorker(spec, model.state_dict(), compile=compile))
+                    threads = in_process_threads()
+                    executor = LocalExecutor(ModelWorker(spec, model.state_dict(), threads=threads, compile=compile))
                 else:
                     from geoseg.inference.distributed import RayExecutor
 
@@ -181,7 +183,10 @@ def predict_archive(
                     if remote is None:
                         restore_sidecars(done, console)
             if todo or stale_vectors:
-                publish = getattr(executor, "publish", publish_scene)
+                publish = getattr(executor, "publish", None)
+                if publish is None and len(todo) >= MIN_SCENES:
+                    publish = held.enter_context(contextlib.closing(PublishingProcess()))
+                publish = publish or publish_scene
                 if remote is not None:
                     publish = _to_bucket(publish, remote, resolved.vector_format)
                 job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)
@@ -280,6 +285,16 @@ def stac_band_names(spec: BundleSpec) -> list[str] | None:
     if indexes != list(range(1, spec.input_band_count + 1)):
         return None
     return [b.name for b in sorted(spec.bands, key=lambda b: b.index)]
+
+
+def in_process_threads() -> int:
+    """Torch threads of a job's in-process model: every core but one, which the publishing thread and GDAL get.
+
+    With every core, torch's threads spun on the core that builds the last scene's COG, and an archive of
+    small scenes ran 1.2x slower for 1.6x the CPU (1000 scenes of 256², 2 cores: 34-35 s with one thread,
+    40-46 s with two; measured by ``benchmarks/predict.py --p7``).
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def choose_path(sources: list[SceneSource], ray_address: str | None, workers: int | None, forced: bool | None) -> str:

@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from rasterio.io import DatasetWriter
+from rasterio.windows import Window
 
 from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor, WorkItem
 from geoseg.inference.options import PredictOptions
+from geoseg.inference.reader import column_band_blocks
 from geoseg.inference.report import SceneReport, Status
 from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import BlockGrid
 from geoseg.io.raster import SceneInfo
-from geoseg.io.styles import style_class_raster, write_thumbnail
-from geoseg.io.writer import class_staging, probability_staging, publish_cog
+from geoseg.io.styles import dress_class_raster
+from geoseg.io.writer import class_staging, probability_staging, publish_cog, temp_sibling
 from geoseg.vector.polygonize import VectorizeOptions
 
 if TYPE_CHECKING:  # torch stays out of processes that only read or publish
@@ -60,23 +63,63 @@ def interleave(runs: Iterable[Iterator[T]]) -> Iterator[T]:
 
 
 def scene_work(key: str, scene: SceneInfo, blocks: BlockGrid, readers: int) -> Iterator[WorkItem]:
-    """The blocks of a scene, each stripe in raster order, stripes interleaved so all readers start at once."""
+    """The blocks of a scene: each reader's stripe (a run of block rows) in vertical bands of block columns,
+    each band in raster order (what the reader's cache is sized for, :func:`geoseg.inference.reader.
+    block_cache_bytes`); stripes interleaved so all readers start at once."""
+    band = column_band_blocks(blocks.size)
 
     def run(stripe: int, rows: range) -> Iterator[WorkItem]:
-        for index in range(rows.start * blocks.cols, rows.stop * blocks.cols):
-            yield WorkItem(key, scene, blocks, blocks[index], stripe)
+        for first in range(0, blocks.cols, band):
+            for row in rows:
+                for col in range(first, min(first + band, blocks.cols)):
+                    yield WorkItem(key, scene, blocks, blocks[row * blocks.cols + col], stripe)
 
     return interleave(run(s, rows) for s, rows in enumerate(stripes(blocks.rows, readers)))
 
 
 @dataclass
+class HeldBlock:
+    """The one block of a one-block scene, held in memory instead of written to staging files by the driver:
+    whoever publishes the scene builds its COG from a memory raster of it (:meth:`StagedScene.sources`), so an
+    archive of small scenes pays no staging file (its creation, write, close and reopen: 2-3 ms a scene,
+    measured; more than the model of a 256² scene on a GPU). Same pixels and metadata, so the same COG."""
+
+    scene: SceneInfo
+    classes: list[tuple[int, str, tuple[int, int, int]]]  # (id, name, colour)
+    tile: int
+    window: Window
+    pixels: np.ndarray
+    probabilities: np.ndarray | None
+
+
+@dataclass
 class StagedScene:
     """A scene whose blocks are all written: its staging files and where they go. Picklable, so it can be
-    published in another process."""
+    published in another process. A one-block scene may come with its block in ``held`` instead of files."""
 
     classes: tuple[Path, Path]  # (staging, final)
     probabilities: tuple[Path, Path] | None
     vectors: VectorizeOptions | None
+    held: HeldBlock | None = None
+
+    @contextlib.contextmanager
+    def sources(self) -> Iterator[tuple[Path | DatasetWriter, Path | DatasetWriter | None]]:
+        """What the COGs are built from: the staging files, or a held block as memory rasters."""
+        held = self.held
+        if held is None:
+            yield self.classes[0], self.probabilities[0] if self.probabilities else None
+            return
+        ids, names, colors = (list(column) for column in zip(*held.classes, strict=True))
+        with contextlib.ExitStack() as stack:
+            classes = class_staging(self.classes[1], held.scene, ids, names, colors, held.tile, memory=True)
+            stack.callback(classes.abort)
+            classes.write(held.window, held.pixels)
+            probabilities = None
+            if self.probabilities is not None and held.probabilities is not None:
+                probabilities = probability_staging(self.probabilities[1], held.scene, names, held.tile, memory=True)
+                stack.callback(probabilities.abort)
+                probabilities.write(held.window, held.probabilities)
+            yield classes.dataset, None if probabilities is None else probabilities.dataset
 
 
 @dataclass
@@ -99,11 +142,11 @@ def publish_scene(staged: StagedScene) -> Published:
     started = time.perf_counter()
     final_paths = [staged.classes[1]] + ([staged.probabilities[1]] if staged.probabilities else [])
     try:
-        publish_cog(*staged.classes, "nearest")
-        final_paths += style_class_raster(staged.classes[1])  # category names and a QGIS style beside it
-        final_paths += [p for p in [write_thumbnail(staged.classes[1])] if p is not None]  # <scene>.png
-        if staged.probabilities:
-            publish_cog(*staged.probabilities, "average")
+        with staged.sources() as (classes, probabilities):
+            publish_cog(classes, staged.classes[1], "nearest")
+            if staged.probabilities and probabilities is not None:
+                publish_cog(probabilities, staged.probabilities[1], "average")
+        final_paths += dress_class_raster(staged.classes[1])  # <scene>.png, category names, a QGIS style
         digest = file_sha256(staged.classes[1])
     except BaseException:
         for path in final_paths:
@@ -190,6 +233,12 @@ class SceneRun:
         names = [c.name for c in spec.classes]
         self._missing = set(range(len(self.blocks)))
         self.counts = _Counts(class_pixels=np.zeros(len(class_ids), np.int64))
+        self._held: HeldBlock | None = None
+        if len(self.blocks) == 1:  # written by whoever publishes it (see HeldBlock)
+            self._class_table = [(c.id, c.name, c.color) for c in spec.classes]
+            self.classes = self.probabilities = None
+            self._writers = contextlib.ExitStack()
+            return
         with contextlib.ExitStack() as stack:
             tile = self.blocks.size
             self.classes = stack.enter_context(
@@ -210,7 +259,11 @@ class SceneRun:
             return
         started = time.perf_counter()
         window = self.blocks[result.index].output
-        self.classes.write(window, result.classes)
+        if self.classes is None:  # a one-block scene
+            tile, probabilities = self.blocks.size, result.probabilities if self.prob_path else None
+            self._held = HeldBlock(self.scene, self._class_table, tile, window, result.classes, probabilities)
+        else:
+            self.classes.write(window, result.classes)
         if self.probabilities is not None and result.probabilities is not None:
             self.probabilities.write(window, result.probabilities)
         c = self.counts
@@ -235,6 +288,10 @@ class SceneRun:
         started = time.perf_counter()
         self._writers.close()  # a failing close hands the error to the writers still open: they abort
         self.counts.write_seconds += time.perf_counter() - started
+        if self.classes is None:  # no staging file yet: names that no file has (written() makes the files)
+            unwritten = temp_sibling(self.out_path)
+            probabilities = (unwritten, self.prob_path) if self.prob_path else None
+            return StagedScene((unwritten, self.out_path), probabilities, self.options.vectors, self._held)
         probabilities = (self.probabilities.staging, self.prob_path) if self.probabilities and self.prob_path else None
         return StagedScene((self.classes.staging, self.out_path), probabilities, self.options.vectors)
 

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 PadMode = Literal["reflect", "constant", "nodata"]
 _NUMERIC_KINDS = {"u", "i", "f"}
 
+# GDAL lists a file's whole folder at every open to find its sidecars (.aux.xml, .ovr, .msk); in a folder of an
+# archive's scenes, or of a job's products, that is O(files) per open, so a scene's cost grew with the archive
+# (1000 scenes: 1.5-1.9 ms per open, 0.8-1.0 with this). Disabled, GDAL asks for each sidecar by name instead.
+# Set for this process and the processes it starts (the user's own setting wins).
+os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "TRUE")
+
 
 @dataclass(frozen=True)
 class SceneInfo:

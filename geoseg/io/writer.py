@@ -22,7 +22,9 @@ from types import TracebackType
 
 import numpy as np
 import rasterio
+import rasterio.io
 import rasterio.shutil
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from geoseg.io.raster import SceneInfo
@@ -37,7 +39,9 @@ COG_DEFLATE_LEVEL = 1
 _MAX_STAGING_TILE = 4096
 COG_CACHE = 64 * 2**20
 COG_CACHE_PER_BAND = 16 * 2**20
-STAGING_CACHE = 64 * 2**20  # written blocks are flushed, not held: the driver's memory does not grow with a scene
+# Written blocks are flushed, not held: the memory of the driver (or of an in-process job) does not grow with a
+# scene (64 MiB let an 8192² scene hold 60 MiB more dirty blocks than a 2048² one; one block is ~1-4 MiB).
+STAGING_CACHE = 16 * 2**20
 
 
 FULL_DISK_BYTES = 4 * 2**20
@@ -96,6 +100,8 @@ class StagingRaster:
         scale: GDAL scale of every band, or one per band (value x scale = physical value), e.g. 1/254 for
             probabilities.
         dtype: uint8, or uint16 for class rasters with more ids than a byte holds (change maps).
+        memory: in GDAL's memory (``/vsimem``) instead of a file (a one-block scene: see
+            :class:`geoseg.inference.scene.HeldBlock`); hand :attr:`dataset` to :func:`publish_cog` before closing.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class StagingRaster:
         tags: Mapping[str, str] | None = None,
         scale: float | Sequence[float] | None = None,
         dtype: str = "uint8",
+        memory: bool = False,
     ) -> None:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
@@ -130,9 +137,14 @@ class StagingRaster:
             "BIGTIFF": "IF_SAFER",
             "interleave": "band",
         }
+        self._memory: MemoryFile | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with said_plainly(self.path.parent):
-            self._dst = rasterio.open(self.staging, "w", **profile)
+        if memory:  # the same driver and profile in GDAL's memory: the same COG, byte for byte (tested)
+            self._memory = MemoryFile()
+            self._dst = self._memory.open(**profile)
+        else:
+            with said_plainly(self.path.parent):
+                self._dst = rasterio.open(self.staging, "w", **profile)
         for band, text in enumerate(descriptions, start=1):
             self._dst.set_band_description(band, text)
         if colormap or tags:
@@ -156,6 +168,11 @@ class StagingRaster:
         with said_plainly(self.path.parent), rasterio.Env(GDAL_CACHEMAX=STAGING_CACHE):
             self._dst.write(data.astype(self.dtype, copy=False), window=window)
 
+    @property
+    def dataset(self) -> rasterio.io.DatasetWriter:
+        """The open dataset (a memory raster's pixels live only in it)."""
+        return self._dst
+
     def close(self) -> Path:
         """Finish the staging file; returns its path (hand it to :func:`publish_cog`)."""
         with said_plainly(self.path.parent):
@@ -163,9 +180,11 @@ class StagingRaster:
         return self.staging
 
     def abort(self) -> None:
-        """Drop everything written so far; the final path is left untouched."""
+        """Drop everything written so far (a memory raster too); the final path is left untouched."""
         if not self._dst.closed:
             self._dst.close()
+        if self._memory is not None:
+            self._memory.close()
         self.staging.unlink(missing_ok=True)
 
     def __enter__(self) -> StagingRaster:
@@ -180,8 +199,9 @@ class StagingRaster:
             self.abort()
 
 
-def publish_cog(staging: Path, path: Path, overview_resampling: str) -> Path:
-    """Convert a finished staging GeoTIFF into a COG at ``path`` (atomically) and remove the staging file.
+def publish_cog(staging: Path | rasterio.io.DatasetWriter, path: Path, overview_resampling: str) -> Path:
+    """Convert a finished staging GeoTIFF (or a memory raster, :class:`StagingRaster` with ``memory``) into a COG
+    at ``path`` (atomically) and remove the staging file.
 
     ``overview_resampling``: ``nearest`` for classes (averaging ids is meaningless), ``average`` for
     probabilities. On any error neither a COG nor the staging file is left behind.
@@ -192,8 +212,11 @@ def publish_cog(staging: Path, path: Path, overview_resampling: str) -> Path:
         # class raster needs 16 MiB (64 MiB took 45 MiB more at 8192², no faster); 7 probability bands were
         # 1.7x slower with 16 MiB than with 64 (measured).
         with said_plainly(path.parent):
-            with rasterio.open(staging) as src:
-                cache = min(COG_CACHE, COG_CACHE_PER_BAND * src.count)
+            if isinstance(staging, Path):
+                with rasterio.open(staging) as src:
+                    cache = min(COG_CACHE, COG_CACHE_PER_BAND * src.count)
+            else:
+                cache = min(COG_CACHE, COG_CACHE_PER_BAND * staging.count)
             with rasterio.Env(GDAL_CACHEMAX=cache):
                 rasterio.shutil.copy(
                     staging,
@@ -209,7 +232,8 @@ def publish_cog(staging: Path, path: Path, overview_resampling: str) -> Path:
         os.replace(cog_staging, path)
     finally:
         for leftover in (staging, cog_staging):
-            leftover.unlink(missing_ok=True)
+            if isinstance(leftover, Path):
+                leftover.unlink(missing_ok=True)
     return path
 
 
@@ -231,6 +255,7 @@ def class_staging(
     class_names: Sequence[str],
     colors: Sequence[tuple[int, int, int]],
     tile: int,
+    memory: bool = False,
 ) -> StagingRaster:
     """A class raster: one uint8 band, colour table and ``class_<id>`` names from the bundle, nodata 255."""
     return StagingRaster(
@@ -241,10 +266,13 @@ def class_staging(
         tile,
         colormap=dict(zip(class_ids, colors, strict=True)),
         tags=class_tags(class_ids, class_names),
+        memory=memory,
     )
 
 
-def probability_staging(path: Path, scene: SceneInfo, class_names: Sequence[str], tile: int) -> StagingRaster:
+def probability_staging(
+    path: Path, scene: SceneInfo, class_names: Sequence[str], tile: int, memory: bool = False
+) -> StagingRaster:
     """One uint8 band per class (``round(p * 254)``), then a ``confidence`` band (the top probability)."""
     return StagingRaster(
         path,
@@ -254,4 +282,5 @@ def probability_staging(path: Path, scene: SceneInfo, class_names: Sequence[str]
         tile,
         tags={"scale": str(1 / PROBABILITY_SCALE), "meaning": "probability = value / 254"},
         scale=1 / PROBABILITY_SCALE,
+        memory=memory,
     )
