@@ -7,7 +7,9 @@ Runs in at most ~8 minutes on one H100/H200 and prints one JSON record (also wri
                   tiles), eager and with torch.compile
   predict         the real `predict_archive` job on a 16384^2 x 4-band uint16 DEFLATE GeoTIFF (512-px blocks):
                   one GPU model actor and as many reader actors as the node's CPUs allow; Mpx/s of the warm
-                  job, and the GPU's busy fraction while it ran (NVML utilisation sampled every 0.1 s)
+                  job, and the GPU's busy fraction while it ran (NVML utilisation sampled every 0.1 s); the
+                  CPU of every process of the job by role, H1' (that CPU per pixel over single-process decode
+                  CPU per pixel of the file) and the host cores it takes per GPU at the job's pace
   train           2 epochs of `geoseg train` on the synthetic archive with scaling.use_gpu: true, one worker
 --cpu runs the same code on small sizes without a GPU (to test the script anywhere; its numbers mean nothing).
 """
@@ -15,6 +17,7 @@ Runs in at most ~8 minutes on one H100/H200 and prints one JSON record (also wri
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.predict import make_scene  # noqa: E402
+from benchmarks.predict import ROLES, decode_cpu, make_scene, tree_split  # noqa: E402
 
 
 def bare_model(base: int, tile: int, batch: int, device: torch.device, compile: bool, seconds: float) -> float:
@@ -111,15 +114,24 @@ def predict(work: Path, size: int, base: int, gpu: bool) -> dict[str, Any]:
     executor = RayExecutor(spec, model.state_dict(), workers=1 if gpu else 2)
     quiet = Console(file=io.StringIO())
     try:
+        reports: list[Any] = []
+
+        def job(folder: Path) -> None:
+            options = PredictOptions()
+            reports.append(predict_archive(bundle, [str(scene)], folder, options, console=quiet, executor=executor)[0])
+
         for run in ("warm", "timed"):
             shutil.rmtree(work / run, ignore_errors=True)
+            reports.clear()
             with GpuBusy() as busy:
                 started = time.perf_counter()
-                [report] = predict_archive(
-                    bundle, [str(scene)], work / run, PredictOptions(), console=quiet, executor=executor
-                )
+                # The CPU of every process of the job, by role: the host path per GPU.
+                split = tree_split(functools.partial(job, work / run))
                 seconds = time.perf_counter() - started
+            [report] = reports
             assert report.status == "ok", report.error
+        host = sum(split.get(role, 0.0) for role in ROLES)  # on a GPU the model actors' CPU is host work too
+        decode = decode_cpu(scene)
         return {
             "u_net_base": base,
             "raster": f"{size}x{size}x4 uint16 deflate, 512-px blocks",
@@ -131,6 +143,11 @@ def predict(work: Path, size: int, base: int, gpu: bool) -> dict[str, Any]:
             "stage_seconds": report.stage_seconds,
             "blocks": report.blocks,
             "tile": json.loads((work / "timed" / "report.json").read_text())["options"]["auto_core"],
+            # H1' per GPU: host CPU per pixel over single-process decode CPU per pixel of the same file (on a GPU
+            # node nothing is subtracted: the model runs on the device), and the cores that host path needs.
+            "host_cpu_seconds": {role: round(split.get(role, 0.0), 2) for role in ROLES},
+            "h1_prime": round(host / decode, 2) if decode else None,
+            "host_cores_per_gpu": round(host / seconds, 2),
         }
     finally:
         executor.shutdown()
