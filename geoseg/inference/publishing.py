@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import IO, Any
 
 from geoseg.inference.scene import Published, StagedScene, publish_scene
@@ -64,8 +65,7 @@ class PublishingProcess:
         with self._lock:
             child = self._idle.pop() if self._idle else None
         if child is None or child.poll() is not None:
-            command = [sys.executable, "-m", "geoseg.inference.publishing"]
-            child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            child = _start_child()
         assert child.stdin is not None and child.stdout is not None
         try:
             _send(child.stdin, staged)
@@ -88,6 +88,16 @@ class PublishingProcess:
             idle, self._idle = self._idle, []
         for child in idle:
             _stop(child)
+
+
+def _start_child() -> subprocess.Popen[bytes]:
+    """A publishing process that imports this very geoseg, wherever the caller imported it from."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "geoseg.inference.publishing"]
+    return subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path}
+    )
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
