@@ -288,7 +288,7 @@ class SceneRun:
         started = time.perf_counter()
         self._writers.close()  # a failing close hands the error to the writers still open: they abort
         self.counts.write_seconds += time.perf_counter() - started
-        if self.classes is None:  # no staging file yet: names that no file has (written() makes the files)
+        if self.classes is None:  # no staging file: names that no file has (sources() builds the rasters)
             unwritten = temp_sibling(self.out_path)
             probabilities = (unwritten, self.prob_path) if self.prob_path else None
             return StagedScene((unwritten, self.out_path), probabilities, self.options.vectors, self._held)
