@@ -12,8 +12,8 @@ started when that thread first publishes in a job of :data:`MIN_SCENES` or more 
 and fed pickled :class:`StagedScene` values over a pipe: not a ``multiprocessing`` child, which would import
 the caller's own script again. It imports rasterio, not torch. It ignores Ctrl-C and SIGTERM (the job
 finishes the scene in hand, then closes the pipe) and ends when the pipe does, so a killed job never leaves it
-behind. A publishing process that died fails the scene it
-held, in one line, and the next scene starts a new one.
+behind. A publishing process that died fails the scene it held, in one line, and the next scene starts a new
+one.
 """
 
 from __future__ import annotations
