@@ -276,3 +276,26 @@ print(start, kept, rss())
     start, kept, released = map(int, done.stdout.split())
     assert kept - start > 250  # the allocator settings keep what was freed ...
     assert released - start < 50  # ... until it is released
+
+
+def test_an_in_process_job_keeps_small_frees_and_returns_large_ones() -> None:
+    """In-process jobs keep freed blocks under 4 MiB for the next scene (no page faults per small scene) and still
+    hand large buffers back at once (a large scene's peak is unchanged)."""
+    script = """
+import numpy as np
+from geoseg.cluster import IN_PROCESS_HEAP, keep_freed_heap
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+assert keep_freed_heap(**IN_PROCESS_HEAP)
+start = rss()
+chunks = [np.ones(2**20, np.uint8) for _ in range(40)]  # 40 MiB in 1 MiB blocks: the heap
+del chunks
+small = rss()
+big = [np.ones(64 * 2**20, np.uint8) for _ in range(3)]  # 192 MiB in 64 MiB buffers: mapped, returned on free
+del big
+print(start, small, rss())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    start, small, after = map(int, done.stdout.split())
+    assert small - start > 30  # the small frees stayed in the heap ...
+    assert after - small < 20  # ... and the large buffers went back

@@ -488,6 +488,48 @@ def test_a_failing_block_drops_only_its_scene(make_geotiff, bundle3, tmp_path) -
     assert log.count(("in", "f1")) <= 2 + 2 < blocks
 
 
+def test_in_process_the_next_block_is_read_while_this_one_is_predicted(make_geotiff, bundle3, monkeypatch) -> None:
+    """LocalExecutor reads one block ahead in a thread of its own; the results come in order and equal reading
+    and predicting the blocks one by one."""
+    import threading
+
+    from geoseg.inference import executor as executor_module
+    from geoseg.inference.reader import read_block
+    from geoseg.inference.scene import scene_work
+
+    spec, model = load_bundle(bundle3)
+    rng = np.random.default_rng(5)
+    scene = open_scene(make_geotiff(rng.integers(1, 255, (3, 400, 400)).astype(np.uint8), name="ahead.tif"))
+    options = OPTIONS.resolved(spec.geometry())
+    items = list(scene_work("ahead", scene, options.blocks(scene), 1))
+    assert len(items) >= 3
+    threads: list[str] = []
+
+    def read(*args):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return read_block(*args)
+
+    monkeypatch.setattr(executor_module, "read_block", read)
+    pulled: list[int] = []
+
+    def work():  # type: ignore[no-untyped-def]
+        for index, item in enumerate(items):
+            pulled.append(index)
+            yield item
+
+    worker = ModelWorker(spec, model.state_dict())
+    results = []
+    for index, (item, result) in enumerate(LocalExecutor(worker).run(work(), options)):
+        assert item is items[index]
+        assert pulled[-1] == min(index + 1, len(items) - 1)  # the next block was handed to the reader already
+        results.append(result)
+    assert len(threads) == len(items) and all(name.startswith("geoseg-read") for name in threads)
+    norm = spec.normalisation()
+    for item, result in zip(items, results, strict=True):
+        alone = worker.run(item.blocks, item.block, read_block(item.scene, item.block, norm), options)
+        np.testing.assert_array_equal(result.classes, alone.classes)
+
+
 def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bundle3, tmp_path) -> None:
     """An error of the executor itself (actors that keep dying) ends the job's stream: every scene not yet
     finished is recorded as failed with that reason; finished ones stay published."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,35 @@ def test_writer_produces_a_georeferenced_cog_with_colours(make_geotiff, tmp_path
         assert dst.overviews(1), "a COG carries overviews"
         assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert [p.name for p in out.parent.iterdir()] == ["classes.tif"]
+
+
+def test_a_cog_is_built_alone_in_a_folder_of_its_own(make_geotiff, tmp_path, monkeypatch) -> None:
+    """GDAL lists the folder of every GeoTIFF it creates: a COG built among an archive's products would pay a
+    listing of all of them. It is built alone in a fresh folder, renamed out of it, and the folder goes."""
+    import rasterio.shutil
+
+    scene = open_scene(make_geotiff(np.ones((1, 40, 30), np.uint8)))
+    out = tmp_path / "job" / "x.tif"
+    for i in range(20):
+        _touch_file(out.parent / f"other{i}.tif")
+    seen: list[list[str]] = []
+    copy = rasterio.shutil.copy
+
+    def watched(src, dst, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(sorted(os.listdir(Path(dst).parent)))
+        return copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", watched)
+    staging = class_staging(out, scene, [0, 1], ["a", "b"], [(1, 2, 3), (4, 5, 6)], 64)
+    staging.write(Window(0, 0, 30, 40), np.zeros((40, 30), np.uint8))
+    publish_cog(staging.close(), out, "nearest")
+    assert seen == [[]]  # nothing else where GDAL writes the COG
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([f"other{i}.tif" for i in range(20)] + ["x.tif"])
+
+
+def _touch_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
 
 
 @pytest.mark.parametrize("kind", ["classes", "probabilities"])

@@ -112,9 +112,12 @@ def test_only_the_jobs_own_temporary_files_are_removed(tmp_path) -> None:
     ours = _touch(tmp_path / ".a.tif.0123abcd.partial")
     theirs = _touch(tmp_path / ".notes.partial")  # not our pattern
     looks_like_ours = _touch(tmp_path / ".input.tif.89abcdef.partial")  # our pattern, but an input
-    plan = list(zip(expand_inputs([str(looks_like_ours)]), ["input"], strict=True))
+    build = _touch(tmp_path / ".b.tif.4567cdef.partial" / "b.tif")  # a COG's build folder (publish_cog)
+    holder = _touch(tmp_path / ".c.tif.fedc4567.partial" / "c.tif")  # our pattern, but it holds an input
+    plan = list(zip(expand_inputs([str(looks_like_ours), str(holder)]), ["input", "c"], strict=True))
     remove_stale_partials(tmp_path, input_paths(plan))
     assert not ours.exists() and theirs.exists() and looks_like_ours.exists()
+    assert not build.parent.exists() and holder.exists()
 
 
 def test_every_product_name_of_a_large_archive_is_unique(tmp_path) -> None:

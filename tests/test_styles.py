@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 from geoseg.io import open_scene
-from geoseg.io.styles import style_class_raster
+from geoseg.io.styles import ClassStyle, dress_class_raster, style_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
 from geoseg.vector.job import vectorize_raster
 from geoseg.vector.polygonize import VectorizeOptions
@@ -53,6 +53,30 @@ def test_class_raster_has_category_names_colours_and_a_paletted_style(class_rast
     assert renderer is not None and renderer.get("type") == "paletted"
     entries = [(e.get("value"), e.get("label"), e.get("color")) for e in renderer.iter("paletteEntry")]
     assert entries == [("0", NAMES[0], "#1f77b4"), ("1", NAMES[1], "#2ca02c"), ("2", NAMES[2], "#d62728")]
+
+
+def test_dressing_from_held_pixels_writes_the_same_files_as_from_the_raster(make_geotiff, tmp_path: Path) -> None:
+    """A one-block scene's quicklook and styles are drawn from the block it still holds, without reopening the
+    COG: the same bytes as from the COG, nodata included, classes given in any order."""
+    scene = open_scene(make_geotiff(np.zeros((1, 40, 50), np.uint8), name="source.tif"))
+    data = np.random.default_rng(3).integers(0, 3, (40, 50)).astype(np.uint8)
+    data[:5, :7] = 255  # nodata: transparent
+    files = {}
+    for how in ("raster", "held"):
+        out = tmp_path / how / "classes.tif"
+        out.parent.mkdir()
+        with class_staging(out, scene, [0, 1, 2], NAMES, COLORS, 64) as staging:
+            staging.write(rasterio.windows.Window(0, 0, 50, 40), data)
+        publish_cog(staging.staging, out, "nearest")
+        table = [ClassStyle(i, NAMES[i], COLORS[i]) for i in (2, 0, 1)]
+        written = dress_class_raster(out, (table, data) if how == "held" else None)
+        files[how] = {path.name: path.read_bytes() for path in written}
+    assert set(files["held"]) == {"classes.tif.aux.xml", "classes.qml", "classes.png"}
+    assert files["held"] == files["raster"]
+    with rasterio.open(tmp_path / "held" / "classes.png") as png:
+        rgba = png.read()
+    assert (rgba[3][:5, :7] == 0).all() and (rgba[3][5:] == 255).all()
+    assert tuple(rgba[:3, 20, 20]) == COLORS[data[20, 20]]
 
 
 def test_probability_bands_carry_their_scale(make_geotiff, tmp_path: Path) -> None:

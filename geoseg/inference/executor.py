@@ -9,11 +9,12 @@ give the same bytes: :class:`LocalExecutor` (everything in this process: tests, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from geoseg.inference.options import PredictOptions
-from geoseg.inference.reader import read_block
+from geoseg.inference.reader import BlockPixels, read_block
 from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import Block, BlockGrid
 from geoseg.io.raster import SceneInfo
@@ -64,7 +65,14 @@ class BlockExecutor(Protocol):
 
 
 class LocalExecutor:
-    """Everything in this process, one block after another."""
+    """Everything in this process, one block after another, the next block read while this one is predicted.
+
+    The read runs in a thread of its own, one block ahead: GDAL decodes and torch computes without the GIL, so
+    the two overlap on two cores, and the model's thread no longer waits for the disk and the decoder (an
+    archive of 256² scenes spent a quarter of the model thread's time opening and reading, measured). Items
+    are pulled from ``work`` in this thread, in order, one ahead of the one predicted; results come back in
+    the same order. At most two blocks' pixels are held at once.
+    """
 
     parallelism = 1
     readers = 1
@@ -80,10 +88,20 @@ class LocalExecutor:
     def run(
         self, work: Iterable[WorkItem], options: PredictOptions
     ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
-        for item in work:
-            try:
-                pixels = read_block(item.scene, item.block, self.norm, options.pad_mode)
-                output: BlockResult | Exception = self.worker.run(item.blocks, item.block, pixels, options)
-            except Exception as exc:  # this scene's problem (a corrupt block, ...): the stream goes on
-                output = exc
-            yield item, output
+        def read(item: WorkItem) -> BlockPixels:
+            return read_block(item.scene, item.block, self.norm, options.pad_mode)
+
+        items = iter(work)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoseg-read") as reader:
+            upcoming = next(items, None)
+            ahead = None if upcoming is None else (upcoming, reader.submit(read, upcoming))
+            while ahead is not None:
+                item, pixels = ahead
+                upcoming = next(items, None)
+                ahead = None if upcoming is None else (upcoming, reader.submit(read, upcoming))
+                try:
+                    output: BlockResult | Exception = self.worker.run(item.blocks, item.block, pixels.result(), options)
+                except Exception as exc:  # this scene's problem (a corrupt block, ...): the stream goes on
+                    output = exc
+                del pixels  # the block's pixels go before the next block's are read
+                yield item, output

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, BundleSpec, load_bundle
-from geoseg.cluster import ray_session
+from geoseg.cluster import IN_PROCESS_HEAP, keep_freed_heap, ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
@@ -155,6 +155,7 @@ def predict_archive(
                     from geoseg.inference.worker import ModelWorker
 
                     threads = in_process_threads()
+                    keep_freed_heap(**IN_PROCESS_HEAP)
                     executor = LocalExecutor(ModelWorker(spec, model.state_dict(), threads=threads, compile=compile))
                 else:
                     from geoseg.inference.distributed import RayExecutor

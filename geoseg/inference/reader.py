@@ -20,7 +20,7 @@ import rasterio
 from geoseg.inference.tiling import Block
 from geoseg.io.masks import read_masked
 from geoseg.io.normalisation import Normalisation
-from geoseg.io.raster import OpenDatasets, PadMode, SceneInfo, pixel_dtype, read_tile
+from geoseg.io.raster import OpenDatasets, PadMode, SceneInfo, keep_gdal_environment, pixel_dtype, read_tile
 
 
 @dataclass
@@ -78,6 +78,7 @@ def read_block(scene: SceneInfo, block: Block, norm: Normalisation, pad_mode: Pa
     """Read ``block``'s window of ``scene`` with its validity (nodata, NaN/inf, padding, assumed nodata, and the
     scene's mask: :mod:`geoseg.io.masks`)."""
     started = time.perf_counter()
+    keep_gdal_environment()
     with rasterio.Env(GDAL_CACHEMAX=block_cache_bytes(scene, block)):
         src = _DATASETS.get(scene.path)
         data, valid = read_tile(src, block.read, list(norm.band_indexes), pad_mode, native=True)

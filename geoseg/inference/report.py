@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,9 @@ class SceneReport:
     masked_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"status": str(self.status)}
+        # Field by field, not dataclasses.asdict: its deep copy was most of a 1000-scene manifest's cost.
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        return record | {k: dict(v) for k, v in record.items() if isinstance(v, dict)} | {"status": str(self.status)}
 
     @classmethod
     def from_dict(cls, entry: dict[str, Any]) -> SceneReport:

@@ -31,8 +31,8 @@ from geoseg.inference.reader import column_band_blocks
 from geoseg.inference.report import SceneReport, Status
 from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import BlockGrid
-from geoseg.io.raster import SceneInfo
-from geoseg.io.styles import dress_class_raster
+from geoseg.io.raster import SceneInfo, keep_gdal_environment
+from geoseg.io.styles import ClassStyle, dress_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog, temp_sibling
 from geoseg.vector.polygonize import VectorizeOptions
 
@@ -140,13 +140,17 @@ def publish_scene(staged: StagedScene) -> Published:
     for a product that a rerun makes from the class raster alone.
     """
     started = time.perf_counter()
+    keep_gdal_environment()
     final_paths = [staged.classes[1]] + ([staged.probabilities[1]] if staged.probabilities else [])
     try:
         with staged.sources() as (classes, probabilities):
             publish_cog(classes, staged.classes[1], "nearest")
             if staged.probabilities and probabilities is not None:
                 publish_cog(probabilities, staged.probabilities[1], "average")
-        final_paths += dress_class_raster(staged.classes[1])  # <scene>.png, category names, a QGIS style
+        held = None
+        if staged.held is not None:
+            held = ([ClassStyle(*c) for c in staged.held.classes], staged.held.pixels)
+        final_paths += dress_class_raster(staged.classes[1], held)  # <scene>.png, category names, a QGIS style
         digest = file_sha256(staged.classes[1])
     except BaseException:
         for path in final_paths:

@@ -20,6 +20,7 @@ tile row and column per block (``1/k`` more model work per axis); with ``overlap
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -65,8 +66,8 @@ class _Axis:
     def stride(self) -> int:
         return self.core - self.overlap
 
-    @property
-    def count(self) -> int:
+    @functools.cached_property
+    def count(self) -> int:  # asked for at every tile and block the grids build (30 times a small scene)
         return max(1, math.ceil(max(0, self.length - self.core) / self.stride) + 1)
 
     def core_span(self, i: int) -> tuple[int, int]:

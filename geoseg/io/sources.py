@@ -17,6 +17,7 @@ Two rules, each closing a class of defects that lost or mixed up data (output na
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import os
@@ -54,7 +55,7 @@ class SceneSource:
         """The STAC document a STAC item's scene was read from (None for files)."""
         return self.text.rsplit("#", 1)[0] if self.name is not None else None
 
-    @property
+    @functools.cached_property  # resolving every band's path from the root, asked for several times a scene
     def key(self) -> str:
         """The scene's identity whatever the spelling: local files by their resolved path (``scenes/a.tif``,
         ``./scenes//a.tif`` and ``/data/scenes/a.tif`` are one scene), virtual paths and URLs as written; a STAC
