@@ -53,6 +53,38 @@ def test_resnet_bundle(tmp_path) -> None:
     assert model(torch.randn(1, 5, 40, 40)).shape == (1, 2, 40, 40)
 
 
+def test_a_from_scratch_unet_is_loaded_and_run_without_importing_torchvision(bundle) -> None:
+    """Importing torchvision imports torch._dynamo: 1.2 s of CPU at the start of every prediction process (an
+    in-process job, each Ray model actor). Only a ResNet encoder needs it, so a U-Net's worker goes without."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from geoseg.bundle import load_bundle\n"
+        "from geoseg.inference.worker import ModelWorker\n"
+        f"spec, model = load_bundle({str(bundle)!r})\n"
+        "worker = ModelWorker(spec, model.state_dict(), threads=1)\n"
+        "assert worker.logits(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)\n"
+        "print(sorted(name for name in sys.modules if name.startswith('torchvision')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    resnet = subprocess.run(  # the check above can fail: a ResNet encoder does import it
+        [
+            sys.executable,
+            "-c",
+            "import sys; from geoseg.models import build_model; "
+            "build_model('resnet_unet', in_channels=3, num_classes=2, encoder='resnet18'); "
+            "print('torchvision.models.resnet' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert resnet.stdout.strip() == "True"
+
+
 def test_pickle_payload_is_refused(bundle, tmp_path) -> None:
     marker = tmp_path / "pwned"
 

@@ -10,20 +10,24 @@ folds the same way, so outputs stay identical across workers, blocks and batches
 from __future__ import annotations
 
 import itertools
+import sys
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:
     """Fold every Conv2d -> BatchNorm2d pair of ``model`` (in eval mode) in place; returns the model."""
     if model.training:
         raise ValueError("batch norms can only be folded in eval mode")
+    # torchvision's ResNet blocks, where torchvision is loaded: a model holding one was built after importing it
+    # (a from-scratch U-Net's worker never imports it, 1.2 s of start-up; see models.pretrained.resnet).
+    resnets = sys.modules.get("torchvision.models.resnet")
+    blocks = () if resnets is None else (resnets.BasicBlock, resnets.Bottleneck, resnets.ResNet)
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             _fold_sequential(module)
-        elif isinstance(module, BasicBlock | Bottleneck | ResNet):  # a ResNet stem: conv1, bn1
+        elif isinstance(module, blocks):  # a ResNet stem: conv1, bn1
             for i in (1, 2, 3):
                 conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from geoseg.errors import GeoSegError
 
@@ -38,18 +37,24 @@ STEM, BN = "conv1.weight", "bn1."
 
 Encoder = Literal["resnet18", "resnet34", "resnet50"]
 # The torchvision ResNets both ResNet-encoder U-Nets are built from: one declaration of the encoders geoseg has.
-RESNETS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": tvm.resnet18,
-    "resnet34": tvm.resnet34,
-    "resnet50": tvm.resnet50,
-}
+RESNETS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 
 
 def resnet(encoder: str) -> Any:
-    """An untrained torchvision ResNet by name; an unknown name is a ValueError listing the known ones."""
+    """An untrained torchvision ResNet by name; an unknown name is a ValueError listing the known ones.
+
+    torchvision is imported here, not with the module: importing it imports ``torch._dynamo`` (1.2 s of CPU,
+    measured), which every prediction process of a from-scratch U-Net paid at start-up for nothing."""
     if encoder not in RESNETS:
         raise ValueError(f"encoder must be one of {sorted(RESNETS)}, got {encoder!r}")
-    return RESNETS[encoder](weights=None)
+    from torchvision import models as tvm
+
+    constructors: dict[str, Callable[..., nn.Module]] = {
+        "resnet18": tvm.resnet18,
+        "resnet34": tvm.resnet34,
+        "resnet50": tvm.resnet50,
+    }
+    return constructors[encoder](weights=None)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models as tvm
 
 from geoseg.models.pretrained import BN, STEM, Encoder, encoder_weights, first_conv, read_state_dict, resnet
 from geoseg.models.unet import DoubleConv
@@ -147,12 +146,14 @@ class ResNetUNet(nn.Module):
 
 def _needs(module: nn.Module, a: int, b: int) -> tuple[int, int]:
     """The input interval (one axis) that output pixels ``[a, b]`` of ``module`` are computed from."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck  # only ResNets hold them (see pretrained.resnet)
+
     if isinstance(module, nn.Conv2d | nn.MaxPool2d):
         k, s, p, d = (_first(v) for v in (module.kernel_size, module.stride, module.padding, module.dilation))
         return a * s - p, b * s - p + (k - 1) * d
-    if isinstance(module, tvm.resnet.BasicBlock):  # the shortcut (1x1) needs a subset of the main path
+    if isinstance(module, BasicBlock):  # the shortcut (1x1) needs a subset of the main path
         return _needs(module.conv1, *_needs(module.conv2, a, b))
-    if isinstance(module, tvm.resnet.Bottleneck):
+    if isinstance(module, Bottleneck):
         return _needs(module.conv1, *_needs(module.conv2, *_needs(module.conv3, a, b)))
     if isinstance(module, nn.Sequential):
         for child in reversed(list(module)):
