@@ -91,6 +91,45 @@ def test_probability_bands_carry_their_scale(make_geotiff, tmp_path: Path) -> No
         assert src.read(1)[0, 0] * src.scales[0] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("memory", [False, True], ids=["staging-file", "held-block"])
+def test_probabilities_of_two_or_three_classes_are_grey_bands_not_rgb_or_alpha(
+    make_geotiff, tmp_path: Path, memory: bool
+) -> None:
+    """GTiff makes 3 or 4 byte bands RGB(A) unless told otherwise: 2 classes + confidence opened as a colour
+    image, and 3 classes' confidence band became an alpha band that QGIS and gdalwarp mask by."""
+    from qgis_client import run_qgis
+
+    scene = open_scene(make_geotiff(np.zeros((1, 20, 20), np.uint8), name="source.tif"))
+    paths = []
+    for names in (["a", "b"], ["a", "b", "c"]):
+        out = tmp_path / f"p{len(names)}.tif"
+        staging = probability_staging(out, scene, names, 64, memory=memory)
+        staging.write(rasterio.windows.Window(0, 0, 20, 20), np.full((len(names) + 1, 20, 20), 40, np.uint8))
+        if memory:
+            publish_cog(staging.dataset, out, "average")
+            staging.abort()
+        else:
+            publish_cog(staging.close(), out, "average")
+        assert [b["colorInterpretation"] for b in _gdalinfo(out)["bands"]] == ["Gray"] + ["Undefined"] * len(names)
+        paths.append(str(out))
+    found = run_qgis(
+        f"""
+        from qgis.core import QgsRaster
+        out = []
+        for path in {paths!r}:
+            layer = QgsRasterLayer(path, "p")
+            provider = layer.dataProvider()
+            interp = [provider.colorInterpretation(b) for b in range(1, provider.bandCount() + 1)]
+            out.append([layer.isValid(), layer.renderer().alphaBand(),
+                        sum(i in (QgsRaster.RedBand, QgsRaster.GreenBand, QgsRaster.BlueBand, QgsRaster.AlphaBand)
+                            for i in interp)])
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    assert found == [[True, -1, 0], [True, -1, 0]]  # no band read as a colour or as transparency
+
+
 def test_polygons_carry_colours_and_a_default_qgis_style(class_raster: Path, tmp_path: Path) -> None:
     gpkg, shp = tmp_path / "v" / "polys.gpkg", tmp_path / "v" / "polys.shp"
     vectorize_raster(class_raster, [gpkg, shp], VectorizeOptions(), workers=1)

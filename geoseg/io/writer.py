@@ -138,6 +138,10 @@ class StagingRaster:
             "BIGTIFF": "IF_SAFER",
             "interleave": "band",
         }
+        if len(descriptions) > 1:
+            # Grey bands: GTiff makes 3 or 4 byte bands RGB(A) unless told, and the COG inherits it, so a 3-class
+            # probability raster's confidence band became an alpha band (QGIS and gdalwarp mask by it).
+            profile["photometric"] = "MINISBLACK"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._memory: MemoryFile | None = None
         if memory and len(descriptions) == 1:
@@ -146,8 +150,8 @@ class StagingRaster:
             shape = {k: profile[k] for k in ("width", "height", "count", "dtype", "crs", "transform", "nodata")}
             self._dst = rasterio.open(f"geoseg-{uuid.uuid4().hex}", "w", driver="MEM", **shape)
         elif memory:
-            # Several bands: a GeoTIFF in /vsimem, because GTiff reads 3 or 4 byte bands as RGB(A) and the COG
-            # inherits that colour interpretation, which a MEM raster would not give it.
+            # Several bands: a GeoTIFF in /vsimem with the staging file's profile (the COG takes its colour
+            # interpretation from the source; a MEM raster would set it otherwise).
             self._memory = MemoryFile()
             self._dst = self._memory.open(**profile)
         else:
