@@ -17,13 +17,14 @@ run back to back, because this machine's speed drifts by 10-30 % between minutes
       rows, and (info) on a small scene only
   P3  end-to-end throughput with 2 workers / 1 worker, target >= 1.7 (on 2 cores)
 
-    .venv/bin/python benchmarks/predict.py --h1 [--host-size 8192] [--repeats 3]
+    .venv/bin/python benchmarks/predict.py --h1 [--host-size 8192] [--repeats 3] [--h1-block 2048]
 
   H1' host CPU per pixel over single-process decode CPU per pixel, target <= 2.0: the CPU of the whole job's
       process tree (driver, Ray's own processes, readers, model actors, the publishing task), minus the bare
       model's CPU with its argmax on the same tiles (one thread, in this process), for an 8192^2 4-band uint16
       DEFLATE scene, a 163-parameter U-Net, --tile 512 --halo 32, 2 workers on a warm pool; split per stage
-      (each process's CPU by its role; the model actors' own share is theirs minus the bare model).
+      (each process's CPU by its role; the model actors' own share is theirs minus the bare model). The
+      CPU default block (1024 px: 2 x 2 tile strides of 448) unless --h1-block (2048: GPU nodes' default).
 
     .venv/bin/python benchmarks/predict.py --p7 [--p7-scenes 1000 10000] [--repeats 2]
 
@@ -51,6 +52,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -392,7 +394,7 @@ def tree_split(run: Callable[[], object]) -> dict[str, float]:
     return split
 
 
-def bare_model_cpu(bundle: Path, scene: Path) -> float:
+def bare_model_cpu(bundle: Path, scene: Path, options: PredictOptions = H1_OPTIONS) -> float:
     """CPU-seconds of the model and its argmax alone, one thread, on the pipeline's batches of ``scene``."""
     from geoseg.inference.blend import first_argmax
     from geoseg.inference.worker import ModelWorker
@@ -401,7 +403,7 @@ def bare_model_cpu(bundle: Path, scene: Path) -> float:
     worker = ModelWorker(spec, model.state_dict(), threads=1)
     batches = [
         torch.from_numpy(b).contiguous(memory_format=torch.channels_last)
-        for b in pipeline_batches(bundle, [scene], H1_OPTIONS)
+        for b in pipeline_batches(bundle, [scene], options)
     ]
     worker.logits(batches[0])  # warm-up
     started = time.process_time()
@@ -424,6 +426,7 @@ def h1(args: argparse.Namespace) -> None:
     from geoseg.inference.job import predict_archive
 
     quiet = Console(file=io.StringIO())
+    options = replace(H1_OPTIONS, block=args.h1_block) if args.h1_block else H1_OPTIONS
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         bundle = init_bundle(work / "h163", "unet", 4, 6, base_channels=1, depth=1)
@@ -437,7 +440,7 @@ def h1(args: argparse.Namespace) -> None:
                 def job(scene: Path) -> None:
                     shutil.rmtree(work / "job", ignore_errors=True)
                     [report] = predict_archive(
-                        bundle, [str(scene)], work / "job", H1_OPTIONS, console=quiet, executor=executor
+                        bundle, [str(scene)], work / "job", options, console=quiet, executor=executor
                     )
                     assert report.status == "ok", report.error
 
@@ -445,7 +448,7 @@ def h1(args: argparse.Namespace) -> None:
                 job(big)  # warm: first-call costs, not the pipeline's
                 for _ in range(args.repeats):
                     runs["decode"].append(decode_cpu(big))
-                    runs["bare"].append(bare_model_cpu(bundle, big))
+                    runs["bare"].append(bare_model_cpu(bundle, big, options))
                     split = tree_split(lambda: job(big))
                     for role in ROLES:
                         runs[role].append(split.get(role, 0.0))
@@ -465,7 +468,8 @@ def report_h1(args: argparse.Namespace, runs: dict[str, list[float]]) -> None:
     ns = lambda cpu: cpu / pixels * 1e9  # noqa: E731
     rows = [
         (
-            f"H1' host CPU per px / decode CPU per px, {args.host_size}^2",
+            f"H1' host CPU per px / decode CPU per px, {args.host_size}^2"
+            + (f", block {args.h1_block}" if args.h1_block else ""),
             med(ratios),
             "<= 2.0",
             f"host {med(host):.2f} CPU-s ({ns(med(host)):.0f} ns/px) = tree {med(tree):.2f} "
@@ -607,6 +611,9 @@ def main() -> None:
     parser.add_argument("--p2b", action="store_true", help="only P2b: the in-process path's memory")
     parser.add_argument("--p7", action="store_true", help="only P7: archives of small scenes")
     parser.add_argument("--h1", action="store_true", help="only H1' (and H2): host CPU per pixel, split per stage")
+    parser.add_argument(
+        "--h1-block", type=int, help="H1' with this block size (2048: what GPU nodes run) instead of the CPU default"
+    )
     parser.add_argument("--p7-scenes", type=int, nargs="+", default=[1000], help="archive sizes for P7")
     parser.add_argument("--plain-loop", type=Path, nargs=3, help=argparse.SUPPRESS)  # P7's reference, run alone
     args = parser.parse_args()

@@ -123,6 +123,8 @@ def test_killing_an_actor_mid_scene_changes_nothing(ray_local, make_geotiff, bun
     clean = _local(bundle3, scene_path, tmp_path / "clean.tif")
     spec, model = load_bundle(bundle3)
     executor = RayExecutor(spec, model.state_dict(), workers=2)
+    # On a CPU node the model actors hold every core: its reader decodes on one thread (GDAL's pool cost +20 %).
+    assert ray.get([reader.gdal_threads.remote() for reader, _ in executor.reader_actors.values()]) == ["1"]
 
     class KillingExecutor:
         parallelism, readers, gpu = 2, 1, False

@@ -172,6 +172,55 @@ def test_a_cog_from_a_memory_raster_is_byte_identical_to_one_from_a_staging_file
     assert built[True] == built[False]
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the scratch file has no CRS
+@pytest.mark.parametrize(("bands", "resampling"), [(1, "nearest"), (4, "average")])
+def test_the_overview_scratch_file_is_cheap_and_changes_no_byte_of_the_cog(
+    make_geotiff, tmp_path, monkeypatch, bands, resampling
+) -> None:
+    """GDAL's COG driver builds overviews in a scratch GeoTIFF (ZSTD level 9 by default, costlier than the COG's
+    own DEFLATE). Ours is uncompressed, or LZW when large: the scratch file really is, and the COG's bytes are
+    those of GDAL's default."""
+    from geoseg.io import writer
+
+    scene = open_scene(make_geotiff(np.ones((1, 1500, 1100), np.uint8)))
+    pixels = np.random.default_rng(5).integers(0, 4, (bands, 1500, 1100)).astype(np.uint8)
+    pixels[:, 200:900, 300:700] = 2  # a smooth part too: compressible, as class maps are
+    source = tmp_path / "src.tif"
+    staging = StagingRaster(source, scene, [f"b{i}" for i in range(bands)], CLASS_NODATA, 512)
+    staging.write(Window(0, 0, 1100, 1500), pixels)
+    os.replace(staging.close(), source)
+
+    built, scratch = {}, {}
+    for choice in ("ZSTD", "NONE", "LZW"):  # ZSTD: what GDAL does when not told
+        monkeypatch.setattr(writer, "overview_scratch_compression", lambda *_, c=choice: c)
+        folder = tmp_path / choice
+        folder.mkdir()
+        with rasterio.Env(COG_DELETE_TEMP_FILES="NO"):  # GDAL's debug switch: keep the scratch file to look at
+            writer.copy_to_cog(source, folder / "x.tif", resampling)
+        [kept] = [p for p in folder.iterdir() if p.name != "x.tif" and p.suffix == ".tmp"]
+        with rasterio.open(kept) as tmp:
+            scratch[choice] = tmp.compression.name if tmp.compression else "NONE"
+            assert tmp.count == bands and tmp.width < 1100  # the overviews, not the image
+        built[choice] = (folder / "x.tif").read_bytes()
+    assert scratch == {"ZSTD": "zstd", "NONE": "NONE", "LZW": "lzw"}
+    assert built["NONE"] == built["ZSTD"] and built["LZW"] == built["ZSTD"]
+    with rasterio.open(tmp_path / "NONE" / "x.tif") as cog:
+        assert cog.overviews(1) == [2, 4] and cog.compression.name == "deflate"
+        np.testing.assert_array_equal(cog.read(), pixels)
+
+
+def test_overview_scratch_files_are_uncompressed_up_to_a_bound() -> None:
+    from geoseg.io.writer import SCRATCH_UNCOMPRESSED_MAX, overview_scratch_compression
+
+    assert overview_scratch_compression(8192, 8192, 1) == "NONE"
+    assert overview_scratch_compression(40_000, 40_000, 4) == "NONE"  # 1.99 GiB of overviews
+    assert overview_scratch_compression(40_000, 40_000, 8) == "LZW"
+    side = int((3 * SCRATCH_UNCOMPRESSED_MAX) ** 0.5)
+    assert overview_scratch_compression(side, side, 1) == "NONE"
+    assert overview_scratch_compression(side + 2, side + 2, 1) == "LZW"
+    assert overview_scratch_compression(side, side, 1, itemsize=2) == "LZW"
+
+
 def test_writer_leaves_nothing_when_aborted(make_geotiff, tmp_path) -> None:
     scene = open_scene(make_geotiff(np.ones((1, 50, 50), np.uint8)))
     out = tmp_path / "classes.tif"

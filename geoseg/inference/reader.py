@@ -5,8 +5,8 @@ when torch can take it (16-bit imagery travels at half the bytes of float32; the
 Blocks of a scene are read by one reader that keeps the file open, in vertical bands of :data:`COLUMN_BAND`
 pixels, each band in raster order, with GDAL's block cache holding the source blocks under one block row of a
 band: the next block in the row reuses the source blocks under the shared halo, and the next block row the
-source rows under its top halo, so every source block is decoded once per band. GDAL's own threads
-(``GDAL_NUM_THREADS``, set per reader process) decode the source blocks of one window in parallel.
+source rows under its top halo, so every source block is decoded once per band. On GPU nodes GDAL's own
+threads (``GDAL_NUM_THREADS``, set per reader process) decode the source blocks of one window in parallel.
 """
 
 from __future__ import annotations

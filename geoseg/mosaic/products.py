@@ -14,15 +14,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import rasterio
-import rasterio.shutil
 from rasterio.windows import Window
 
 from geoseg.inference.manifest import file_size
 from geoseg.io.raster import SceneInfo
 from geoseg.io.stack import write_vrt
 from geoseg.io.styles import ClassStyle, style_class_raster
-from geoseg.io.writer import CLASS_NODATA, COG_BLOCK, StagingRaster, class_tags, publish_cog, said_plainly, temp_sibling
+from geoseg.io.writer import (
+    CLASS_NODATA,
+    COG_BLOCK,
+    StagingRaster,
+    class_tags,
+    copy_to_cog,
+    publish_cog,
+    said_plainly,
+    temp_sibling,
+)
 from geoseg.mosaic.compose import STAT_BANDS, STAT_SCALES, Method, compose_tile
 from geoseg.mosaic.grid import OutputGrid, Tile
 from geoseg.mosaic.inputs import Observation
@@ -169,18 +176,8 @@ def publish_single_cog(vrt: Path, path: Path) -> None:
     """The whole mosaic as one COG (GDAL's COG driver from the VRT), with its styles."""
     staging = temp_sibling(path)
     try:
-        with said_plainly(path.parent), rasterio.Env(GDAL_CACHEMAX=64 * 2**20):
-            rasterio.shutil.copy(
-                vrt,
-                staging,
-                driver="COG",
-                compress="deflate",
-                level=1,
-                blocksize=COG_BLOCK,
-                overview_resampling="nearest",
-                bigtiff="if_safer",
-                num_threads="ALL_CPUS",
-            )
+        with said_plainly(path.parent):
+            copy_to_cog(vrt, staging, "nearest", cache=64 * 2**20)
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
