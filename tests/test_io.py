@@ -168,8 +168,30 @@ def test_a_cog_from_a_memory_raster_is_byte_identical_to_one_from_a_staging_file
             assert [p.name for p in out.parent.iterdir()] == ["x.tif"]  # no staging file was ever written
         else:
             publish_cog(staging.close(), out, "nearest")
+        assert [p.name for p in out.parent.iterdir()] == ["x.tif"]  # and no build folder or temporary name left
         built[memory] = out.read_bytes()
-    assert built[True] == built[False]
+    assert built[True] == built[False]  # a held block's COG is built in GDAL's memory: the same bytes
+
+
+def test_a_file_built_in_memory_appears_whole_or_not_at_all(tmp_path) -> None:
+    from geoseg.io.writer import built_in_memory
+
+    pixels = np.arange(64, dtype=np.uint8).reshape(1, 8, 8)
+    profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 1, "dtype": "uint8"}
+    out = tmp_path / "x.tif"
+    with pytest.raises(RuntimeError, match="stopped"), built_in_memory(out) as target:
+        with rasterio.open(target, "w", **profile) as dst:
+            dst.write(pixels)
+        raise RuntimeError("stopped")
+    assert list(tmp_path.iterdir()) == []  # nothing under the final name, no temporary name
+    out.write_bytes(b"old")
+    with built_in_memory(out) as target:
+        assert not target.startswith(str(tmp_path))  # GDAL writes to memory, not beside the output
+        with rasterio.open(target, "w", **profile) as dst:
+            dst.write(pixels)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.tif"]
+    with rasterio.open(out) as src:
+        np.testing.assert_array_equal(src.read(), pixels)
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the scratch file has no CRS

@@ -77,6 +77,14 @@ def test_dressing_from_held_pixels_writes_the_same_files_as_from_the_raster(make
         rgba = png.read()
     assert (rgba[3][:5, :7] == 0).all() and (rgba[3][5:] == 255).all()
     assert tuple(rgba[:3, 20, 20]) == COLORS[data[20, 20]]
+    # The quicklook is built in GDAL's memory and written once: the bytes GDAL writes straight to disk.
+    with (
+        pytest.warns(rasterio.errors.NotGeoreferencedWarning),
+        rasterio.open(tmp_path / "direct.png", "w", driver="PNG", width=50, height=40, count=4, dtype="uint8") as d,
+    ):
+        d.write(rgba)
+    assert (tmp_path / "direct.png").read_bytes() == files["held"]["classes.png"]
+    assert sorted(p.name for p in (tmp_path / "held").iterdir()) == sorted([*files["held"], "classes.tif"])
 
 
 def test_probability_bands_carry_their_scale(make_geotiff, tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ added. Files are written under a temporary name and renamed.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
+from rasterio.io import MemoryFile
 
-from geoseg.io.writer import CLASS_NODATA, class_names_from_tags, temp_sibling, write_text_atomic
+from geoseg.io.writer import CLASS_NODATA, built_in_memory, class_names_from_tags, write_text_atomic
 
 QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
 
@@ -196,17 +197,12 @@ def _write_png(path: Path, table: list[ClassStyle], classes: np.ndarray, valid: 
     # One 4-byte gather per pixel (a [256, 4] table gathered row by row took 4x longer); nodata transparent.
     rgba = np.where(valid, lut.view(np.uint32)[:, 0][classes], 0).view(np.uint8).reshape(*classes.shape, 4)
     out = path.with_suffix(".png")
-    staging = temp_sibling(out)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: its place is in the item
-            profile = {"driver": "PNG", "width": classes.shape[1], "height": classes.shape[0], "count": 4}
-            with rasterio.open(staging, "w", dtype="uint8", **profile) as dst:
-                dst.write(rgba.transpose(2, 0, 1))
-        os.replace(staging, out)
-    finally:
-        staging.unlink(missing_ok=True)
-        staging.with_name(staging.name + ".aux.xml").unlink(missing_ok=True)
+    profile = {"driver": "MEM", "width": classes.shape[1], "height": classes.shape[0], "count": 4, "dtype": "uint8"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: its place is in the item
+        with MemoryFile() as pixels, pixels.open(**profile) as picture, built_in_memory(out) as target:
+            picture.write(rgba.transpose(2, 0, 1))
+            rasterio.shutil.copy(picture, target, driver="PNG")  # GDAL writes PNGs only as copies
     return out
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -29,6 +30,9 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from geoseg.io.raster import SceneInfo
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 CLASS_NODATA = 255
 PROBABILITY_NODATA = 255
@@ -77,14 +81,36 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """``text`` (UTF-8) at ``path``, written under a temporary name and renamed: never half a file."""
+def write_bytes_atomic(path: Path, data: Buffer) -> None:
+    """``data`` at ``path``, written under a temporary name and renamed: never half a file."""
     staging = temp_sibling(path)
     try:
-        staging.write_text(text, encoding="utf-8")
+        with open(staging, "wb") as out:
+            out.write(data)
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` (UTF-8) at ``path``, written under a temporary name and renamed: never half a file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+@contextmanager
+def built_in_memory(path: Path) -> Iterator[str]:
+    """A GDAL path in memory to build a small file at (a one-block scene's COG, a quicklook); on leaving the
+    block its bytes are written to ``path`` atomically (:func:`write_bytes_atomic`), and nothing else is left.
+
+    Why: GDAL creating a file on disk lists the file's folder (to look for sidecars; ``GDAL_DISABLE_READDIR_ON_OPEN``
+    does not stop it), and an archive's output folder holds four files a scene. A 256² quicklook PNG took 4.4 ms
+    written into a folder of 4000 files and 2.3 ms built in memory, a one-block COG 2.1 ms and 1.4 ms (measured),
+    and the folder's listing grows with the archive. The bytes are the same (tested). Only for files of a few MiB:
+    they are held whole in memory.
+    """
+    with MemoryFile(ext=path.suffix) as memory:
+        yield memory.name
+        write_bytes_atomic(path, memory.getbuffer())
 
 
 class StagingRaster:
@@ -224,8 +250,13 @@ def publish_cog(staging: Path | rasterio.io.DatasetWriter, path: Path, overview_
     files (``GDAL_DISABLE_READDIR_ON_OPEN`` does not stop it), so a COG built beside its final name cost a
     listing of the whole output folder, and a scene's cost grew with the archive (1.6 ms among 5000 files,
     18.6 ms among 50 000, measured). A killed job's leftover folder is removed by the next run, as a
-    ``.partial`` file is.
+    ``.partial`` file is. A memory raster is at most one block: its COG is built in memory and written to
+    ``path`` in one go (:func:`built_in_memory`).
     """
+    if not isinstance(staging, Path):  # a held block (one block of a scene): built in memory, its bytes written once
+        with built_in_memory(path) as target:
+            copy_to_cog(staging, target, overview_resampling)
+        return path
     folder = temp_sibling(path)  # a build folder of its own: see above
     cog_staging = folder / path.name
     try:
@@ -234,8 +265,7 @@ def publish_cog(staging: Path | rasterio.io.DatasetWriter, path: Path, overview_
             copy_to_cog(staging, cog_staging, overview_resampling)
         os.replace(cog_staging, path)
     finally:
-        if isinstance(staging, Path):
-            staging.unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
     return path
 
@@ -256,7 +286,7 @@ def overview_scratch_compression(width: int, height: int, count: int, itemsize: 
 
 def copy_to_cog(
     source: Path | rasterio.io.DatasetReader | rasterio.io.DatasetWriter,
-    target: Path,
+    target: Path | str,
     overview_resampling: str,
     cache: int | None = None,
 ) -> None:
