@@ -126,7 +126,15 @@ def test_full_disk_fails_one_scene_and_leaves_no_partial_file(
             raise OSError(errno.ENOSPC, "No space left on device", dst)
         real_copy(src, dst, **kwargs)
 
+    def open_fills_on_scene_1(name: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode and "s1" in Path(str(name)).name:  # a file built in memory (a one-block scene's COG)
+            Path(str(name)).write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "No space left on device", str(name))
+        return open(name, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    # The disk fills wherever bytes of scene 1 reach it: GDAL writing a file, or the bytes of one built in memory.
     monkeypatch.setattr(writer.rasterio.shutil, "copy", disk_fills_on_scene_1)
+    monkeypatch.setattr(writer, "open", open_fills_on_scene_1, raising=False)
     scenes = []
     for i in range(3):
         scenes.append(tmp_path / f"s{i}.tif")
@@ -139,6 +147,7 @@ def test_full_disk_fails_one_scene_and_leaves_no_partial_file(
     assert {p.name for p in job.iterdir()} == _published("s0", "s2") | {"manifest.json", "report.json"}
     # A rerun once space is back redoes only the scene that failed.
     monkeypatch.setattr(writer.rasterio.shutil, "copy", real_copy)
+    monkeypatch.delattr(writer, "open")
     again = predict_archive(bundle, [str(s) for s in scenes], job, PredictOptions(tile=64, halo=8, overlap=8))
     assert [r.status for r in again] == ["skipped", "ok", "skipped"]
 
