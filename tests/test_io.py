@@ -130,6 +130,34 @@ def test_a_cog_is_built_alone_in_a_folder_of_its_own(make_geotiff, tmp_path, mon
     assert sorted(p.name for p in out.parent.iterdir()) == sorted([f"other{i}.tif" for i in range(20)] + ["x.tif"])
 
 
+def test_a_failed_cog_build_leaves_nothing_and_keeps_its_source(make_geotiff, tmp_path, monkeypatch) -> None:
+    """``build_cog`` (a mosaic's whole COG, from its VRT): GDAL's COG driver computes overviews in a scratch file
+    named after its target; a build that fails (or is killed) midway keeps that file inside the build folder, which
+    goes, and the source stays."""
+    import rasterio.shutil
+
+    from geoseg.io.writer import build_cog
+
+    source = make_geotiff(np.ones((1, 40, 30), np.uint8), name="source.tif")
+    out = tmp_path / "out" / "x.tif"
+    out.parent.mkdir()
+    copy = rasterio.shutil.copy
+
+    def dies_midway(src, dst, **kwargs):  # type: ignore[no-untyped-def]
+        Path(f"{dst}.ovr.tmp").write_bytes(b"scratch")  # what the COG driver writes first
+        raise rasterio.errors.RasterioIOError("killed")
+
+    monkeypatch.setattr(rasterio.shutil, "copy", dies_midway)
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        build_cog(Path(source), out, "nearest")
+    assert list(out.parent.iterdir()) == [] and Path(source).exists()
+    monkeypatch.setattr(rasterio.shutil, "copy", copy)
+    build_cog(Path(source), out, "nearest")
+    with rasterio.open(out) as built, rasterio.open(source) as read:
+        np.testing.assert_array_equal(built.read(), read.read())
+    assert [p.name for p in out.parent.iterdir()] == ["x.tif"]
+
+
 def _touch_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from affine import Affine
 from class_maps import write_class_map
 from test_cli import _init_bundle, _one_line_error, run
 
@@ -56,3 +57,45 @@ def test_a_killed_holder_keeps_nothing_locked(tmp_path: Path) -> None:
     assert died.returncode == -9 and (tmp_path / LOCK).exists()  # its file is left; its lock is not
     with job_lock(tmp_path):
         pass
+
+
+def test_every_folder_command_clears_what_a_killed_run_left(make_geotiff, tmp_path: Path) -> None:
+    """predict, mosaic and change start by removing a killed run's temporary files (a staging file, a COG's
+    build folder, the overview scratch file a COG build beside its name used to leave), and nothing else."""
+    from mosaic_jobs import FakeScene, random_probabilities, write_job
+
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
+    scene = make_geotiff(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32), name="s.tif")
+    maps = [write_class_map(tmp_path / f"{n}.tif", np.zeros((20, 20), np.uint8), {0: "a"}) for n in "ab"]
+    finished = write_job(
+        tmp_path / "finished",
+        [
+            FakeScene(
+                "f", random_probabilities(np.random.default_rng(1), 40, 30), Affine(30, 0, 600_000, 0, -30, 4_000_000)
+            )
+        ],
+    )
+    commands = {
+        "predict": ["predict", "--model", str(bundle), "--tile", "64", str(scene), "--output"],
+        "mosaic": ["mosaic", str(finished), "--tile-size", "64", "--cog", "--in-process", "--output"],
+        "change": ["change", str(maps[0]), str(maps[1]), "--output"],
+    }
+    for name, command in commands.items():
+        folder = tmp_path / name
+        left = [
+            folder / ".s.tif.0123abcd.partial",  # a staging file
+            folder / ".mosaic.tif.4567cdef.partial" / "mosaic.tif",  # a COG's build folder
+            folder / ".mosaic.tif.89abcdef.partial.ovr.tmp",  # GDAL's overview scratch beside an old build
+        ]
+        if name == "mosaic":
+            left.append(folder / "tiles" / ".t.tif.fedc4567.partial")
+        kept = [folder / ".notes.partial", folder / "notes.txt"]  # not ours
+        for path in left + kept:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+        done = run(*command, str(folder))
+        assert done.returncode == 0, (name, done.stderr[-2000:])
+        assert not [p for p in left if p.exists()], name
+        assert all(p.read_bytes() == b"x" for p in kept), name
+        assert not [p for p in folder.rglob("*") if ".partial" in p.name and p not in kept], name

@@ -114,9 +114,14 @@ def test_only_the_jobs_own_temporary_files_are_removed(tmp_path) -> None:
     looks_like_ours = _touch(tmp_path / ".input.tif.89abcdef.partial")  # our pattern, but an input
     build = _touch(tmp_path / ".b.tif.4567cdef.partial" / "b.tif")  # a COG's build folder (publish_cog)
     holder = _touch(tmp_path / ".c.tif.fedc4567.partial" / "c.tif")  # our pattern, but it holds an input
+    scratch = _touch(tmp_path / ".m.tif.0123abcd.partial.ovr.tmp")  # a COG build's overviews, killed beside it
+    tiles = _touch(tmp_path / "tiles" / ".t.tif.0123abcd.partial")  # in a subfolder named by the command
     plan = list(zip(expand_inputs([str(looks_like_ours), str(holder)]), ["input", "c"], strict=True))
     remove_stale_partials(tmp_path, input_paths(plan))
-    assert not ours.exists() and theirs.exists() and looks_like_ours.exists()
+    assert not ours.exists() and theirs.exists() and looks_like_ours.exists() and not scratch.exists()
+    assert tiles.exists()  # not a folder this job writes
+    remove_stale_partials(tmp_path, input_paths(plan), subfolders=("tiles",))
+    assert not tiles.exists()
     assert not build.parent.exists() and holder.exists()
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,15 +14,24 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 
 from geoseg.io import open_scene
-from geoseg.io.styles import ClassStyle, dress_class_raster, style_class_raster
+from geoseg.io.styles import ClassStyle, _write_png, dress_class_raster, style_class_raster
 from geoseg.io.writer import class_staging, probability_staging, publish_cog
 from geoseg.vector.job import vectorize_raster
 from geoseg.vector.polygonize import VectorizeOptions
 
 NAMES = ["water", "forest & shrub", "urban <dense>"]  # names that need escaping in XML
 COLORS = [(31, 119, 180), (44, 160, 44), (214, 39, 40)]
+
+
+def _rgba(png: Path) -> np.ndarray:
+    """A PNG as a viewer shows it, ``[4, h, w]`` RGBA, decoded by Pillow (not by GDAL, which wrote it)."""
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        return np.asarray(picture.convert("RGBA")).transpose(2, 0, 1)
 
 
 def _gdalinfo(path: Path) -> dict:
@@ -73,18 +83,43 @@ def test_dressing_from_held_pixels_writes_the_same_files_as_from_the_raster(make
         files[how] = {path.name: path.read_bytes() for path in written}
     assert set(files["held"]) == {"classes.tif.aux.xml", "classes.qml", "classes.png"}
     assert files["held"] == files["raster"]
-    with rasterio.open(tmp_path / "held" / "classes.png") as png:
-        rgba = png.read()
+    rgba = _rgba(tmp_path / "held" / "classes.png")
     assert (rgba[3][:5, :7] == 0).all() and (rgba[3][5:] == 255).all()
     assert tuple(rgba[:3, 20, 20]) == COLORS[data[20, 20]]
     # The quicklook is built in GDAL's memory and written once: the bytes GDAL writes straight to disk.
     with (
-        pytest.warns(rasterio.errors.NotGeoreferencedWarning),
-        rasterio.open(tmp_path / "direct.png", "w", driver="PNG", width=50, height=40, count=4, dtype="uint8") as d,
+        warnings.catch_warnings(category=rasterio.errors.NotGeoreferencedWarning, action="ignore"),
+        rasterio.open("direct", "w", driver="MEM", width=50, height=40, count=1, dtype="uint8") as picture,
     ):
-        d.write(rgba)
+        picture.write(np.where(data == 255, 3, data)[None])  # nodata: the transparent entry after the last class
+        picture.write_colormap(1, {i: (*COLORS[i], 255) for i in range(3)} | {3: (0, 0, 0, 0)})
+        rasterio.shutil.copy(picture, tmp_path / "direct.png", driver="PNG")
     assert (tmp_path / "direct.png").read_bytes() == files["held"]["classes.png"]
+    (tmp_path / "direct.png").unlink()
     assert sorted(p.name for p in (tmp_path / "held").iterdir()) == sorted([*files["held"], "classes.tif"])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_the_quicklook_shows_each_class_in_its_colour_and_nodata_transparent(tmp_path: Path, dtype: str) -> None:
+    """Every pixel of the picture a viewer decodes: class colours, transparent nodata and transparent ids the table
+    does not name. A byte raster's quicklook is paletted (a quarter of the bytes to encode); a change map whose
+    ids pass 254 gets an RGBA one."""
+    top = 3 if dtype == "uint8" else 300
+    table = [ClassStyle(1, "a", (10, 20, 30)), ClassStyle(top, "b", (200, 100, 0)), ClassStyle(0, "c", (0, 0, 255))]
+    classes = np.random.default_rng(5).integers(0, top + 3, (30, 40)).astype(dtype)
+    classes[0, :4] = [0, 1, top, top + 1]  # each class, and an id the table does not name
+    valid = np.random.default_rng(6).random((30, 40)) > 0.2
+    valid[0, :4] = True
+    out = _write_png(tmp_path / "classes.tif", sorted(table, key=lambda c: c.id), classes, valid)
+    expected = np.zeros((4, 30, 40), np.uint8)
+    for c in table:
+        here = valid & (classes == c.id)
+        expected[:, here] = np.array([*c.rgb, 255], np.uint8)[:, None]
+    np.testing.assert_array_equal(_rgba(out), expected)
+    assert tuple(_rgba(out)[:, 0, 3]) == (0, 0, 0, 0)  # an unnamed id: transparent
+    quiet = warnings.catch_warnings(category=rasterio.errors.NotGeoreferencedWarning, action="ignore")
+    with quiet, rasterio.open(out) as png:
+        assert png.count == (1 if dtype == "uint8" else 4)
 
 
 def test_probability_bands_carry_their_scale(make_geotiff, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from rich.console import Console
 from geoseg import __version__
 from geoseg.areas.maps import ClassMap, opened, read_ahead
 from geoseg.errors import GeoSegError
+from geoseg.inference.outputs import remove_stale_partials
 from geoseg.io.guard import refuse_file_as_folder, refuse_overwrite
 from geoseg.io.joblock import job_lock
 from geoseg.io.raster import SceneInfo, onto_grid
@@ -182,6 +184,7 @@ def _change(
         except OSError as exc:
             raise GeoSegError(f"cannot create the output folder ({exc.strerror or exc})", out_dir) from exc
         held.enter_context(job_lock(out_dir))  # held until every product and the record are written
+        remove_stale_partials(out_dir, {os.path.realpath(m) for m in (map_a, map_b)}, subfolders=())  # a killed run
         pairs, transitions = _write(a, view, table, out_dir / RASTER, console)
         view.src.close()
     if not transitions:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -23,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import rasterio
-import ray
 from rich.console import Console
 from rich.markup import escape
 
@@ -576,7 +576,8 @@ def _kill_for_test(recorded: int) -> None:
 
 def scene_error(exc: BaseException, path: str) -> str:
     """One line naming the scene and the cause, whatever raised it (geoseg, GDAL, or Ray around either)."""
-    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
+    ray = sys.modules.get("ray")  # loaded only by a job on Ray: then its errors may wrap the cause
+    if ray is not None and isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None:
         exc = exc.cause  # the reader's or actor's own error, not Ray's traceback around it
     if isinstance(exc, GeoSegError):
         return str(exc)

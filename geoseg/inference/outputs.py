@@ -32,7 +32,9 @@ from geoseg.vector.formats import POLYGONS_SUFFIX, polygons_beside, vector_files
 PROBABILITIES_SUFFIX = "_probabilities"
 JOB_FILES = ("manifest.json", "manifest.jsonl", "report.json")
 STACKS = "stacks"
-_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial$")
+# A temporary name (geoseg.io.writer.temp_sibling), or the overview scratch file GDAL's COG driver kept beside
+# one when a mosaic's COG build was killed (before COGs were built in folders of their own).
+_PARTIAL = re.compile(r"^\..+\.[0-9a-f]{8}\.partial(\.ovr\.tmp)?$")
 
 
 def _claims(name: str) -> tuple[str, str, str]:
@@ -132,9 +134,10 @@ def input_paths(plan: list[tuple[SceneSource, str]]) -> set[str]:
     return {os.path.realpath(p) for source, _ in plan for p in source.local_files()}
 
 
-def remove_stale_partials(out_dir: Path, inputs: set[str]) -> None:
-    """Remove the temporary files a killed run of this job left (never one of ``inputs``, never anything else)."""
-    for folder in (out_dir, out_dir / STACKS):
+def remove_stale_partials(out_dir: Path, inputs: set[str], subfolders: tuple[str, ...] = (STACKS,)) -> None:
+    """Remove the temporary files a killed run of this job left in ``out_dir`` and its ``subfolders`` (never one
+    of ``inputs``, never anything else). ``predict``, ``mosaic`` and ``change`` call it under their job lock."""
+    for folder in (out_dir, *(out_dir / name for name in subfolders)):
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():

@@ -258,15 +258,28 @@ def publish_cog(staging: Path | rasterio.io.DatasetWriter, path: Path, overview_
         with built_in_memory(path) as target:
             copy_to_cog(staging, target, overview_resampling)
         return path
-    folder = temp_sibling(path)  # a build folder of its own: see above
-    cog_staging = folder / path.name
+    try:
+        return build_cog(staging, path, overview_resampling)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def build_cog(source: Path, path: Path, overview_resampling: str, cache: int | None = None) -> Path:
+    """``source`` (left as it is) as a COG at ``path``, built alone in a fresh hidden folder beside it
+    (``.<name>.<8 hex>.partial/<name>``) and renamed out of it; nothing else is left, whatever fails.
+
+    Why a folder: GDAL lists the folder of every file it creates (see :func:`publish_cog`), and its COG driver
+    computes the overviews in a scratch file named after the target (``<target>.ovr.tmp``): built beside the
+    final name, a killed build left that scratch file, which no sweep of ``.partial`` names recognised. One
+    folder holds both, and a job's start removes it (:func:`geoseg.inference.outputs.remove_stale_partials`).
+    """
+    folder = temp_sibling(path)
     try:
         folder.mkdir()
         with said_plainly(path.parent):
-            copy_to_cog(staging, cog_staging, overview_resampling)
-        os.replace(cog_staging, path)
+            copy_to_cog(source, folder / path.name, overview_resampling, cache)
+        os.replace(folder / path.name, path)
     finally:
-        staging.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
     return path
 

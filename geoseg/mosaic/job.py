@@ -34,6 +34,7 @@ from rich.console import Console
 from geoseg import __version__
 from geoseg.errors import GeoSegError
 from geoseg.inference.manifest import file_size, write_json_atomic
+from geoseg.inference.outputs import remove_stale_partials
 from geoseg.io.guard import refuse_file_as_folder, refuse_overwrite
 from geoseg.io.joblock import job_lock
 from geoseg.io.objectstore import is_s3
@@ -322,6 +323,8 @@ def mosaic(
         "outside the period": len(archive.observations) - len(observations),
     }
     with job_lock(out_dir):
+        # left by a killed run: a tile's staging file, the COG's build folder
+        remove_stale_partials(out_dir, {os.path.realpath(p) for p in inputs}, subfolders=(TILES,))
         aoi_wkb = aoi.wkb if aoi is not None else None
         works, records = [], {}
         for tile in tiles:

@@ -10,7 +10,6 @@ paths, so the folder can be moved or synced to a bucket as it is.
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,9 @@ from geoseg.io.writer import (
     CLASS_NODATA,
     COG_BLOCK,
     StagingRaster,
+    build_cog,
     class_tags,
-    copy_to_cog,
     publish_cog,
-    said_plainly,
-    temp_sibling,
 )
 from geoseg.mosaic.compose import STAT_BANDS, STAT_SCALES, Method, compose_tile
 from geoseg.mosaic.grid import OutputGrid, Tile
@@ -174,11 +171,5 @@ def write_vrts(
 
 def publish_single_cog(vrt: Path, path: Path) -> None:
     """The whole mosaic as one COG (GDAL's COG driver from the VRT), with its styles."""
-    staging = temp_sibling(path)
-    try:
-        with said_plainly(path.parent):
-            copy_to_cog(vrt, staging, "nearest", cache=64 * 2**20)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    build_cog(vrt, path, "nearest", cache=64 * 2**20)
     style_class_raster(path)
