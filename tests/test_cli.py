@@ -450,3 +450,28 @@ def test_no_command_writes_over_a_file_it_did_not_write(tmp_path) -> None:
     again = run("bundle", "init", "--arch", "unet", "--in-channels", "3", "--num-classes", "5", "--out", str(bundle))
     _one_line_error(again, "holds a model bundle (bundle.json)")
     assert (bundle / "weights.pt").read_bytes() == weights
+
+
+def test_a_job_in_this_process_never_imports_ray(make_geotiff, tmp_path) -> None:
+    """Ray's import is 0.25 s of every command's start; a job run in this process has no use for it (its errors
+    are recognised only where Ray is loaded)."""
+    bundle = tmp_path / "bundle"
+    _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
+    scene = make_geotiff(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32), name="s.tif")
+    script = (
+        "import sys\nfrom geoseg.cli import main\n"
+        f"sys.argv = ['geoseg', 'predict', '--model', {str(bundle)!r}, '--output', {str(tmp_path / 'job')!r}, "
+        f"'--in-process', {str(scene)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print('ray' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "False", done.stderr[-2000:]
+    assert (tmp_path / "job" / "s.tif").is_file()
+    ray_path = subprocess.run(  # the check can fail: the Ray executor's module does import it
+        [sys.executable, "-c", "import sys, geoseg.inference.distributed; print('ray' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ray_path.stdout.strip() == "True"

@@ -186,7 +186,7 @@ def predict_archive(
             if todo or stale_vectors:
                 publish = getattr(executor, "publish", None)
                 if publish is None and len(todo) >= MIN_SCENES:
-                    publish = held.enter_context(contextlib.closing(PublishingProcess()))
+                    publish = held.enter_context(contextlib.closing(PublishingProcess(ahead=MAX_PUBLISHING)))
                 publish = publish or publish_scene
                 if remote is not None:
                     publish = _to_bucket(publish, remote, resolved.vector_format)
