@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from affine import Affine
 from class_maps import write_class_map
+from mosaic_jobs import FakeScene, random_probabilities, write_job
 from test_cli import _init_bundle, _one_line_error, run
 
 from geoseg.errors import GeoSegError
@@ -62,8 +63,6 @@ def test_a_killed_holder_keeps_nothing_locked(tmp_path: Path) -> None:
 def test_every_folder_command_clears_what_a_killed_run_left(make_geotiff, tmp_path: Path) -> None:
     """predict, mosaic and change start by removing a killed run's temporary files (a staging file, a COG's
     build folder, the overview scratch file a COG build beside its name used to leave), and nothing else."""
-    from mosaic_jobs import FakeScene, random_probabilities, write_job
-
     bundle = tmp_path / "bundle"
     _init_bundle(bundle, bands=2, classes=2, base=4, depth=2)
     scene = make_geotiff(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32), name="s.tif")

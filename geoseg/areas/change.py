@@ -184,7 +184,8 @@ def _change(
         except OSError as exc:
             raise GeoSegError(f"cannot create the output folder ({exc.strerror or exc})", out_dir) from exc
         held.enter_context(job_lock(out_dir))  # held until every product and the record are written
-        remove_stale_partials(out_dir, {os.path.realpath(m) for m in (map_a, map_b)}, subfolders=())  # a killed run
+        # a killed run's staging raster and COG build folder (never one of the maps)
+        remove_stale_partials(out_dir, {os.path.realpath(m) for m in (map_a, map_b)}, subfolders=())
         pairs, transitions = _write(a, view, table, out_dir / RASTER, console)
         view.src.close()
     if not transitions:

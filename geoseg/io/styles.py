@@ -28,12 +28,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.io import MemoryFile
 
-from geoseg.io.writer import (
-    CLASS_NODATA,
-    built_in_memory,
-    class_names_from_tags,
-    write_bytes_atomic,
-)
+from geoseg.io.writer import CLASS_NODATA, built_in_memory, class_names_from_tags, write_bytes_atomic
 
 QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
 
