@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 #: Seconds between log lines; ``GEOSEG_PROGRESS_INTERVAL`` overrides it (0 prints every update).
 DEFAULT_INTERVAL = 10.0
@@ -33,9 +34,13 @@ def _interval() -> float:
 
 
 class Meter:
-    """Counts work done out of ``total`` (in ``unit``) and says so, as a bar or as log lines."""
+    """Counts work done out of ``total`` (in ``unit``) and says so, as a bar or as log lines.
 
-    def __init__(self, console: Console, stage: str, total: float, unit: str, progress: Progress | None) -> None:
+    ``total`` may be unknown when the stage starts (None: a job whose headers are still being read while its
+    first scenes run); :meth:`set_total` gives it later, from any thread.
+    """
+
+    def __init__(self, console: Console, stage: str, total: float | None, unit: str, progress: Progress | None) -> None:
         self.console, self.stage, self.total, self.unit = console, stage, total, unit
         self.done = 0.0
         self._progress = progress
@@ -45,6 +50,19 @@ class Meter:
         self._last = self._start
         self._said = ""
         self._waiting = ""  # a stage change not printed yet (see describe)
+        if total is not None and progress is None:
+            self._say_total(total)
+
+    def _say_total(self, total: float) -> None:
+        self.console.print(escape(f"{self.stage}: {total:.2f} {self.unit} to do"), highlight=False, soft_wrap=True)
+
+    def set_total(self, total: float) -> None:
+        """The total, once known (a bar gets it at once; a log says it in a line of its own)."""
+        self.total = total
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, total=total)
+        else:
+            self._say_total(total)
 
     def advance(self, amount: float) -> None:
         self.done += amount
@@ -76,33 +94,45 @@ class Meter:
         self._waiting = ""
         self._last = now = time.monotonic()
         elapsed = now - self._start
-        share = self.done / self.total if self.total else 1.0
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        parts = [f"{self.stage} {100 * share:3.0f}%", f"{self.done:.2f}/{self.total:.2f} {self.unit}"]
+        total = self.total
+        if total is None:  # still being counted: what is done, without a share or an end
+            parts = [self.stage, f"{self.done:.2f} {self.unit}"]
+        else:
+            share = self.done / total if total else 1.0
+            parts = [f"{self.stage} {100 * share:3.0f}%", f"{self.done:.2f}/{total:.2f} {self.unit}"]
         if rate > 0:
             parts.append(f"{rate:.2f} {self.unit}/s")
-            if self.done < self.total:
-                parts.append(f"eta {max(0.0, (self.total - self.done) / rate):.0f} s")
+            if total is not None and self.done < total:
+                parts.append(f"eta {max(0.0, (total - self.done) / rate):.0f} s")
         if note:
             parts.append(note)
         self.console.print(escape("  ".join(parts)), highlight=False, soft_wrap=True)
 
 
+class _Amount(ProgressColumn):
+    """``12.3/40.0 Mpx``, or ``12.3 Mpx`` while the total is still counted."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        of = "" if task.total is None else f"/{task.total:.1f}"
+        return Text(f"{task.completed:.1f}{of} {self.unit}")
+
+
 @contextlib.contextmanager
-def meter(console: Console, stage: str, total: float, unit: str) -> Iterator[Meter]:
-    """A :class:`Meter` for one stage: a transient rich bar on a terminal, timed log lines elsewhere."""
+def meter(console: Console, stage: str, total: float | None, unit: str) -> Iterator[Meter]:
+    """A :class:`Meter` for one stage: a transient rich bar on a terminal, timed log lines elsewhere. A log
+    says the total in a line of its own (``predict: 12.00 Mpx to do``), at once or when :meth:`Meter.set_total`
+    gives it."""
     if console.is_terminal:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn(f"{{task.completed:.1f}}/{{task.total:.1f}} {unit}"),
-            TimeRemainingColumn(),
-        )
+        columns = (TextColumn("{task.description}"), BarColumn(), _Amount(unit), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True) as progress:
             yield Meter(console, stage, total, unit, progress)
         return
     bar = Meter(console, stage, total, unit, None)
-    console.print(escape(f"{stage}: {total:.2f} {unit} to do"), highlight=False, soft_wrap=True)
     yield bar
     bar.flush()
     bar._line("done")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import geopandas as gpd
 import numpy as np
@@ -555,6 +556,74 @@ def test_a_pool_that_fails_fails_the_scenes_it_had_not_finished(make_geotiff, bu
     assert {p.name for p in (tmp_path / "job").iterdir()} == _published("d0") | {"manifest.json", "report.json"}
     manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())["scenes"]
     assert [manifest[f"d{i}"]["status"] for i in range(3)] == ["ok", "failed", "failed"]
+
+
+def test_the_first_scene_is_finished_before_the_last_header_is_read(
+    make_geotiff, bundle3, tmp_path, monkeypatch
+) -> None:
+    """Headers are read on a thread while the stream runs (geoseg.inference.headers): an archive's first product
+    does not wait for every header. Here the last header is read only once the first scene is published; read
+    first, as the job once did, this would wait forever."""
+    from geoseg.inference import job
+
+    rng = np.random.default_rng(21)
+    inputs = [str(make_geotiff(rng.integers(1, 255, (3, 40, 50)).astype(np.uint8), name=f"h{i}.tif")) for i in range(3)]
+    first = tmp_path / "job" / "h0.tif"  # renamed into place once the scene is finished
+    waited: list[bool] = []
+    open_source = job.open_source
+
+    def open_last_after_first(source, name, out_dir, mask=None):  # type: ignore[no-untyped-def]
+        if name == "h2":
+            deadline = time.monotonic() + 60
+            while not first.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            waited.append(time.monotonic() < deadline)
+        return open_source(source, name, out_dir, mask)
+
+    monkeypatch.setattr(job, "open_source", open_last_after_first)
+    reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS, in_process=True)
+    assert waited == [True]
+    assert [r.status for r in reports] == ["ok", "ok", "ok"]
+
+
+def test_a_pool_that_fails_before_a_header_is_read_fails_that_scene_too(
+    make_geotiff, bundle3, tmp_path, monkeypatch
+) -> None:
+    """A scene whose header was still being read when the pool failed is recorded as failed with the pool's
+    reason, like the others: no scene of the job goes unrecorded."""
+    import threading
+
+    from geoseg.inference import job
+
+    spec, model = load_bundle(bundle3)
+    local = LocalExecutor(ModelWorker(spec, model.state_dict()))
+    dying = threading.Event()
+
+    class DyingPool:
+        parallelism, readers, gpu = 1, 1, False
+
+        def run(self, work, options):
+            for item in work:
+                if item.key == "u1":
+                    dying.set()
+                    raise RuntimeError("prediction actors kept dying; giving up")
+                yield from local.run([item], options)
+
+    open_source = job.open_source
+
+    def slow_last(source, name, out_dir, mask=None):  # type: ignore[no-untyped-def]
+        if name == "u2":
+            assert dying.wait(timeout=60)
+        return open_source(source, name, out_dir, mask)
+
+    monkeypatch.setattr(job, "open_source", slow_last)
+    rng = np.random.default_rng(14)
+    inputs = [str(make_geotiff(rng.integers(1, 255, (3, 40, 50)).astype(np.uint8), name=f"u{i}.tif")) for i in range(3)]
+    reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS, executor=DyingPool())
+    assert [r.status for r in reports] == ["ok", "failed", "failed"]
+    assert "actors kept dying" in reports[2].error and reports[2].error.startswith(reports[2].source)
+    manifest = json.loads((tmp_path / "job" / "manifest.json").read_text())["scenes"]
+    assert [manifest[f"u{i}"]["status"] for i in range(3)] == ["ok", "failed", "failed"]
 
 
 def test_manifest_entries_are_typed_and_a_damaged_one_makes_its_scene_rerun(tmp_path) -> None:

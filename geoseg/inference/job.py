@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -31,6 +31,7 @@ from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, BundleSpec, load_bundle
 from geoseg.cluster import IN_PROCESS_HEAP, keep_freed_heap, ray_session
 from geoseg.errors import GeoSegError
 from geoseg.inference.executor import BlockExecutor
+from geoseg.inference.headers import HeaderReader
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.outputs import (
@@ -515,7 +516,6 @@ class _Job:
         return published.outputs["vectors"]
 
     def run(self, todo: list[tuple[SceneSource, str, str]]) -> None:
-        scenes: dict[str, SceneInfo] = {}
         sources: dict[str, str] = {}
         for source, name, identity in todo:
             self.identities[name] = identity
@@ -523,21 +523,32 @@ class _Job:
             if source.acquired:
                 self.acquired[name] = source.acquired
             sources[name] = source.text
-            try:
-                scenes[name] = open_source(source, name, self.out_dir, self.options.mask)
-                acquired = scenes[name].acquired
-                if not source.acquired and acquired:  # the file's own metadata says when
-                    self.acquired[name] = acquired
-            except GeoSegError as exc:
-                self.record(source.text, name, self.failed(source.text, name, exc))
-        total = sum(scene.width * scene.height for scene in scenes.values()) / 1e6
+
+        def open_one(source: SceneSource, name: str) -> SceneInfo:
+            scene = open_source(source, name, self.out_dir, self.options.mask)
+            if not source.acquired and scene.acquired:  # the file's own metadata says when
+                self.acquired[name] = scene.acquired
+            return scene
+
         publisher = ThreadPoolExecutor(max_workers=MAX_PUBLISHING, thread_name_prefix="geoseg-publish")
         publishing: list[Future[None]] = []
         settled: set[str] = set()
         try:
-            with meter(self.console, "predict", total, "Mpx") as bar:
-                targets = ((name, scene, self.out_dir / f"{name}.tif") for name, scene in scenes.items())
-                stream = run_scenes(targets, self.spec, self.executor, self.options, lambda n: bar.advance(n / 1e6))
+            with (
+                meter(self.console, "predict", None, "Mpx") as bar,
+                HeaderReader([(source, name) for source, name, _ in todo], open_one, bar.set_total) as headers,
+            ):
+
+                def targets() -> Iterator[tuple[str, SceneInfo, Path]]:
+                    # Headers as they are read (geoseg.inference.headers): the first scene runs at once.
+                    for name, header in headers:
+                        if isinstance(header, Exception):  # this scene's own failure: the others go on
+                            settled.add(name)
+                            self.record(sources[name], name, self.failed(sources[name], name, header))
+                            continue
+                        yield name, header, self.out_dir / f"{name}.tif"
+
+                stream = run_scenes(targets(), self.spec, self.executor, self.options, lambda n: bar.advance(n / 1e6))
                 with contextlib.closing(stream):  # closed on Ctrl-C too: open scenes' staging files are removed
                     for name, outcome in stream:
                         settled.add(name)
@@ -558,7 +569,7 @@ class _Job:
         except GeoSegError:
             raise  # the job's own folder failed it (its manifest cannot be written): nothing more can be recorded
         except Exception as exc:  # the pool itself failed (its actors kept dying): no scene left can run
-            for name in [name for name in scenes if name not in settled]:
+            for name in [name for _, name, _ in todo if name not in settled]:  # headers unread included
                 self.record(sources[name], name, self.failed(sources[name], name, exc))
         finally:  # also on Ctrl-C: a scene already predicted is published and recorded, not thrown away
             for future in publishing:

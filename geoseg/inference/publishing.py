@@ -56,10 +56,9 @@ class PublishingProcess:
     """:func:`publish_scene` in child processes, one per calling thread at a time (the job's publishing threads:
     each waits on its child's pipe with the interpreter lock free). :meth:`close` ends them.
 
-    ``ahead``: children started now rather than at the first scene. A child's start (an interpreter, rasterio,
-    geoseg: ~0.6 s of CPU) then overlaps the job's reading of its scenes' headers, which keeps one core alone
-    busy, instead of competing with the model for the cores once scenes flow (1000 scenes of 256²: the
-    headers take 1-2 s before the first block).
+    ``ahead``: children started now rather than when the first scene is finished. A child's start (an
+    interpreter, rasterio, geoseg: ~0.6 s of CPU) then overlaps the model's first scenes, and the first
+    finished scene does not wait for it.
     """
 
     def __init__(self, ahead: int = 0) -> None:
