@@ -55,7 +55,6 @@ class HeaderReader(Generic[S]):
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="geoseg-headers", daemon=True)
-        self.read: set[str] = set()  # names whose header the consumer has taken (scene or failure)
 
     def __enter__(self) -> HeaderReader[S]:
         self._thread.start()
@@ -94,6 +93,4 @@ class HeaderReader(Generic[S]):
                 return
             if isinstance(item, _Raised):
                 raise item.error
-            header = cast(tuple[str, SceneInfo | Exception], item)
-            self.read.add(header[0])
-            yield header
+            yield cast(tuple[str, SceneInfo | Exception], item)
