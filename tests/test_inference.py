@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+from dataclasses import replace
 
 import geopandas as gpd
 import numpy as np
@@ -13,7 +15,7 @@ import rasterio
 import shapely
 from rasterio.windows import Window
 
-from geoseg.bundle import init_bundle, load_bundle
+from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, init_bundle, load_bundle
 from geoseg.inference.executor import LocalExecutor
 from geoseg.inference.job import predict_archive
 from geoseg.inference.options import PredictOptions
@@ -250,6 +252,30 @@ def test_defaults_follow_the_model_receptive_field() -> None:
     assert halo_notes(depth4, 107) == []
 
 
+def test_fingerprint_ignores_the_block_and_knows_the_old_one(bundle3) -> None:
+    """Blocks only group tiles, so they are not in the job's fingerprint; the fingerprint that geoseg recorded
+    before (block included) is still known, so a job started then resumes."""
+    from geoseg.inference.job import job_fingerprints
+
+    geometry = load_bundle(bundle3)[0].geometry()
+    base = PredictOptions(tile=96, halo=8, overlap=8, batch_size=4).resolved(geometry)
+    now, old = job_fingerprints(bundle3, base)
+    assert base.block == 1024 and job_fingerprints(bundle3, replace(base, block=128))[0] == now
+    assert job_fingerprints(bundle3, replace(base, halo=16))[0] != now
+    on_gpu = PredictOptions(tile=96, halo=8, overlap=8, batch_size=4).resolved(geometry, gpu=True)
+    assert on_gpu.block == 2048 and job_fingerprints(bundle3, on_gpu) == (
+        now,
+        job_fingerprints(bundle3, replace(base, block=2048))[1],
+    )
+    assert len({now, old, job_fingerprints(bundle3, on_gpu)[1]}) == 3
+    # the old digest is the old code's: the bundle's files, then the options as they were resolved, block included
+    digest = hashlib.sha256()
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        digest.update(hashlib.sha256((bundle3 / name).read_bytes()).hexdigest().encode())
+    digest.update(json.dumps({k: v for k, v in base.to_dict().items() if k != "vectors"}, sort_keys=True).encode())
+    assert old == digest.hexdigest()[:16]
+
+
 def test_probability_raster(make_geotiff, bundle3, tmp_path) -> None:
     scene = make_geotiff(np.random.default_rng(5).integers(1, 255, (3, 120, 100)).astype(np.uint8), nodata=0)
     options = PredictOptions(tile=64, halo=8, overlap=8, batch_size=2, probabilities=True)
@@ -280,6 +306,29 @@ def test_rerun_resumes_and_changed_options_redo(ray_local, make_geotiff, bundle3
     assert {r.scene: r.sha256 for r in second} == digests
     third = predict_archive(bundle3, inputs, out, PredictOptions(tile=64, halo=8, overlap=8, block=128, batch_size=4))
     assert [r.status for r in third] == ["ok", "ok", "ok"]
+
+
+def test_a_job_recorded_with_the_old_fingerprint_or_other_blocks_is_not_redone(make_geotiff, bundle3, tmp_path) -> None:
+    from geoseg.inference.job import job_fingerprints
+
+    rng = np.random.default_rng(8)
+    pixels = [rng.integers(1, 255, (3, 90, 110)).astype(np.uint8) for _ in range(2)]
+    inputs = [str(make_geotiff(p, name=f"s{i}.tif")) for i, p in enumerate(pixels)]
+    out = tmp_path / "job"
+    first = predict_archive(bundle3, inputs, out, OPTIONS, in_process=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    resolved = OPTIONS.resolved(load_bundle(bundle3)[0].geometry())
+    now, old = job_fingerprints(bundle3, resolved)
+    assert {e["fingerprint"] for e in manifest["scenes"].values()} == {now}
+    second = predict_archive(bundle3, inputs, out, replace(OPTIONS, block=64), in_process=True)
+    assert [r.status for r in second] == ["skipped", "skipped"]  # other blocks, the same rasters
+    for entry in manifest["scenes"].values():  # as a job started before blocks were left out of it recorded it
+        entry["fingerprint"] = old
+    manifest["scenes"]["s1"]["fingerprint"] = job_fingerprints(bundle3, replace(resolved, halo=16))[1]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    third = predict_archive(bundle3, inputs, out, OPTIONS, in_process=True)
+    assert [r.status for r in third] == ["skipped", "ok"]  # s1 was recorded with another halo: redone
+    assert [r.sha256 for r in third] == [r.sha256 for r in first]
 
 
 @pytest.mark.realdata

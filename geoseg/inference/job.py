@@ -74,16 +74,24 @@ SMALL_JOB_MPX = 24.0
 MAX_PUBLISHING = 2  # scenes being published at once (their staging files are on disk meanwhile)
 
 
-def job_fingerprint(bundle_dir: Path, options: PredictOptions) -> str:
-    """Identifies what produces the rasters: weights, bundle spec and the resolved tiling options.
+def job_fingerprints(bundle_dir: Path, options: PredictOptions) -> tuple[str, str]:
+    """What produces the rasters (weights, bundle spec and the resolved tiling options), identified: the job's
+    fingerprint, and the one geoseg recorded before the block size left it, which counts as the same
+    (:meth:`PredictOptions.legacy_run_dict`).
 
     Vectorizing options are not in it: polygons are redone from the finished class raster when only they
-    change, without running the model again (see :meth:`_Job.revectorize`)."""
-    digest = hashlib.sha256()
+    change, without running the model again (see :meth:`_Job.revectorize`). Nor is the block size, which only
+    groups tiles."""
+    bundle = hashlib.sha256()
     for name in (SPEC_FILE, WEIGHTS_FILE):
-        digest.update(file_sha256(bundle_dir / name).encode())
-    digest.update(json.dumps(options.model_run_dict(), sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+        bundle.update(file_sha256(bundle_dir / name).encode())
+
+    def of(run: dict[str, object]) -> str:
+        digest = bundle.copy()
+        digest.update(json.dumps(run, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    return of(options.model_run_dict()), of(options.legacy_run_dict())
 
 
 def predict_archive(
@@ -166,7 +174,7 @@ def predict_archive(
                     stack.callback(executor.shutdown)
                 console.print(f"executor: {path}", highlight=False)
             resolved = options.resolved(geometry, executor.gpu)
-            fingerprint = job_fingerprint(bundle_dir, resolved)
+            fingerprint, legacy = job_fingerprints(bundle_dir, resolved)
             manifest = Manifest(out_dir, store=remote)
             for warning in manifest.warnings:
                 console.print(f"warning: {warning}", markup=False)
@@ -175,7 +183,7 @@ def predict_archive(
             vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
             for source, name in plan:
                 identity = scene_identity(source, resolved.mask)
-                done = manifest.finished(name, source.text, identity, fingerprint, source.key)
+                done = manifest.finished(name, source.text, identity, (fingerprint, legacy), source.key)
                 if done is None:
                     todo.append((source, name, identity))
                 elif vectors_key is not None and not manifest.vectors_current(name, vectors_key):

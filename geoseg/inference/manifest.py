@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -245,12 +245,19 @@ class Manifest:
         self._snapshot_at = time.monotonic()
 
     def finished(
-        self, name: str, source: str, identity: str, fingerprint: str, source_key: str | None = None
+        self,
+        name: str,
+        source: str,
+        identity: str,
+        fingerprints: str | Collection[str],
+        source_key: str | None = None,
     ) -> SceneReport | None:
-        """The report of a scene that needs no rerun (status ``skipped``), else None. The source is compared by
-        its key when both sides have one (a relative and an absolute spelling of one file are one source)."""
+        """The report of a scene that needs no rerun (status ``skipped``), else None. ``fingerprints``: the job's,
+        or the job's and those earlier versions of geoseg gave the same run. The source is compared by its key
+        when both sides have one (a relative and an absolute spelling of one file are one source)."""
         entry = self.entries.get(name)
-        if entry is None or entry.report.status not in FINISHED or entry.fingerprint != fingerprint:
+        accepted = {fingerprints} if isinstance(fingerprints, str) else set(fingerprints)
+        if entry is None or entry.report.status not in FINISHED or entry.fingerprint not in accepted:
             return None
         same = entry.source_key == source_key if entry.source_key and source_key else entry.report.source == source
         if not same or entry.source_identity != identity:

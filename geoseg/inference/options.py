@@ -14,7 +14,8 @@ knows the field (computed from the architecture), so the defaults follow it:
   row reaches past a 10 980-px Sentinel-2 scene by 2.6 % instead of the 14 % of a 1792-px core; a scene
   smaller than a core gets one tile just covering it;
 - ``block``: 1024 px on CPU workers (enough blocks per scene to keep several workers busy), 2048 px on GPUs
-  (fewer, larger units keep a GPU fed); the output does not depend on it;
+  (fewer, larger units keep a GPU fed); the output does not depend on it, and neither does the job's
+  fingerprint (a job resumed with another block size does not redo its finished scenes);
 - ``batch_size``: as many tiles as make about 1 Mpx per model call on CPU (one default tile: a tile's result
   then cannot depend on its batch, whose size may change oneDNN's algorithm and a probability's last bit),
   4 Mpx on a GPU.
@@ -131,5 +132,11 @@ class PredictOptions:
         return values
 
     def model_run_dict(self) -> dict[str, Any]:
-        """The options that decide the rasters (the job's fingerprint): polygons can be redone from those."""
-        return {k: v for k, v in self.to_dict().items() if k != "vectors"}
+        """The options that decide the rasters (the job's fingerprint): polygons can be redone from those, and
+        blocks only group tiles (the output does not depend on them)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("vectors", "block")}
+
+    def legacy_run_dict(self) -> dict[str, Any]:
+        """:meth:`model_run_dict` as geoseg wrote it before the block size left it (2026-12): a job started then
+        resumes without redoing its finished scenes."""
+        return self.model_run_dict() | {"block": self.block}
