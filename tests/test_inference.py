@@ -17,7 +17,7 @@ from rasterio.windows import Window
 
 from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, init_bundle, load_bundle
 from geoseg.inference.executor import LocalExecutor
-from geoseg.inference.job import predict_archive
+from geoseg.inference.job import job_fingerprints, predict_archive
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.scene import predict_scene
 from geoseg.inference.worker import ModelWorker
@@ -255,8 +255,6 @@ def test_defaults_follow_the_model_receptive_field() -> None:
 def test_fingerprint_ignores_the_block_and_knows_the_old_one(bundle3) -> None:
     """Blocks only group tiles, so they are not in the job's fingerprint; the fingerprint that geoseg recorded
     before (block included) is still known, so a job started then resumes."""
-    from geoseg.inference.job import job_fingerprints
-
     geometry = load_bundle(bundle3)[0].geometry()
     base = PredictOptions(tile=96, halo=8, overlap=8, batch_size=4).resolved(geometry)
     now, old = job_fingerprints(bundle3, base)
@@ -309,8 +307,6 @@ def test_rerun_resumes_and_changed_options_redo(ray_local, make_geotiff, bundle3
 
 
 def test_a_job_recorded_with_the_old_fingerprint_or_other_blocks_is_not_redone(make_geotiff, bundle3, tmp_path) -> None:
-    from geoseg.inference.job import job_fingerprints
-
     rng = np.random.default_rng(8)
     pixels = [rng.integers(1, 255, (3, 90, 110)).astype(np.uint8) for _ in range(2)]
     inputs = [str(make_geotiff(p, name=f"s{i}.tif")) for i, p in enumerate(pixels)]

@@ -183,7 +183,7 @@ def predict_archive(
             vectors_key = resolved.vectors.key() if resolved.vectors is not None else None
             for source, name in plan:
                 identity = scene_identity(source, resolved.mask)
-                done = manifest.finished(name, source.text, identity, (fingerprint, legacy), source.key)
+                done = manifest.finished(name, source.text, identity, fingerprint, source.key, older=(legacy,))
                 if done is None:
                     todo.append((source, name, identity))
                 elif vectors_key is not None and not manifest.vectors_current(name, vectors_key):

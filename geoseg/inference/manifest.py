@@ -249,15 +249,18 @@ class Manifest:
         name: str,
         source: str,
         identity: str,
-        fingerprints: str | Collection[str],
+        fingerprint: str,
         source_key: str | None = None,
+        older: Collection[str] = (),
     ) -> SceneReport | None:
-        """The report of a scene that needs no rerun (status ``skipped``), else None. ``fingerprints``: the job's,
-        or the job's and those earlier versions of geoseg gave the same run. The source is compared by its key
-        when both sides have one (a relative and an absolute spelling of one file are one source)."""
+        """The report of a scene that needs no rerun (status ``skipped``), else None. It must have been recorded
+        with the job's ``fingerprint`` or with one of the ``older`` ones that earlier versions of geoseg gave the
+        same run. The source is compared by its key when both sides have one (a relative and an absolute
+        spelling of one file are one source)."""
         entry = self.entries.get(name)
-        accepted = {fingerprints} if isinstance(fingerprints, str) else set(fingerprints)
-        if entry is None or entry.report.status not in FINISHED or entry.fingerprint not in accepted:
+        if entry is None or entry.report.status not in FINISHED:
+            return None
+        if entry.fingerprint != fingerprint and entry.fingerprint not in older:
             return None
         same = entry.source_key == source_key if entry.source_key and source_key else entry.report.source == source
         if not same or entry.source_identity != identity:
