@@ -73,6 +73,40 @@ _LOCAL_ENV = {
 }
 LOOPBACK = "127.0.0.1"
 
+# The object store of a Ray that geoseg starts itself. Ray's default is 30 % of the machine's memory, allocated
+# lazily: its allocator walks through pages never touched before rather than reusing the ones just freed, and
+# every page a process touches stays resident shared memory. So a job's memory grew with the pixels that had
+# passed through it, up to that 30 %: after 100 blocks of 36 MB, the whole tree's PSS was 3071 MiB with Ray's
+# default store (7.2 GB here) and 2014 MiB with this one (576 MiB), and the reader took 4038 page faults and
+# 11.5 ms of system CPU a block instead of 1384 and 4.9 (medians of 3: benchmarks/ray_calls.py --store).
+# Sized to the most a job keeps in flight: per CPU, two blocks read ahead of a model actor (2 x (1024 + 64)² px
+# x 16 bands x 4 bytes: 152 MB); per GPU, six 2048-px blocks of them (1.7 GB); and a base for the scenes'
+# headers, a training run's model and its reports. Beyond that Ray spills to disk (slower, never lost). A
+# cluster that geoseg joins keeps its own size (`ray start --object-store-memory`, see the README).
+STORE_BASE, STORE_PER_CPU, STORE_PER_GPU = 256 << 20, 160 << 20, 2 << 30
+STORE_MEMORY_SHARE = 0.3  # Ray's own default, the ceiling
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else the driver's list in /proc
+    (without importing torch or asking Ray, neither of which has started yet)."""
+    chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if chosen is not None:  # CUDA stops at the first entry that is not a device ("-1": none at all)
+        devices = [d.strip() for d in chosen.split(",")]
+        return next((i for i, d in enumerate(devices) if not d or d.startswith("-")), len(devices))
+    with suppress(OSError):
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    return 0
+
+
+def local_object_store_bytes(cpus: int, gpus: int, memory_bytes: int | None = None) -> int:
+    """The object store of a local Ray with ``cpus`` CPUs and ``gpus`` GPUs (see :data:`STORE_BASE`), never more
+    than Ray's own default share of ``memory_bytes`` (this machine's memory by default)."""
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    wanted = STORE_BASE + STORE_PER_CPU * cpus + STORE_PER_GPU * gpus
+    return min(wanted, int(memory_bytes * STORE_MEMORY_SHARE))
+
 
 def configure_ray_env() -> None:
     """Set the environment defaults above unless the user already chose otherwise."""
@@ -88,7 +122,8 @@ def ray_session(
     """Use the Ray already initialised in this process, else connect to ``address``, else start one locally.
 
     Only a Ray started here is shut down on exit; a user's cluster is never stopped. Ray is imported here, not
-    with this module: a job run in this process never loads it (0.25 s of every command's start, measured).
+    with this module: a job run in this process never loads it (0.25 s of every command's start, measured). A
+    local Ray's object store is sized by :func:`local_object_store_bytes` unless ``object_store_memory`` is given.
     """
     import ray
     from ray._private import ray_constants
@@ -111,6 +146,8 @@ def ray_session(
         # Ray process listens on all interfaces (seen with `ss -ltn`; tests/test_cluster.py checks it).
         chosen = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR]
         ray_constants.ENABLE_RAY_CLUSTER = chosen.lower() in ("1", "true")
+        if object_store_memory is None:
+            object_store_memory = local_object_store_bytes(num_cpus or os.cpu_count() or 1, visible_gpus())
         ray.init(
             address="local",
             num_cpus=num_cpus,

@@ -27,7 +27,7 @@ import yaml
 from bad_inputs import write_geotiff
 
 from geoseg.bundle import init_bundle, load_bundle
-from geoseg.cluster import LOOPBACK
+from geoseg.cluster import LOOPBACK, local_object_store_bytes, visible_gpus
 from geoseg.inference.executor import LocalExecutor
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.scene import predict_scene
@@ -193,13 +193,14 @@ def test_a_scene_split_across_nodes_survives_losing_a_node(tmp_path: Path) -> No
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome["worker_nodes_used_before"] == 2  # the scene really was split across both worker nodes
-    assert outcome["victim_removed"] and not outcome["victim_used_after"]
+    said = f"{outcome}; the job's log: {result.stderr[-2000:]}"  # what happened, when an assertion fails
+    assert outcome["worker_nodes_used_before"] == 2, said  # the scene really was split across both worker nodes
+    assert outcome["victim_removed"] and not outcome["victim_used_after"], said
     # The node was removed while it held blocks not yet computed; they went down with it, as dead actors or as
     # results lost with its object store (which of the two Ray reports first depends on timing), and were redone.
-    assert outcome["unfinished_at_removal"] >= 2
-    assert outcome["blocks_redone"] >= 1
-    assert outcome["tiles_run"] == outcome["tiles"]
+    assert outcome["unfinished_at_removal"] >= 2, said
+    assert outcome["blocks_redone"] >= 1, said
+    assert outcome["tiles_run"] == outcome["tiles"], said
     options = PredictOptions(tile=96, halo=8, overlap=8, block=64, batch_size=2)
     _predict_locally(bundle, scene, tmp_path / "clean.tif", options)
     assert (tmp_path / "n.tif").read_bytes() == (tmp_path / "clean.tif").read_bytes()
@@ -299,3 +300,38 @@ print(start, small, rss())
     start, small, after = map(int, done.stdout.split())
     assert small - start > 30  # the small frees stayed in the heap ...
     assert after - small < 20  # ... and the large buffers went back
+
+
+def test_a_local_object_store_is_sized_to_what_a_job_keeps_in_flight() -> None:
+    mib, gib = 2**20, 2**30
+    assert local_object_store_bytes(2, 0, memory_bytes=24 * gib) == 256 * mib + 2 * 160 * mib
+    assert local_object_store_bytes(16, 8, memory_bytes=1024 * gib) == 256 * mib + 16 * 160 * mib + 8 * 2 * gib
+    assert local_object_store_bytes(64, 0, memory_bytes=4 * gib) == int(4 * gib * 0.3)  # never above Ray's own
+
+
+@pytest.mark.parametrize(
+    ("chosen", "count"), [("0,1", 2), ("-1", 0), ("", 0), ("0,-1,1", 1), ("GPU-8c2e,GPU-11aa", 2), ("3", 1)]
+)
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch, chosen: str, count: int) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", chosen)
+    assert visible_gpus() == count
+
+
+def test_a_local_ray_starts_with_that_store(tmp_path: Path) -> None:
+    """Ray's default would be 30 % of the machine's memory, touched page by page as blocks pass (see
+    geoseg.cluster.STORE_BASE); the Ray that geoseg starts gets the sized store."""
+    script = """
+import ray
+from geoseg.cluster import local_object_store_bytes, ray_session, visible_gpus
+with ray_session(num_cpus=1):
+    print(int(ray.cluster_resources()["object_store_memory"]), local_object_store_bytes(1, visible_gpus()))
+"""
+    env = _loopback_env(tmp_path) | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="rs-")}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    started, wanted = map(int, done.stdout.split()[-2:])
+    assert wanted < 0.3 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # smaller than Ray's default
+    assert abs(started - wanted) <= 2**20, (started, wanted)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from geoseg.cluster import local_object_store_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -112,6 +114,21 @@ def test_kuberay_job_matches_the_project(name: str) -> None:
     assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
     for group in gpu_groups:
         assert group["template"]["spec"]["containers"][0]["image"].endswith("-cuda")
+    # Every node's object store as geoseg sizes its own (Ray's default grows resident with the job: cluster.py).
+    head_params = spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+    head_limits = head["containers"][0]["resources"]["limits"]
+    head_store = local_object_store_bytes(int(head_params["num-cpus"]), 0, _bytes(head_limits["memory"]))
+    assert int(head_params["object-store-memory"]) == head_store
+    for group, limit in zip(groups, limits, strict=True):
+        gpus = int(limit.get("nvidia.com/gpu", 0))
+        wanted = local_object_store_bytes(int(limit["cpu"]), gpus, _bytes(limit["memory"]))
+        assert int(group["rayStartParams"]["object-store-memory"]) == wanted, group["groupName"]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in binary units ("48Gi") as bytes."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return int(quantity[:-2]) * units[quantity[-2:]]
 
 
 def test_ray_up_cluster_yaml_follows_rays_schema() -> None:
@@ -133,3 +150,8 @@ def test_ray_up_cluster_yaml_follows_rays_schema() -> None:
     instance_types = [t["node_config"]["InstanceType"] for t in cluster["available_node_types"].values()]
     assert any(name.startswith(("g", "p")) for name in instance_types), "a GPU node type"
     assert not any("ray stop" in c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"])
+    # The stores as geoseg sizes its own: the head's 2 CPUs, a g5.2xlarge worker's 8 CPUs and 1 GPU.
+    for commands, cpus, gpus in (("head_start_ray_commands", 2, 0), ("worker_start_ray_commands", 8, 1)):
+        [start] = [c for c in cluster[commands] if c.startswith("ray start")]
+        store = int(start.split("--object-store-memory=")[1].split()[0])
+        assert store == local_object_store_bytes(cpus, gpus, memory_bytes=32 * 2**30), commands
