@@ -16,7 +16,7 @@ the same wall time (Ray's polling, measured first), and the ratio compiled / cor
 With ``--store``: the same chain (core calls, 2112² blocks) in a fresh local Ray with Ray's default object store
 (30 % of this machine's memory) and with the one geoseg starts (:func:`geoseg.cluster.local_object_store_bytes`),
 alternating: the whole tree's PSS after ``--blocks`` blocks (the store's pages a process touched stay resident)
-and the page faults and system CPU of the reader and the model actor per block.
+and the reader's page faults and system CPU per block.
 
 A Compiled Graph runs the same actors' methods over pre-allocated shared-memory channels instead of one task
 submission, one object and its reference counting per call (Ray's docs: ~1 ms of system overhead per call vs
@@ -28,6 +28,7 @@ actor or node tears the graph down rather than being restarted and its blocks re
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -91,54 +92,42 @@ def per_block(run_one: Callable[[int], Any], blocks: int, idle_rate: float) -> f
     return (tree_cpu() - started_cpu - idle_rate * wall) / blocks * 1e3
 
 
-def _pss_and_faults(pids: set[int]) -> tuple[float, dict[str, tuple[int, float]]]:
-    """The tree's PSS (MiB), and each actor's (reader, model) page faults and system CPU-s so far."""
-    import os
-
-    total, actors = 0.0, {}
+def _reader_faults(pids: set[int]) -> tuple[int, float]:
+    """The reader actor's page faults and system CPU-s so far (``minflt`` and ``stime`` of /proc/PID/stat)."""
     for pid in pids:
         try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         except OSError:
             continue
-        total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:")) / 1024
-        for role in ("_Reader", "_Model"):
-            if command.startswith(f"ray::{role}"):
-                actors[role] = (int(fields[7]), int(fields[12]) / os.sysconf("SC_CLK_TCK"))
-    return total, actors
+        if command.startswith(b"ray::_Reader"):
+            return int(fields[7]), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    raise RuntimeError("no reader actor in this process's tree")
 
 
 def store_growth(blocks: int, store_bytes: int) -> tuple[float, float, float]:
     """PSS of the whole tree after ``blocks`` 2112² blocks, and the reader's page faults and system ms per block,
     in a fresh local Ray with ``store_bytes`` of object store."""
-    import os
-
     import ray
 
-    from benchmarks.predict import _descendants
+    from benchmarks.predict import _descendants, _pss
 
     side = 2112
     with ray_session(num_cpus=2, object_store_memory=store_bytes):
         reader = ray.remote(num_cpus=0)(_Reader).remote(side)
         model = ray.remote(num_cpus=0)(_Model).remote()
         ray.get(model.run.remote(reader.read.remote(0)))
-        _, before = _pss_and_faults(_descendants(os.getpid()))
+        before = _reader_faults(_descendants(os.getpid()))
         stream(core_chain(reader, model), blocks)
-        pss, after = _pss_and_faults(_descendants(os.getpid()))
-    faults = (after["_Reader"][0] - before["_Reader"][0]) / blocks
-    system_ms = (after["_Reader"][1] - before["_Reader"][1]) / blocks * 1e3
-    return pss, faults, system_ms
+        tree = _descendants(os.getpid())
+        pss, after = sum(_pss(pid) for pid in tree), _reader_faults(tree)
+    return pss, (after[0] - before[0]) / blocks, (after[1] - before[1]) / blocks * 1e3
 
 
 def store_table(args: argparse.Namespace) -> None:
-    import os
+    from geoseg.cluster import local_object_store_bytes, ray_default_object_store_bytes
 
-    from geoseg.cluster import STORE_MEMORY_SHARE, local_object_store_bytes
-
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    ours, rays = local_object_store_bytes(2, 0), int(memory * STORE_MEMORY_SHARE)
+    ours, rays = local_object_store_bytes(2, 0), ray_default_object_store_bytes()
     stores = {"Ray's default": rays, "geoseg's": ours}
     runs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for _ in range(args.repeats):

@@ -99,13 +99,18 @@ def visible_gpus() -> int:
     return 0
 
 
-def local_object_store_bytes(cpus: int, gpus: int, memory_bytes: int | None = None) -> int:
-    """The object store of a local Ray with ``cpus`` CPUs and ``gpus`` GPUs (see :data:`STORE_BASE`), never more
-    than Ray's own default share of ``memory_bytes`` (this machine's memory by default)."""
+def ray_default_object_store_bytes(memory_bytes: int | None = None) -> int:
+    """Ray's own default store: its share of ``memory_bytes`` (this machine's memory by default)."""
     if memory_bytes is None:
         memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(memory_bytes * STORE_MEMORY_SHARE)
+
+
+def local_object_store_bytes(cpus: int, gpus: int, memory_bytes: int | None = None) -> int:
+    """The object store of a local Ray with ``cpus`` CPUs and ``gpus`` GPUs (see :data:`STORE_BASE`), never more
+    than Ray's own default (:func:`ray_default_object_store_bytes` of ``memory_bytes``)."""
     wanted = STORE_BASE + STORE_PER_CPU * cpus + STORE_PER_GPU * gpus
-    return min(wanted, int(memory_bytes * STORE_MEMORY_SHARE))
+    return min(wanted, ray_default_object_store_bytes(memory_bytes))
 
 
 def configure_ray_env() -> None:
