@@ -376,22 +376,30 @@ def _role(pid: int, command: str) -> str:
         return "readers"
     if command.startswith("ray::_Model"):
         return "model actors"
-    if command.startswith(("ray::IDLE", "ray::_publish")):  # the task workers: only the publishing task runs there
+    if "geoseg.inference.publishing" in command:
         return "publishing"
     return "Ray's processes"  # raylet, GCS, dashboard and its agents, log monitor
 
 
 def tree_split(run: Callable[[], object]) -> dict[str, float]:
-    """CPU-seconds per role of this process tree while ``run`` runs (roles read before, so a task worker that
-    went idle still counts as publishing)."""
-    before = _tree_cpu()
+    """CPU-seconds per role of this process tree while ``run`` runs.
+
+    The job's publishing processes end with it: what they used comes back as this process's reaped children's
+    CPU (the only children it reaps while a pool is up), counted as publishing."""
+    before, reaped = _tree_cpu(), _reaped_cpu()
     run()
     after = _tree_cpu()
     split: dict[str, float] = defaultdict(float)
+    split["publishing"] += _reaped_cpu() - reaped
     for pid, (cpu, command) in after.items():
         role = _role(pid, before[pid][1] if pid in before else command)
         split[role] += cpu - (before[pid][0] if pid in before else 0.0)
     return split
+
+
+def _reaped_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bare_model_cpu(bundle: Path, scene: Path, options: PredictOptions = H1_OPTIONS) -> float:

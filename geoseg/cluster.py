@@ -28,9 +28,9 @@ MODEL_PROCESS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 30), "MALLOC_TRIM_THRES
 def release_free_memory() -> None:
     """Give the memory this process has freed back to the kernel (glibc's ``malloc_trim``).
 
-    For processes that get :data:`MODEL_PROCESS_ENV` (a local Ray gives it to all of its workers) but work only
-    now and then, such as the task that builds a scene's COG: without it their heap stays at the largest scene's
-    peak between scenes (100 MiB after an 8192² class raster, measured). A no-op without glibc.
+    For processes that get :data:`MODEL_PROCESS_ENV` (the images set it for every process) but work only now and
+    then, such as a job's publishing process: without it their heap stays at the largest scene's peak between
+    scenes (100 MiB after an 8192² class raster, measured). A no-op without glibc.
     """
     with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -256,7 +256,7 @@ def test_local_ray_listens_on_loopback_only(ray_local) -> None:
 
 
 def test_release_free_memory_hands_a_kept_heap_back_to_the_kernel() -> None:
-    """With the model processes' allocator settings freed memory stays in the process; publishing tasks release
+    """With the model processes' allocator settings freed memory stays in the process; publishing processes release
     it after each scene."""
     from geoseg.cluster import MODEL_PROCESS_ENV
 

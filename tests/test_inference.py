@@ -406,7 +406,7 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
 ) -> None:
     import threading
 
-    from geoseg.inference import distributed, job, scene
+    from geoseg.inference import job, publishing, scene
 
     rng = np.random.default_rng(8)
     inputs = [
@@ -414,7 +414,7 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
     ]
     second_started = threading.Event()
     overlapped: list[bool] = []
-    add, publish = scene.SceneRun.add, distributed.RayExecutor.publish
+    add, publish = scene.SceneRun.add, publishing.PublishingProcess.__call__
 
     def add_and_signal(self, result):
         add(self, result)
@@ -427,7 +427,7 @@ def test_a_scene_is_published_while_the_next_one_is_predicted(
         return publish(self, staged)
 
     monkeypatch.setattr(scene.SceneRun, "add", add_and_signal)
-    monkeypatch.setattr(distributed.RayExecutor, "publish", publish_after_next_start)
+    monkeypatch.setattr(publishing.PublishingProcess, "__call__", publish_after_next_start)
     reports = predict_archive(bundle3, inputs, tmp_path / "job", OPTIONS, in_process=False)
     assert overlapped == [True]
     assert [r.status for r in reports] == ["ok", "ok"]

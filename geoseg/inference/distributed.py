@@ -9,8 +9,8 @@ the driver), which normalises, predicts, blends and reduces it to uint8 (:mod:`g
 block goes next, to which reader and which actor, is :mod:`geoseg.inference.placement`'s choice: the least
 loaded node takes the next block of a stripe its readers own, looking ahead in the stream, so a full window
 holds the same number of blocks on every model actor of the cluster and each stripe keeps one reader. The
-driver receives 1 byte per pixel and writes it; a finished scene's COG is built by a task beside the workers
-(:func:`geoseg.inference.scene.publish_scene`).
+driver receives 1 byte per pixel and writes it; a finished scene's COG is built off the driver by the job's
+publishing processes on its node (:mod:`geoseg.inference.publishing`), where the staging files are.
 
 Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries``, so that the driver knows
 exactly which blocks were lost, restarts are bounded per job, and a pool never waits on a replacement that no
@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from geoseg.cluster import MODEL_PROCESS_ENV, release_free_memory
+from geoseg.cluster import MODEL_PROCESS_ENV
 from geoseg.inference.executor import WorkItem
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.placement import Placement
 from geoseg.inference.reader import BlockPixels, read_block
 from geoseg.inference.result import BlockResult
-from geoseg.inference.scene import Published, StagedScene, publish_scene
 from geoseg.inference.tiling import Block, BlockGrid
 from geoseg.io.normalisation import Normalisation
 from geoseg.io.raster import PadMode, SceneInfo
@@ -80,16 +79,6 @@ class _Model:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
-
-
-@ray.remote(num_cpus=0)
-def _publish(staged: StagedScene) -> Published:
-    # No CPU reserved: publishing is mostly GDAL's own threads and the disk, and it must never wait for a CPU
-    # that the model actors hold.
-    try:
-        return publish_scene(staged)
-    finally:
-        release_free_memory()
 
 
 def cpu_actor_share(node_cpus: Sequence[float], workers: int) -> float:
@@ -174,7 +163,6 @@ class RayExecutor:
         self._pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # the running stream's blocks in flight
         self._placement: Placement[WorkItem] = Placement(self.max_in_flight)
         self._sync_placement()
-        self._driver_node = ray.get_runtime_context().get_node_id()
 
     # -- pool membership ---------------------------------------------------------------------------------
     def _start_actor(self) -> Any:
@@ -281,10 +269,6 @@ class RayExecutor:
             self._actor_node.get(slot, "?") for ref, (slot, _, _) in self._pending.items() if ref not in finished
         )
 
-    def publish(self, staged: StagedScene) -> Published:
-        """Publish a scene in a task on the driver's node (its staging files are there), off the driver."""
-        return ray.get(_publish.options(scheduling_strategy=_on(self._driver_node)).remote(staged))
-
     # -- the stream ----------------------------------------------------------------------------------------
     def run(
         self, work: Iterable[WorkItem], options: PredictOptions
@@ -299,7 +283,9 @@ class RayExecutor:
         options_ref = ray.put(options)
         work_iter = iter(work)
 
-        def refs(item: WorkItem) -> tuple[ray.ObjectRef, ray.ObjectRef]:
+        def refs(item: WorkItem) -> tuple[ray.ObjectRef | SceneInfo, ray.ObjectRef | BlockGrid]:
+            if item.blocks.size == 1:  # used by one read and one call: inline is one copy, not a store object
+                return item.scene, item.blocks
             if item.key not in shared:
                 shared[item.key] = (ray.put(item.scene), ray.put(item.blocks))
                 while len(shared) > SHARED_SCENES:

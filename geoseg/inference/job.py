@@ -30,7 +30,7 @@ from rich.markup import escape
 from geoseg.bundle import SPEC_FILE, WEIGHTS_FILE, BundleSpec, load_bundle
 from geoseg.cluster import IN_PROCESS_HEAP, keep_freed_heap, ray_session
 from geoseg.errors import GeoSegError
-from geoseg.inference.executor import BlockExecutor
+from geoseg.inference.executor import BlockExecutor, LocalExecutor
 from geoseg.inference.headers import HeaderReader
 from geoseg.inference.manifest import Manifest, source_identity, write_json_atomic
 from geoseg.inference.options import PredictOptions
@@ -160,7 +160,6 @@ def predict_archive(
             if executor is None:
                 path = choose_path(sources, ray_address, workers, in_process)
                 if path == "in-process":
-                    from geoseg.inference.executor import LocalExecutor
                     from geoseg.inference.worker import ModelWorker
 
                     threads = in_process_threads()
@@ -193,10 +192,11 @@ def predict_archive(
                     if remote is None:
                         restore_sidecars(done, console)
             if todo or stale_vectors:
-                publish = getattr(executor, "publish", None)
-                if publish is None and len(todo) >= MIN_SCENES:
-                    publish = held.enter_context(contextlib.closing(PublishingProcess(ahead=MAX_PUBLISHING)))
-                publish = publish or publish_scene
+                publish: Callable[[StagedScene], Published] = publish_scene
+                if len(todo) >= MIN_SCENES or not isinstance(executor, LocalExecutor):
+                    # Off the driver: a Ray job's driver keeps feeding the pool while a scene is published
+                    ahead = MAX_PUBLISHING if len(todo) >= MIN_SCENES else 0
+                    publish = held.enter_context(contextlib.closing(PublishingProcess(ahead=ahead)))
                 if remote is not None:
                     publish = _to_bucket(publish, remote, resolved.vector_format)
                 job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)
