@@ -111,12 +111,12 @@ def test_full_disk_fails_one_scene_and_leaves_no_partial_file(
     ray_local: None, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import geoseg.io.writer as writer
-    from geoseg.inference import distributed, scene
+    from geoseg.inference import publishing, scene
     from geoseg.inference.job import predict_archive
     from geoseg.inference.options import PredictOptions
 
-    # Publish in this process, where the injected failure is (the job runs it in a Ray task otherwise).
-    monkeypatch.setattr(distributed.RayExecutor, "publish", lambda self, staged: scene.publish_scene(staged))
+    # Publish in this process, where the injected failure is (the job runs it in a publishing process otherwise).
+    monkeypatch.setattr(publishing.PublishingProcess, "__call__", lambda self, staged: scene.publish_scene(staged))
 
     real_copy = writer.rasterio.shutil.copy
 

@@ -917,3 +917,97 @@ def test_small_jobs_run_in_process_and_large_or_clustered_ones_on_ray(make_geoti
 def _published(*names: str) -> set[str]:
     """The files a published scene has: its class COG, GDAL category names, QGIS style and quicklook."""
     return {f"{n}{suffix}" for n in names for suffix in (".tif", ".tif.aux.xml", ".qml", ".png")}
+
+
+def test_small_one_block_scenes_are_grouped_in_stream_order() -> None:
+    """Runs of small one-block scenes become groups of at most ``size`` scenes and ``pixels``; any other item
+    ends a run and goes alone; the order of the items is kept."""
+    from geoseg.inference.executor import SMALL_BLOCK_PX, WorkGroup, WorkItem, grouped, is_small
+    from geoseg.inference.tiling import BlockGrid, TileGrid
+
+    def item(key: str, side: int, block: int = 1024) -> WorkItem:
+        blocks = BlockGrid(TileGrid(side, side, tile=side if side <= block else 256), block)
+        return WorkItem(key, None, blocks, blocks[0])  # type: ignore[arg-type]
+
+    small = int(SMALL_BLOCK_PX**0.5)
+    assert is_small(item("edge", small)) and not is_small(item("over", small + 1, block=4096))
+    assert not is_small(item("many blocks", 300, block=128))  # a scene of several blocks is never grouped
+    stream = [item(f"a{i}", 200) for i in range(3)] + [item("big", 2000)] + [item(f"b{i}", 200) for i in range(7)]
+    stream += [item("lone", 200), item("big2", 2000)]
+    units = list(grouped(stream, size=3))
+    keys = [[i.key for i in u.items] if isinstance(u, WorkGroup) else u.key for u in units]
+    assert keys == [
+        ["a0", "a1", "a2"],
+        "big",
+        ["b0", "b1", "b2"],
+        ["b3", "b4", "b5"],
+        ["b6", "lone"],
+        "big2",
+    ]
+    assert [u.key for u in units[:2]] == ["a0", "big"] and units[0].stripe == 0
+    one = item("one", 200)
+    assert list(grouped([one])) == [one]  # a run of one is a plain item
+    by_pixels = list(grouped([item(f"c{i}", 200) for i in range(7)], size=8, pixels=3 * 200 * 200))
+    assert [len(u.items) for u in by_pixels[:2]] == [3, 3] and by_pixels[2].key == "c6"  # none over its pixels
+
+
+def _corrupt_first_tile(path) -> None:
+    """Garble the compressed bytes of band 1's first tile: the header opens, reading the pixels fails."""
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+
+
+@pytest.mark.ray
+def test_grouped_small_scenes_on_ray_equal_in_process_with_a_bad_scene_and_a_killed_actor(
+    ray_local, make_geotiff, bundle3, tmp_path
+) -> None:
+    """An archive of small scenes goes to Ray several scenes a call: a scene whose pixels cannot be read fails
+    alone with its one line, a model actor killed mid-archive costs nothing but time, and every other scene's
+    products are the bytes an in-process job writes."""
+    import ray
+
+    from geoseg.inference.distributed import RayExecutor
+
+    rng = np.random.default_rng(21)
+    (tmp_path / "scenes").mkdir()
+    paths = []
+    for i in range(19):
+        pixels = rng.integers(1, 255, (3, 40 + i, 50)).astype(np.uint8)
+        paths.append(make_geotiff(pixels, name=f"scenes/g{i:02d}.tif", compress="deflate", tiled=True))
+    _corrupt_first_tile(paths[3])
+    inputs = [str(p) for p in paths]
+    local = predict_archive(bundle3, inputs, tmp_path / "local", OPTIONS, in_process=True)
+    spec, model = load_bundle(bundle3)
+    pool = RayExecutor(spec, model.state_dict(), workers=2)
+
+    class KillingPool:
+        parallelism, readers, gpu = 2, 1, False
+
+        def run(self, work, options):
+            def kill_on_the_way():
+                for i, item in enumerate(work):
+                    if i == 9:  # the first group is out: the second and third find this actor dead
+                        ray.kill(pool.actors[0], no_restart=True)
+                    yield item
+
+            return pool.run(kill_on_the_way(), options)
+
+    try:
+        remote = predict_archive(bundle3, inputs, tmp_path / "ray", OPTIONS, executor=KillingPool())
+    finally:
+        pool.shutdown()
+    assert pool.restarts >= 1 and pool.blocks_redone >= 1
+    for ours, theirs in zip(local, remote, strict=True):
+        assert ours.scene == theirs.scene and ours.status == theirs.status
+    bad = next(r for r in remote if r.scene == "g03")
+    assert bad.status == "failed" and str(paths[3]) in bad.error and "\n" not in bad.error
+    for report in remote:
+        if report.status == "ok":
+            for suffix in (".tif", ".png"):
+                name = report.scene + suffix
+                assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert sum(r.status == "ok" for r in remote) == 18

@@ -23,6 +23,7 @@ byte-identical.
 from __future__ import annotations
 
 import os
+import pickle
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from geoseg.cluster import MODEL_PROCESS_ENV
-from geoseg.inference.executor import WorkItem
+from geoseg.inference.executor import WorkGroup, WorkItem, grouped
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.placement import Placement
 from geoseg.inference.reader import BlockPixels, read_block
@@ -49,6 +50,19 @@ IN_FLIGHT_CPU, IN_FLIGHT_GPU = 2, 6  # blocks submitted per model actor: enough 
 SHARED_SCENES = 64  # scenes whose header and grid are kept in the object store for the calls of a stream
 
 
+Unit = WorkItem | WorkGroup  # what one read call and one predict call carry
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling, else its text: one scene's error must not fail the other scenes of
+    its group by breaking the group's reply."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
 class _Reader:
     def __init__(self, norm: Normalisation, threads: int) -> None:
         os.environ["GDAL_NUM_THREADS"] = str(threads)  # GDAL decodes the source blocks of a window in parallel
@@ -56,6 +70,15 @@ class _Reader:
 
     def read(self, scene: SceneInfo, block: Block, pad_mode: PadMode) -> BlockPixels:
         return read_block(scene, block, self.norm, pad_mode)
+
+    def read_group(self, blocks: list[tuple[SceneInfo, Block]], pad_mode: PadMode) -> list[BlockPixels | Exception]:
+        out: list[BlockPixels | Exception] = []
+        for scene, block in blocks:
+            try:
+                out.append(read_block(scene, block, self.norm, pad_mode))
+            except Exception as exc:  # this scene's: the group's other scenes go on
+                out.append(_portable(exc))
+        return out
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -76,6 +99,20 @@ class _Model:
 
     def run(self, blocks: BlockGrid, block: Block, pixels: BlockPixels, options: PredictOptions) -> BlockResult:
         return self.worker.run(blocks, block, pixels, options)
+
+    def run_group(
+        self, blocks: list[tuple[BlockGrid, Block]], pixels: list[BlockPixels | Exception], options: PredictOptions
+    ) -> list[BlockResult | Exception]:
+        out: list[BlockResult | Exception] = []
+        for (grid, block), raw in zip(blocks, pixels, strict=True):
+            if isinstance(raw, Exception):  # its read failed
+                out.append(raw)
+                continue
+            try:
+                out.append(self.worker.run(grid, block, raw, options))
+            except Exception as exc:
+                out.append(_portable(exc))
+        return out
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -160,8 +197,8 @@ class RayExecutor:
         self.restarts_left = max_restarts
         self.restarts = 0
         self.blocks_redone = 0  # blocks read and predicted again after an actor, a node or an object was lost
-        self._pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # the running stream's blocks in flight
-        self._placement: Placement[WorkItem] = Placement(self.max_in_flight)
+        self._pending: dict[ray.ObjectRef, tuple[int, int, Unit]] = {}  # the running stream's blocks in flight
+        self._placement: Placement[Unit] = Placement(self.max_in_flight)
         self._sync_placement()
 
     # -- pool membership ---------------------------------------------------------------------------------
@@ -273,15 +310,15 @@ class RayExecutor:
     def run(
         self, work: Iterable[WorkItem], options: PredictOptions
     ) -> Iterator[tuple[WorkItem, BlockResult | Exception]]:
-        pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]] = {}  # predict ref -> (model slot, reader, item)
+        pending: dict[ray.ObjectRef, tuple[int, int, Unit]] = {}  # predict ref -> (model slot, reader, unit)
         self._pending = pending
-        self._placement = placement = Placement[WorkItem](self.max_in_flight)
+        self._placement = placement = Placement[Unit](self.max_in_flight)
         self._sync_placement()
         # A scene's header and grid, and the options, go to the object store once, not pickled into every call
         # (the CRS alone is a WKT string): the driver's CPU per block stays near Ray's own cost of two calls.
         shared: OrderedDict[str, tuple[ray.ObjectRef, ray.ObjectRef]] = OrderedDict()
         options_ref = ray.put(options)
-        work_iter = iter(work)
+        work_iter = grouped(work)  # an archive of small scenes: several scenes a call
 
         def refs(item: WorkItem) -> tuple[ray.ObjectRef | SceneInfo, ray.ObjectRef | BlockGrid]:
             if item.blocks.size == 1:  # used by one read and one call: inline is one copy, not a store object
@@ -293,18 +330,25 @@ class RayExecutor:
             shared.move_to_end(item.key)
             return shared[item.key]
 
-        def submit(item: WorkItem, reader: int, slot: int) -> None:
-            scene_ref, blocks_ref = refs(item)
-            read_ref = self.reader_actors[reader][0].read.remote(scene_ref, item.block, options.pad_mode)
-            ref = self.actors[slot].run.remote(blocks_ref, item.block, read_ref, options_ref)
-            pending[ref] = (slot, reader, item)
+        def submit(unit: Unit, reader: int, slot: int) -> None:
+            reader_actor, model_actor = self.reader_actors[reader][0], self.actors[slot]
+            if isinstance(unit, WorkGroup):
+                reads = [(i.scene, i.block) for i in unit.items]
+                read_ref = reader_actor.read_group.remote(reads, options.pad_mode)
+                blocks = [(i.blocks, i.block) for i in unit.items]
+                ref = model_actor.run_group.remote(blocks, read_ref, options_ref)
+            else:
+                scene_ref, blocks_ref = refs(unit)
+                read_ref = reader_actor.read.remote(scene_ref, unit.block, options.pad_mode)
+                ref = model_actor.run.remote(blocks_ref, unit.block, read_ref, options_ref)
+            pending[ref] = (slot, reader, unit)
 
-        def take(ref: ray.ObjectRef) -> tuple[int, int, WorkItem]:
-            slot, reader, item = pending.pop(ref)
+        def take(ref: ray.ObjectRef) -> tuple[int, int, Unit]:
+            slot, reader, unit = pending.pop(ref)
             placement.release(reader, slot)
-            return slot, reader, item
+            return slot, reader, unit
 
-        def pull() -> WorkItem | None:
+        def pull() -> Unit | None:
             return next(work_iter, None)
 
         try:
@@ -317,22 +361,24 @@ class RayExecutor:
                 if not pending:
                     break
                 [ref], _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
-                slot, _, item = take(ref)
+                slot, _, unit = take(ref)
+                items = unit.items if isinstance(unit, WorkGroup) else (unit,)
                 try:
-                    output: BlockResult | Exception = ray.get(ref)
+                    got = ray.get(ref)
+                    outputs: list[BlockResult | Exception] = got if isinstance(unit, WorkGroup) else [got]
                 except ray.exceptions.RayActorError as exc:
-                    lost = [item, *(take(r)[2] for r in self._recover(exc, slot, pending))]
-                    self.blocks_redone += len(lost)
+                    lost = [unit, *(take(r)[2] for r in self._recover(exc, slot, pending))]
+                    self.blocks_redone += sum(len(u.items) if isinstance(u, WorkGroup) else 1 for u in lost)
                     placement.requeue(lost)  # read again: the old read result may have lived on a lost node
                     continue
                 except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again
-                    self.blocks_redone += 1
-                    placement.requeue([item])
+                    self.blocks_redone += len(items)
+                    placement.requeue([unit])
                     continue
                 except ray.exceptions.RayError as exc:  # the reader or the model failed on this block
-                    output = exc
-                    placement.drop(item.key)  # its scene fails: send none of its queued blocks
-                yield item, output
+                    outputs = [exc] * len(items)
+                    placement.drop(unit.key)  # its scene fails: send none of its queued blocks
+                yield from zip(items, outputs, strict=True)
         finally:  # the consumer stopped early: drop the blocks still queued
             for ref in pending:
                 ray.cancel(ref)
@@ -342,7 +388,7 @@ class RayExecutor:
         self,
         exc: ray.exceptions.RayActorError,
         slot: int,
-        pending: dict[ray.ObjectRef, tuple[int, int, WorkItem]],
+        pending: dict[ray.ObjectRef, tuple[int, int, Unit]],
     ) -> list[ray.ObjectRef]:
         """After an actor died on a block of model ``slot``: replace it and return the calls still in flight
         that it (or its node) took down, whose blocks are read and predicted again.
