@@ -20,7 +20,7 @@ run back to back, because this machine's speed drifts by 10-30 % between minutes
     .venv/bin/python benchmarks/predict.py --h1 [--host-size 8192] [--repeats 3] [--h1-block 2048]
 
   H1' host CPU per pixel over single-process decode CPU per pixel, target <= 2.0: the CPU of the whole job's
-      process tree (driver, Ray's own processes, readers, model actors, the publishing task), minus the bare
+      process tree (driver, Ray's own processes, readers, model actors, the publishing process), minus the bare
       model's CPU with its argmax on the same tiles (one thread, in this process), for an 8192^2 4-band uint16
       DEFLATE scene, a 163-parameter U-Net, --tile 512 --halo 32, 2 workers on a warm pool; split per stage
       (each process's CPU by its role; the model actors' own share is theirs minus the bare model). The
@@ -33,8 +33,8 @@ run back to back, because this machine's speed drifts by 10-30 % between minutes
       one-process loop (read, normalise, the same model on one thread, argmax, write a DEFLATE GeoTIFF), each a
       fresh process, interleaved; target >= 0.8. With a second archive size, the in-process scenes/s of the
       larger over the smaller (the per-scene cost must not grow with the archive: >= 0.9).
-Every end-to-end run is a real job (`predict_archive`: reader and model actors, manifest, COG published in a
-task) on fresh actors warmed on a small scene, so actor start-up is excluded.
+Every end-to-end run is a real job (`predict_archive`: reader and model actors, manifest, COG published by
+the job's publishing process) on fresh actors warmed on a small scene, so actor start-up is excluded.
 """
 
 from __future__ import annotations

@@ -1011,3 +1011,34 @@ def test_grouped_small_scenes_on_ray_equal_in_process_with_a_bad_scene_and_a_kil
                 name = report.scene + suffix
                 assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     assert sum(r.status == "ok" for r in remote) == 18
+
+
+@pytest.mark.ray
+def test_a_pool_keeps_its_publishing_process_across_jobs_and_ends_it_at_shutdown(
+    ray_local, make_geotiff, bundle3, tmp_path, monkeypatch
+) -> None:
+    """A Ray job publishes off the driver in the pool's publishing process: a warm pool's next job reuses it
+    (a process costs ~0.7 CPU-s to start), and the pool's shutdown ends it."""
+    from geoseg.inference import publishing
+    from geoseg.inference.distributed import RayExecutor
+
+    started = []
+    start = publishing._start_child
+
+    def counted():
+        started.append(start())
+        return started[-1]
+
+    monkeypatch.setattr(publishing, "_start_child", counted)
+    scene = make_geotiff(np.random.default_rng(5).integers(1, 255, (3, 60, 70)).astype(np.uint8))
+    spec, model = load_bundle(bundle3)
+    pool = RayExecutor(spec, model.state_dict(), workers=1)
+    try:
+        for job in ("one", "two"):
+            [report] = predict_archive(bundle3, [str(scene)], tmp_path / job, OPTIONS, executor=pool)
+            assert report.status == "ok"
+        assert len(started) == 1 and started[0].poll() is None
+    finally:
+        pool.shutdown()
+    assert started[0].wait(timeout=60) == 0
+    assert (tmp_path / "one" / "scene.tif").read_bytes() == (tmp_path / "two" / "scene.tif").read_bytes()

@@ -35,6 +35,7 @@ from geoseg.cluster import MODEL_PROCESS_ENV
 from geoseg.inference.executor import WorkGroup, WorkItem, grouped
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.placement import Placement
+from geoseg.inference.publishing import PublishingProcess
 from geoseg.inference.reader import BlockPixels, read_block
 from geoseg.inference.result import BlockResult
 from geoseg.inference.tiling import Block, BlockGrid
@@ -180,6 +181,9 @@ class RayExecutor:
             # Threads are whole CPUs; the reader's small reserve does not cost an actor a thread.
             self._threads = threads_per_worker or max(1, int(self._share + READER_CPUS / self.workers))
         self._compile = compile
+        # The pool's publishing processes, on the driver's node where the staging files are; kept with the pool,
+        # so a warm pool's jobs do not start them again (one-scene jobs: ~0.7 CPU-s of imports each)
+        self.publishing = PublishingProcess()
         self._spec_json = spec.model_dump_json()
         self._state_ref = ray.put({k: v.cpu() for k, v in state_dict.items()})
         self.norm = spec.normalisation()
@@ -415,6 +419,7 @@ class RayExecutor:
         return lost
 
     def shutdown(self) -> None:
+        self.publishing.close()
         for actor in self.actors.values():
             ray.kill(actor)
         for actor, _ in self.reader_actors.values():

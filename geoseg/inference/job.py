@@ -193,10 +193,13 @@ def predict_archive(
                         restore_sidecars(done, console)
             if todo or stale_vectors:
                 publish: Callable[[StagedScene], Published] = publish_scene
-                if len(todo) >= MIN_SCENES or not isinstance(executor, LocalExecutor):
-                    # Off the driver: a Ray job's driver keeps feeding the pool while a scene is published
-                    ahead = MAX_PUBLISHING if len(todo) >= MIN_SCENES else 0
-                    publish = held.enter_context(contextlib.closing(PublishingProcess(ahead=ahead)))
+                # Off the driver on a pool (its driver keeps feeding the workers meanwhile) and for an archive
+                publishers: PublishingProcess | None = getattr(executor, "publishing", None)
+                if publishers is None and (len(todo) >= MIN_SCENES or not isinstance(executor, LocalExecutor)):
+                    publishers = held.enter_context(contextlib.closing(PublishingProcess()))
+                if publishers is not None:
+                    publishers.prestart(MAX_PUBLISHING if len(todo) >= MIN_SCENES else 0)
+                    publish = publishers
                 if remote is not None:
                     publish = _to_bucket(publish, remote, resolved.vector_format)
                 job = _Job(spec, executor, out_dir, resolved, manifest, fingerprint, reports, console, publish, remote)

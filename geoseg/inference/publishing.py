@@ -63,9 +63,20 @@ class PublishingProcess:
     """
 
     def __init__(self, ahead: int = 0) -> None:
-        self._idle: list[subprocess.Popen[bytes]] = [_start_child() for _ in range(ahead)]
+        self._idle: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.prestart(ahead)
+
+    def prestart(self, count: int) -> None:
+        """Start children until ``count`` are idle: an archive's job calls it before its first scene."""
+        with self._lock:
+            missing = 0 if self._closed else count - len(self._idle)
+        started = [_start_child() for _ in range(max(0, missing))]
+        with self._lock:
+            self._idle.extend(started)
+        if self._closed:
+            self.close()
 
     def __call__(self, staged: StagedScene) -> Published:
         with self._lock:
