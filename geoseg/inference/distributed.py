@@ -9,8 +9,10 @@ the driver), which normalises, predicts, blends and reduces it to uint8 (:mod:`g
 block goes next, to which reader and which actor, is :mod:`geoseg.inference.placement`'s choice: the least
 loaded node takes the next block of a stripe its readers own, looking ahead in the stream, so a full window
 holds the same number of blocks on every model actor of the cluster and each stripe keeps one reader. The
-driver receives 1 byte per pixel and writes it; a finished scene's COG is built off the driver by the job's
-publishing processes on its node (:mod:`geoseg.inference.publishing`), where the staging files are.
+driver receives 1 byte per pixel and writes it; a finished scene's COG is built off the driver by the pool's
+publishing processes on its node (:mod:`geoseg.inference.publishing`), where the staging files are. Small
+one-block scenes travel several to a call (:func:`geoseg.inference.executor.grouped`): Ray's fixed cost per
+call would otherwise be a large part of theirs.
 
 Recovery is done here rather than with Ray's ``max_restarts``/``max_task_retries``, so that the driver knows
 exactly which blocks were lost, restarts are bounded per job, and a pool never waits on a replacement that no
