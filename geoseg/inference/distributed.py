@@ -327,7 +327,7 @@ class RayExecutor:
         work_iter = grouped(work)  # an archive of small scenes: several scenes a call
 
         def refs(item: WorkItem) -> tuple[ray.ObjectRef | SceneInfo, ray.ObjectRef | BlockGrid]:
-            if item.blocks.size == 1:  # used by one read and one call: inline is one copy, not a store object
+            if len(item.blocks) == 1:  # used by one read and one call: inline is one copy, not a store object
                 return item.scene, item.blocks
             if item.key not in shared:
                 shared[item.key] = (ray.put(item.scene), ray.put(item.blocks))
