@@ -6,6 +6,7 @@ the CLI prints one line naming the file and the cause instead of a traceback.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 
@@ -16,3 +17,13 @@ class GeoSegError(Exception):
         self.path = str(path) if path is not None else None
         self.cause = cause
         super().__init__(f"{self.path}: {cause}" if self.path else cause)
+
+
+def portable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling, else a ``RuntimeError`` with its type and text: an error sent to another
+    process (a publishing process's reply, a Ray group's results) must not break the message that carries it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc

@@ -134,3 +134,19 @@ def test_errors_cross_the_pipe_as_themselves() -> None:
     error = GeoSegError("cannot read pixels", "/data/x.tif")
     back = pickle.loads(pickle.dumps(error))
     assert isinstance(back, GeoSegError) and str(back) == str(error)
+
+
+def test_an_error_that_does_not_pickle_crosses_as_its_text() -> None:
+    """What a publishing process replies and a Ray group returns: the error itself when it pickles, else its
+    type and text (a reply that cannot be sent would fail more than its own scene)."""
+    from geoseg.errors import portable
+
+    class Unpicklable(Exception):
+        def __init__(self) -> None:
+            super().__init__("GDAL said no")
+            self.handle = lambda: None  # a lambda does not pickle
+
+    error = GeoSegError("cannot read pixels", "/data/x.tif")
+    assert portable(error) is error
+    text = portable(Unpicklable())
+    assert type(text) is RuntimeError and str(text) == "Unpicklable: GDAL said no"

@@ -25,7 +25,6 @@ byte-identical.
 from __future__ import annotations
 
 import os
-import pickle
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from geoseg.cluster import MODEL_PROCESS_ENV
+from geoseg.errors import portable
 from geoseg.inference.executor import WorkGroup, WorkItem, grouped
 from geoseg.inference.options import PredictOptions
 from geoseg.inference.placement import Placement
@@ -56,14 +56,8 @@ SHARED_SCENES = 64  # scenes whose header and grid are kept in the object store 
 Unit = WorkItem | WorkGroup  # what one read call and one predict call carry
 
 
-def _portable(exc: Exception) -> Exception:
-    """``exc`` if it survives pickling, else its text: one scene's error must not fail the other scenes of
-    its group by breaking the group's reply."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-    return exc
+def _items(unit: Unit) -> tuple[WorkItem, ...]:
+    return unit.items if isinstance(unit, WorkGroup) else (unit,)
 
 
 class _Reader:
@@ -80,7 +74,7 @@ class _Reader:
             try:
                 out.append(read_block(scene, block, self.norm, pad_mode))
             except Exception as exc:  # this scene's: the group's other scenes go on
-                out.append(_portable(exc))
+                out.append(portable(exc))  # one scene's error must not break the group's reply
         return out
 
     def node_id(self) -> str:
@@ -114,7 +108,7 @@ class _Model:
             try:
                 out.append(self.worker.run(grid, block, raw, options))
             except Exception as exc:
-                out.append(_portable(exc))
+                out.append(portable(exc))  # one scene's error must not break the group's reply
         return out
 
     def node_id(self) -> str:
@@ -368,13 +362,13 @@ class RayExecutor:
                     break
                 [ref], _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
                 slot, _, unit = take(ref)
-                items = unit.items if isinstance(unit, WorkGroup) else (unit,)
+                items = _items(unit)
                 try:
                     got = ray.get(ref)
                     outputs: list[BlockResult | Exception] = got if isinstance(unit, WorkGroup) else [got]
                 except ray.exceptions.RayActorError as exc:
                     lost = [unit, *(take(r)[2] for r in self._recover(exc, slot, pending))]
-                    self.blocks_redone += sum(len(u.items) if isinstance(u, WorkGroup) else 1 for u in lost)
+                    self.blocks_redone += sum(len(_items(u)) for u in lost)
                     placement.requeue(lost)  # read again: the old read result may have lived on a lost node
                     continue
                 except ray.exceptions.ObjectLostError:  # a read result lost with its node: read it again

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from geoseg.cluster import release_free_memory
+from geoseg.errors import portable
 from geoseg.inference.scene import Published, StagedScene, publish_scene
 
 MIN_SCENES = 8  # fewer scenes publish in the job's own threads: a process costs ~0.5 s of CPU to start
@@ -141,13 +142,10 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         try:
             reply: tuple[bool, Any] = (True, publish_scene(staged))
         except Exception as exc:  # the scene's failure, reported by the job; this process goes on
-            reply = (False, exc)
+            reply = (False, portable(exc))
         finally:  # under the images' allocator settings the heap would stay at the largest scene's peak
             release_free_memory()
-        try:
-            _send(replies, reply)
-        except (pickle.PicklingError, TypeError, AttributeError):  # an error that does not pickle: its text
-            _send(replies, (False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+        _send(replies, reply)
 
 
 def main() -> None:
