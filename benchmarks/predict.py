@@ -569,10 +569,13 @@ def p7(args: argparse.Namespace) -> None:
         for count in args.p7_scenes:
             scenes = make_chips(work / f"chips{count}", count)
             paths = ("plain", "in-process", "ray") if count == args.p7_scenes[0] else ("in-process",)
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
                 for path in paths:
-                    out = work / f"out_{path}"
-                    shutil.rmtree(out, ignore_errors=True)
+                    # A fresh folder each run, all removed at the end: ext4 skips inodes freed in the last minutes
+                    # when it allocates new ones, so a run writing right after the previous run's 4000 files were
+                    # deleted spent 5.8 s of system CPU instead of 2.7 (measured; the plain loop less so, with a
+                    # quarter of the files). Users do not delete an archive's outputs before each job.
+                    out = work / f"out_{count}_{path}_{repeat}"
                     if path == "plain":
                         seconds = _command_seconds(__file__, "--plain-loop", str(scenes), str(out), str(bundle))
                     else:

@@ -842,10 +842,12 @@ def demo(workdir: Path, overrides: tuple[str, ...]) -> None:
 
 
 def main() -> None:
+    from geoseg.cluster import exit_without_final_collection
     from geoseg.stop import on_sigterm_interrupt, terminated
 
     debug = "--debug" in sys.argv[1:]
     on_sigterm_interrupt()
+    exit_without_final_collection()
     try:
         cli.main(prog_name="geoseg", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import gc
 import logging
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -34,6 +37,19 @@ def release_free_memory() -> None:
     """
     with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def exit_without_final_collection() -> None:
+    """Skip the garbage collection of this process's last moments: the command's work is over by then.
+
+    Registered first, :func:`gc.freeze` runs as the last exit handler, and the collections of the interpreter's
+    shutdown then skip every object alive at that moment. With torch imported those collections walk its whole
+    object graph: a ``geoseg`` command spent 0.5-0.6 s exiting, 0.15-0.2 s with this (the time from the last
+    line of the program to the end of the process, five runs each, measured); a publishing process 0.08 s,
+    0.016 with this. Nothing of the job depends on them: outputs are closed and renamed before the command
+    returns, and exit handlers (temporary folders, Ray) still run. Call it at a process's entry point only.
+    """
+    atexit.register(gc.freeze)
 
 
 # An in-process job's own heap: blocks under 4 MiB (activations, tiles and results of small scenes) stay in the
@@ -167,5 +183,28 @@ def ray_session(
     try:
         yield
     finally:
+        if not address:
+            end_autoscaler_monitor()
         ray.shutdown()
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def end_autoscaler_monitor() -> None:
+    """Kill the autoscaler monitor of the Ray this process started, before ``ray.shutdown``.
+
+    ``ray.shutdown`` ends a local Ray's processes one after another, each given a second to exit after SIGTERM
+    before SIGKILL. It ends the GCS before the monitor, and the monitor's SIGTERM handler then waits on the GCS
+    for its whole second: a local Ray's shutdown took 1.2-1.5 s, 0.23 s with the monitor killed first (measured,
+    `Node._kill_process_type` timed). The monitor only scales a cluster, which a local Ray of fixed size never
+    does, and SIGKILL is what Ray sends it after that second anyway; a monitor told to stop by SIGTERM instead
+    took 0.7 s and printed "The autoscaler failed" through the raylet. Ray's process table is internal: if it
+    moves, the shutdown is only slower.
+    """
+    from ray._private import ray_constants, worker
+
+    node = getattr(worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None) or {}
+    for info in processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        with suppress(AttributeError, OSError, subprocess.TimeoutExpired):
+            info.process.kill()
+            info.process.wait(timeout=5)

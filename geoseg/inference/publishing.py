@@ -29,7 +29,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from geoseg.cluster import release_free_memory
+from geoseg.cluster import exit_without_final_collection, release_free_memory
 from geoseg.errors import portable
 from geoseg.inference.scene import Published, StagedScene, publish_scene
 
@@ -149,6 +149,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def main() -> None:
+    exit_without_final_collection()  # the job waits for this process to end
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job decides when to stop: it closes the pipe
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
