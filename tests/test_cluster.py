@@ -317,6 +317,15 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatc
     assert visible_gpus() == count
 
 
+def _in_a_local_ray_process(tmp_path: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter on loopback, with a short Ray temp folder of its own (removed after)."""
+    env = _loopback_env(tmp_path) | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="rs-")}
+    try:
+        return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
 def test_a_local_ray_starts_with_that_store(tmp_path: Path) -> None:
     """Ray's default would be 30 % of the machine's memory, touched page by page as blocks pass (see
     geoseg.cluster.STORE_BASE); the Ray that geoseg starts gets the sized store."""
@@ -326,11 +335,7 @@ from geoseg.cluster import local_object_store_bytes, ray_session, visible_gpus
 with ray_session(num_cpus=1):
     print(int(ray.cluster_resources()["object_store_memory"]), local_object_store_bytes(1, visible_gpus()))
 """
-    env = _loopback_env(tmp_path) | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="rs-")}
-    try:
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    done = _in_a_local_ray_process(tmp_path, script)
     assert done.returncode == 0, done.stderr[-2000:]
     started, wanted = map(int, done.stdout.split()[-2:])
     assert wanted < ray_default_object_store_bytes()  # smaller than Ray's default on this machine
@@ -350,11 +355,7 @@ with ray_session(num_cpus=1):
     end_autoscaler_monitor()
     print(alive, monitor.poll() is not None, ray.get(ray.remote(lambda: 7).remote()))
 """
-    env = _loopback_env(tmp_path) | {"RAY_TMPDIR": tempfile.mkdtemp(prefix="rs-")}
-    try:
-        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    done = _in_a_local_ray_process(tmp_path, script)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == ["True", "True", "7"]
     assert "autoscaler failed" not in done.stdout + done.stderr
