@@ -32,7 +32,10 @@ run back to back, because this machine's speed drifts by 10-30 % between minutes
       whole ``geoseg predict`` command (in process, and on a private Ray with its start-up) over a plain
       one-process loop (read, normalise, the same model on one thread, argmax, write a DEFLATE GeoTIFF), each a
       fresh process, interleaved; target >= 0.8. With a second archive size, the in-process scenes/s of the
-      larger over the smaller (the per-scene cost must not grow with the archive: >= 0.9).
+      larger over the smaller (the per-scene cost must not grow with the archive: >= 0.9). Also each command's
+      CPU (its whole process tree: Ray's daemons and workers, the publishing processes) per scene, and the
+      ceiling this machine puts on each ratio: a run of C CPU-seconds takes at least C / cores seconds, so no
+      schedule reaches more than (plain loop's seconds x cores) / C.
 Every end-to-end run is a real job (`predict_archive`: reader and model actors, manifest, COG published by
 the job's publishing process) on fresh actors warmed on a small scene, so actor start-up is excluded.
 """
@@ -356,10 +359,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("readers", "model actors", "publishing", "driver", "Ray's processes")
 
 
-def _tree_cpu() -> dict[int, tuple[float, str]]:
-    """CPU-seconds and command line of every process in this process's tree."""
+def _tree_cpu(root: int | None = None) -> dict[int, tuple[float, str]]:
+    """CPU-seconds and command line of every process in the tree of ``root`` (default: this process)."""
     found = {}
-    for pid in _descendants(os.getpid()):
+    for pid in _descendants(root or os.getpid()):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -550,13 +553,35 @@ def plain_loop(scenes: Path, out: Path, bundle: Path) -> None:
                 dst.write(classes, 1)
 
 
-def _command_seconds(*args: str) -> float:
+def _command_seconds(*args: str) -> tuple[float, float]:
+    """Wall seconds of a fresh ``python *args`` and the CPU-seconds of its whole process tree.
+
+    The tree's CPU is the larger of two lower bounds: each descendant's last sampled CPU (every 0.1 s, from
+    /proc: Ray's daemons and workers, which their parents may not reap) and what this process got back from
+    reaping the command (its own CPU and every descendant reaped in turn). Any tree's run takes at least its
+    CPU over the machine's cores, which bounds what a ratio of wall times can reach on this machine."""
     import subprocess
 
+    reaped = _reaped_cpu()
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return time.perf_counter() - started
+    child = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    seen: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for pid, (cpu, _) in _tree_cpu(child.pid).items():
+                seen[pid] = max(cpu, seen.get(pid, 0.0))
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = child.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    assert child.returncode == 0, stderr[-2000:].decode(errors="replace")
+    return seconds, max(sum(seen.values()), _reaped_cpu() - reaped)
 
 
 def p7(args: argparse.Namespace) -> None:
@@ -566,6 +591,8 @@ def p7(args: argparse.Namespace) -> None:
         work = Path(folder)
         bundle = init_bundle(work / "free", "unet", 4, 6, base_channels=1, depth=1)
         rates: dict[tuple[int, str], list[float]] = defaultdict(list)
+        cpus: dict[tuple[int, str], list[float]] = defaultdict(list)  # the command tree's CPU-seconds
+        walls: dict[tuple[int, str], list[float]] = defaultdict(list)
         for count in args.p7_scenes:
             scenes = make_chips(work / f"chips{count}", count)
             paths = ("plain", "in-process", "ray") if count == args.p7_scenes[0] else ("in-process",)
@@ -577,13 +604,16 @@ def p7(args: argparse.Namespace) -> None:
                     # quarter of the files). Users do not delete an archive's outputs before each job.
                     out = work / f"out_{count}_{path}_{repeat}"
                     if path == "plain":
-                        seconds = _command_seconds(__file__, "--plain-loop", str(scenes), str(out), str(bundle))
+                        seconds, cpu = _command_seconds(__file__, "--plain-loop", str(scenes), str(out), str(bundle))
                     else:
                         predict = ["-m", "geoseg", "predict", "--model", str(bundle), "--output", str(out)]
-                        seconds = _command_seconds(*predict, str(scenes), f"--{path}")
+                        seconds, cpu = _command_seconds(*predict, str(scenes), f"--{path}")
                     rates[(count, path)].append(count / seconds)
+                    cpus[(count, path)].append(cpu)
+                    walls[(count, path)].append(seconds)
             shutil.rmtree(scenes)
         first = args.p7_scenes[0]
+        cores = os.cpu_count() or 1
         for path in ("in-process", "ray"):
             ratios = [a / b for a, b in zip(rates[(first, path)], rates[(first, "plain")], strict=True)]
             rows.append(
@@ -594,6 +624,21 @@ def p7(args: argparse.Namespace) -> None:
                     f"{statistics.median(rates[(first, path)]):.1f} vs "
                     f"{statistics.median(rates[(first, 'plain')]):.1f} scenes/s; "
                     f"ratios {min(ratios):.2f}-{max(ratios):.2f}",
+                )
+            )
+        for path in ("plain", "in-process", "ray"):
+            # A run of C CPU-seconds takes at least C / cores seconds here: the best ratio this machine allows.
+            ceilings = [
+                plain * cores / cpu for plain, cpu in zip(walls[(first, "plain")], cpus[(first, path)], strict=True)
+            ]
+            rows.append(
+                (
+                    f"   {path}: CPU ms per scene (whole tree); ceiling of the ratio on {cores} cores",
+                    statistics.median(ceilings),
+                    "(info)",
+                    f"{statistics.median(cpus[(first, path)]) / first * 1000:.1f} ms a scene, "
+                    f"{statistics.median(cpus[(first, path)]) / statistics.median(walls[(first, path)]):.2f} "
+                    f"cores busy on average",
                 )
             )
         for count in args.p7_scenes[1:]:
@@ -609,7 +654,8 @@ def p7(args: argparse.Namespace) -> None:
             )
     print_table(rows, args.json)
     for (count, path), values in rates.items():
-        print(f"  {count} {path}: " + ", ".join(f"{v:.1f}" for v in values) + " scenes/s")
+        cpu = ", ".join(f"{c:.1f}" for c in cpus[(count, path)])
+        print(f"  {count} {path}: " + ", ".join(f"{v:.1f}" for v in values) + f" scenes/s; tree CPU-s {cpu}")
 
 
 def main() -> None:
