@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import sqlite3
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -25,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import rasterio.shutil
-from rasterio.io import MemoryFile
 
-from geoseg.io.writer import CLASS_NODATA, built_in_memory, class_names_from_tags, write_bytes_atomic
+from geoseg.io.writer import CLASS_NODATA, class_names_from_tags, write_bytes_atomic
 
 QGIS_VERSION = "3.28.0"  # the oldest long-term release whose style format this is
 
@@ -201,33 +200,38 @@ def _write_png(path: Path, table: list[ClassStyle], classes: np.ndarray, valid: 
     pixel for pixel (tested), from a quarter of the bytes to encode. libpng's RGBA encoding cost 3.6-5.6 ms of a
     256² scene's ~10 ms of publishing, paletted 1.0-1.6 (measured). Pixels of ids outside ``table`` are
     transparent either way.
-    """
-    import warnings
 
-    from rasterio.errors import NotGeoreferencedWarning
+    Encoded by Pillow, not by GDAL's PNG driver: a picture has no georeferencing for GDAL to carry, and GDAL
+    writes PNGs only as copies of another dataset (a memory raster built, given its colour table, copied into
+    memory, then written). The same 256² picture cost 1.0-1.3 ms of CPU through GDAL and 0.35 ms through
+    Pillow (300 pictures each, three interleaved runs), and decodes to the same RGBA pixels (tested).
+    """
+    from PIL import Image
 
     out = path.with_suffix(".png")
+    height, width = classes.shape
     top = max((c.id for c in table), default=0)
-    profile = {"driver": "MEM", "width": classes.shape[1], "height": classes.shape[0], "dtype": "uint8"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a picture: its place is in the item
-        with MemoryFile() as pixels, built_in_memory(out) as target:
-            if top < 255 and classes.dtype == np.uint8:
-                clear = top + 1  # the transparent entry, after the last class: a palette no longer than needed
-                palette = {i: (0, 0, 0, 0) for i in range(clear + 1)} | {c.id: (*c.rgb, 255) for c in table}
-                with pixels.open(count=1, **profile) as picture:
-                    picture.write(np.where(valid & (classes < clear), classes, clear)[None])
-                    picture.write_colormap(1, palette)
-                    rasterio.shutil.copy(picture, target, driver="PNG")  # GDAL writes PNGs only as copies
-            else:
-                lut = np.zeros((max(256, int(classes.max()) + 1), 4), dtype=np.uint8)
-                for c in table:
-                    lut[c.id] = (*c.rgb, 255)
-                # One 4-byte gather per pixel (a [256, 4] table gathered row by row took 4x longer).
-                rgba = np.where(valid, lut.view(np.uint32)[:, 0][classes], 0).view(np.uint8)
-                with pixels.open(count=4, **profile) as picture:
-                    picture.write(rgba.reshape(*classes.shape, 4).transpose(2, 0, 1))
-                    rasterio.shutil.copy(picture, target, driver="PNG")
+    options: dict[str, bytes] = {}
+    if top < 255 and classes.dtype == np.uint8:
+        clear = top + 1  # the transparent entry, after the last class: a palette no longer than needed
+        colours = np.zeros((clear + 1, 3), dtype=np.uint8)
+        alpha = np.zeros(clear + 1, dtype=np.uint8)
+        for c in table:
+            colours[c.id], alpha[c.id] = c.rgb, 255
+        indexed = np.where(valid & (classes < clear), classes, clear).astype(np.uint8)
+        picture = Image.frombytes("P", (width, height), indexed.tobytes())
+        picture.putpalette(colours.tobytes())
+        options["transparency"] = alpha.tobytes()
+    else:
+        lut = np.zeros((max(256, int(classes.max()) + 1), 4), dtype=np.uint8)
+        for c in table:
+            lut[c.id] = (*c.rgb, 255)
+        # One 4-byte gather per pixel (a [256, 4] table gathered row by row took 4x longer).
+        rgba = np.where(valid, lut.view(np.uint32)[:, 0][classes], 0)  # R, G, B, A in memory order
+        picture = Image.frombytes("RGBA", (width, height), rgba.tobytes())
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG", **options)
+    write_bytes_atomic(out, encoded.getbuffer())
     return out
 
 
