@@ -88,17 +88,16 @@ def test_dressing_from_held_pixels_writes_the_same_files_as_from_the_raster(make
     assert tuple(rgba[:3, 20, 20]) == COLORS[data[20, 20]]
     # Pillow encodes the quicklook; GDAL's own PNG writer makes the same picture of the same paletted pixels: the
     # same RGBA as a viewer decodes it, and the same band and colour table as GDAL (and so QGIS) reads them.
-    quiet = warnings.catch_warnings(category=rasterio.errors.NotGeoreferencedWarning, action="ignore")
-    with quiet, rasterio.open("direct", "w", driver="MEM", width=50, height=40, count=1, dtype="uint8") as picture:
-        picture.write(np.where(data == 255, 3, data)[None])  # nodata: the transparent entry after the last class
-        picture.write_colormap(1, {i: (*COLORS[i], 255) for i in range(3)} | {3: (0, 0, 0, 0)})
-        rasterio.shutil.copy(picture, tmp_path / "direct.png", driver="PNG")
-    np.testing.assert_array_equal(_rgba(tmp_path / "direct.png"), rgba)
-    quiet = warnings.catch_warnings(category=rasterio.errors.NotGeoreferencedWarning, action="ignore")
-    with quiet, rasterio.open(tmp_path / "direct.png") as by_gdal, rasterio.open(tmp_path / "held/classes.png") as ours:
-        assert ours.count == 1 and ours.colorinterp[0] == rasterio.enums.ColorInterp.palette
-        np.testing.assert_array_equal(ours.read(1), by_gdal.read(1))
-        assert [ours.colormap(1)[i] for i in range(4)] == [by_gdal.colormap(1)[i] for i in range(4)]
+    with warnings.catch_warnings(category=rasterio.errors.NotGeoreferencedWarning, action="ignore"):
+        with rasterio.open("direct", "w", driver="MEM", width=50, height=40, count=1, dtype="uint8") as picture:
+            picture.write(np.where(data == 255, 3, data)[None])  # nodata: the transparent entry after the last class
+            picture.write_colormap(1, {i: (*COLORS[i], 255) for i in range(3)} | {3: (0, 0, 0, 0)})
+            rasterio.shutil.copy(picture, tmp_path / "direct.png", driver="PNG")
+        np.testing.assert_array_equal(_rgba(tmp_path / "direct.png"), rgba)
+        with rasterio.open(tmp_path / "direct.png") as by_gdal, rasterio.open(tmp_path / "held/classes.png") as ours:
+            assert ours.count == 1 and ours.colorinterp[0] == rasterio.enums.ColorInterp.palette
+            np.testing.assert_array_equal(ours.read(1), by_gdal.read(1))
+            assert [ours.colormap(1)[i] for i in range(4)] == [by_gdal.colormap(1)[i] for i in range(4)]
     (tmp_path / "direct.png").unlink()
     assert sorted(p.name for p in (tmp_path / "held").iterdir()) == sorted([*files["held"], "classes.tif"])
 

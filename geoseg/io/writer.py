@@ -105,10 +105,9 @@ def built_in_memory(path: Path) -> Iterator[str]:
     Why: a file GDAL creates on disk costs more than one Python write and a rename. A one-block COG built on disk
     needs a build folder of its own (see :func:`publish_cog`: mkdir, GDAL's listing of it, rmtree), and GDAL's PNG
     writer (the quicklook's then) goes through a temporary dataset before its copy. Publishing 300 one-block 256²
-    scenes took 10.0-11.8
-    ms a scene written on disk and 9.0-10.1 built in memory (measured, runs interleaved). The quicklook's cost
-    did not grow with the output folder either way (3.0 ms among 0, 4000 or 40 000 files). The bytes are the same
-    (tested). Only for files of a few MiB: they are held whole in memory.
+    scenes took 10.0-11.8 ms a scene written on disk and 9.0-10.1 built in memory (measured, runs interleaved).
+    The quicklook's cost did not grow with the output folder either way (3.0 ms among 0, 4000 or 40 000 files).
+    The bytes are the same (tested). Only for files of a few MiB: they are held whole in memory.
     """
     with MemoryFile(ext=path.suffix) as memory:
         yield memory.name
